@@ -1,0 +1,279 @@
+/*
+ * applevz.h — the one C ABI between the applevz Rust crate and its native half.
+ *
+ * Implemented twice with identical behaviour:
+ *   - shim/applevz.m  (macOS, ARC Objective-C over Virtualization.framework)
+ *   - shim/sim/       (every other target: a portable simulator of the framework)
+ *
+ * Ownership rules, used on every declaration below:
+ *   "returns +1"  the caller owns the returned object and releases it with CFRelease.
+ *   "borrows"     the callee uses the pointer only during the call (or, for callback
+ *                 arguments, only during the callback); the caller keeps ownership.
+ *   CFErrorRef *error out-parameters receive +1 on failure and NULL on success; a
+ *                 function that fails always stores an error object (never NULL with
+ *                 a false result) unless the out-parameter itself is NULL.
+ *
+ * Threads:
+ *   Every VM owns one private serial queue (a dispatch queue on macOS, a worker thread
+ *   in the simulator). Completions and observer callbacks run on that queue. A callback
+ *   must not block and must not call any avz_vm_* function synchronously; the functions
+ *   documented as "synchronous" hop onto the VM's queue and may be called from any
+ *   other thread.
+ *
+ * Strings and paths cross as NUL-terminated UTF-8. The caller has already rejected
+ * interior NUL bytes.
+ *
+ * Errors come in the Virtualization framework's domain ("VZErrorDomain") with its codes
+ * (AVZ_ERROR_*), or in NSPOSIXErrorDomain/NSCocoaErrorDomain for file-system failures.
+ */
+#ifndef APPLEVZ_H
+#define APPLEVZ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__APPLE__)
+#include <CoreFoundation/CoreFoundation.h>
+#else
+/* The simulator provides these CoreFoundation types and functions under their real
+ * names (shim/sim/cf.h) so that the Rust side is identical on every target. */
+typedef const void *CFTypeRef;
+typedef struct __CFError *CFErrorRef;
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* Constants                                                                          */
+/* ---------------------------------------------------------------------------------- */
+
+/* VZVirtualMachineState, raw values 0...9 in the framework's order. */
+#define AVZ_STATE_STOPPED 0
+#define AVZ_STATE_RUNNING 1
+#define AVZ_STATE_PAUSED 2
+#define AVZ_STATE_ERROR 3
+#define AVZ_STATE_STARTING 4
+#define AVZ_STATE_PAUSING 5
+#define AVZ_STATE_RESUMING 6
+#define AVZ_STATE_STOPPING 7
+#define AVZ_STATE_SAVING 8
+#define AVZ_STATE_RESTORING 9
+
+/* VZErrorCode values (domain "VZErrorDomain"). */
+#define AVZ_ERROR_INTERNAL 1
+#define AVZ_ERROR_INVALID_CONFIGURATION 2
+#define AVZ_ERROR_INVALID_STATE 3
+#define AVZ_ERROR_INVALID_STATE_TRANSITION 4
+#define AVZ_ERROR_INVALID_DISK_IMAGE 5
+#define AVZ_ERROR_LIMIT_EXCEEDED 6
+#define AVZ_ERROR_NETWORK 7
+#define AVZ_ERROR_OUT_OF_DISK_SPACE 8
+#define AVZ_ERROR_OPERATION_CANCELLED 9
+#define AVZ_ERROR_NOT_SUPPORTED 10
+#define AVZ_ERROR_SAVE 11
+#define AVZ_ERROR_RESTORE 12
+
+/* VZDiskImageCachingMode. */
+#define AVZ_CACHING_AUTOMATIC 0
+#define AVZ_CACHING_UNCACHED 1
+#define AVZ_CACHING_CACHED 2
+
+/* VZDiskImageSynchronizationMode. */
+#define AVZ_SYNC_FULL 1
+#define AVZ_SYNC_FSYNC 2
+#define AVZ_SYNC_NONE 3
+
+/* What an observer event reports (see avz_state_observer_fn). */
+#define AVZ_EVENT_STATE_CHANGED 0    /* the VM's `state` property changed */
+#define AVZ_EVENT_GUEST_STOPPED 1    /* delegate: guestDidStopVirtualMachine: */
+#define AVZ_EVENT_STOPPED_WITH_ERROR 2 /* delegate: virtualMachine:didStopWithError: */
+
+/* Largest machine identifier data representation the ABI carries. */
+#define AVZ_MACHINE_IDENTIFIER_MAX 4096
+
+/* ---------------------------------------------------------------------------------- */
+/* Handles                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+/* A VZVirtualMachineConfiguration being built. CoreFoundation-compatible: released
+ * with CFRelease. Not thread-safe: build it on one thread, then hand it to
+ * avz_vm_create. */
+typedef struct avz_config avz_config;
+
+/* A virtual machine with its queue, delegate and observer. CoreFoundation-compatible:
+ * released with CFRelease. Thread-safe: every function hops onto the VM's queue. */
+typedef struct avz_vm avz_vm;
+
+/* Called exactly once per asynchronous operation, on the VM's queue.
+ * `error` is +1 (the callee releases it) or NULL on success. */
+typedef void (*avz_completion_fn)(void *context, CFErrorRef error);
+
+/* Called on the VM's queue for every state change and delegate event, in order.
+ * `state` is the VM state after the event (AVZ_STATE_*); `event` is AVZ_EVENT_*;
+ * `error` is borrowed (retain it to keep it) and non-NULL only for
+ * AVZ_EVENT_STOPPED_WITH_ERROR. */
+typedef void (*avz_state_observer_fn)(void *context, int32_t state, int32_t event,
+                                      CFErrorRef error);
+
+/* Releases an observer context; called exactly once. */
+typedef void (*avz_context_release_fn)(void *context);
+
+/* Configuration limits of this host (class properties of
+ * VZVirtualMachineConfiguration). */
+typedef struct avz_limits {
+    uint32_t min_cpu_count;
+    uint32_t max_cpu_count;
+    uint64_t min_memory_size; /* bytes */
+    uint64_t max_memory_size; /* bytes */
+} avz_limits;
+
+/* ---------------------------------------------------------------------------------- */
+/* Host                                                                               */
+/* ---------------------------------------------------------------------------------- */
+
+/* VZVirtualMachine.isSupported: false on hardware without virtualization. */
+bool avz_is_supported(void);
+
+/* True when this host can save and restore VM state at all (Apple silicon, macOS 14+).
+ * A given configuration may still not be savable: see avz_config_validate_save_restore. */
+bool avz_save_restore_supported(void);
+
+/* Fills *out with the host's configuration limits. `out` borrowed. */
+void avz_get_limits(avz_limits *out);
+
+/* Creates a new VZGenericMachineIdentifier and writes its data representation to
+ * `buffer` (borrowed, `capacity` bytes). On success stores the length in *length.
+ * Errors: AVZ_ERROR_NOT_SUPPORTED before macOS 13; AVZ_ERROR_INTERNAL when `capacity`
+ * is too small (*length then holds the size needed). */
+bool avz_machine_identifier_create(uint8_t *buffer, size_t capacity, size_t *length,
+                                   CFErrorRef *error);
+
+/* ---------------------------------------------------------------------------------- */
+/* Configuration                                                                      */
+/* ---------------------------------------------------------------------------------- */
+
+/* Returns +1: an empty configuration (no boot loader, no devices). */
+avz_config *avz_config_create(void);
+
+/* CPUCount and memorySize (bytes). Range checks happen in validate. `config` borrowed. */
+void avz_config_set_cpu_count(avz_config *config, uint32_t cpu_count);
+void avz_config_set_memory_size(avz_config *config, uint64_t memory_size);
+
+/* VZLinuxBootLoader. `kernel_path`, `command_line` borrowed; `initrd_path` borrowed
+ * and may be NULL. Errors: AVZ_ERROR_INVALID_CONFIGURATION when a file is missing. */
+bool avz_config_set_linux_boot_loader(avz_config *config, const char *kernel_path,
+                                      const char *initrd_path, const char *command_line,
+                                      CFErrorRef *error);
+
+/* VZEFIBootLoader with a VZEFIVariableStore at `variable_store_path` (borrowed):
+ * opened when `create` is false, created (overwriting) when true.
+ * Errors: AVZ_ERROR_NOT_SUPPORTED before macOS 13; file-system errors. */
+bool avz_config_set_efi_boot_loader(avz_config *config, const char *variable_store_path,
+                                    bool create, CFErrorRef *error);
+
+/* VZGenericPlatformConfiguration. `machine_identifier` (borrowed, `length` bytes) is a
+ * data representation from avz_machine_identifier_create, or NULL for a fresh
+ * identity (which cannot be persisted: a state saved under it cannot be restored by
+ * another process). Errors: AVZ_ERROR_NOT_SUPPORTED before macOS 12 (13 with an identifier);
+ * AVZ_ERROR_INVALID_CONFIGURATION for bytes that are not an identifier. */
+bool avz_config_set_generic_platform(avz_config *config, const uint8_t *machine_identifier,
+                                     size_t length, CFErrorRef *error);
+
+/* VZVirtioBlockDeviceConfiguration over a VZDiskImageStorageDeviceAttachment.
+ * `path` borrowed; `caching_mode` is AVZ_CACHING_*, `sync_mode` AVZ_SYNC_*; modes other
+ * than automatic/full need macOS 12 (AVZ_ERROR_NOT_SUPPORTED before).
+ * Errors: AVZ_ERROR_INVALID_DISK_IMAGE, file-system errors. */
+bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bool read_only,
+                                        int32_t caching_mode, int32_t sync_mode,
+                                        CFErrorRef *error);
+
+/* VZVirtioNetworkDeviceConfiguration with a VZNATNetworkDeviceAttachment.
+ * `mac_address` borrowed, "xx:xx:xx:xx:xx:xx", or NULL for a random locally
+ * administered address. Errors: AVZ_ERROR_INVALID_CONFIGURATION for a bad address. */
+bool avz_config_add_nat_network_device(avz_config *config, const char *mac_address,
+                                       CFErrorRef *error);
+
+/* VZVirtioConsoleDeviceSerialPortConfiguration with a VZFileSerialPortAttachment.
+ * `path` borrowed. Errors: file-system errors. */
+bool avz_config_add_serial_port_file(avz_config *config, const char *path, bool append,
+                                     CFErrorRef *error);
+
+/* VZVirtioConsoleDeviceSerialPortConfiguration with a VZFileHandleSerialPortAttachment.
+ * The descriptors are borrowed: the callee duplicates them (and closes its duplicates
+ * when the configuration and every VM made from it are gone). -1 disables a direction.
+ * Errors: file-system errors (bad descriptor). */
+bool avz_config_add_serial_port_fds(avz_config *config, int read_fd, int write_fd,
+                                    CFErrorRef *error);
+
+/* validateWithError:. Errors: AVZ_ERROR_INVALID_CONFIGURATION with the reason. */
+bool avz_config_validate(avz_config *config, CFErrorRef *error);
+
+/* validateSaveRestoreSupportWithError:. Errors: AVZ_ERROR_NOT_SUPPORTED on Intel or
+ * before macOS 14; AVZ_ERROR_INVALID_CONFIGURATION (or the framework's code) when this
+ * configuration cannot be saved. */
+bool avz_config_validate_save_restore(avz_config *config, CFErrorRef *error);
+
+/* ---------------------------------------------------------------------------------- */
+/* Virtual machine                                                                    */
+/* ---------------------------------------------------------------------------------- */
+
+/* Returns +1: a VM built from a copy of `config` (borrowed) on its own serial queue.
+ * `observer` receives every event until the VM is destroyed; `observer_release` is
+ * called exactly once with `observer_context`: when the VM is destroyed, or before this
+ * function returns NULL. The VM is destroyed after its last CFRelease once no
+ * operation is in flight (operations keep it alive until their completion ran).
+ * Errors: AVZ_ERROR_INVALID_CONFIGURATION. */
+avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
+                      void *observer_context, avz_context_release_fn observer_release,
+                      CFErrorRef *error);
+
+/* Asynchronous operations: each returns at once and calls `completion(context, error)`
+ * exactly once on the VM's queue, also when the operation is refused (wrong state:
+ * AVZ_ERROR_INVALID_STATE_TRANSITION, or AVZ_ERROR_INVALID_STATE for save, as the
+ * framework documents) or cancelled by a forced stop (AVZ_ERROR_OPERATION_CANCELLED
+ * from macOS 13; macOS 12 reports another code). `vm` borrowed; `context` is the
+ * caller's. */
+
+/* startWithCompletionHandler:. Errors: AVZ_ERROR_LIMIT_EXCEEDED when the host runs too
+ * many VMs, AVZ_ERROR_INVALID_CONFIGURATION (also a missing entitlement). */
+
+void avz_vm_start(avz_vm *vm, avz_completion_fn completion, void *context);
+/* stopWithCompletionHandler: (forced; macOS 12: AVZ_ERROR_NOT_SUPPORTED before). */
+void avz_vm_stop(avz_vm *vm, avz_completion_fn completion, void *context);
+/* pauseWithCompletionHandler:. */
+void avz_vm_pause(avz_vm *vm, avz_completion_fn completion, void *context);
+/* resumeWithCompletionHandler:. */
+void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context);
+/* saveMachineStateToURL:completionHandler: (macOS 14, arm64; AVZ_ERROR_NOT_SUPPORTED
+ * elsewhere). The VM must be paused. `path` borrowed; it should not exist yet.
+ * Errors: AVZ_ERROR_SAVE. */
+void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completion,
+                       void *context);
+/* restoreMachineStateFromURL:completionHandler: (macOS 14, arm64). The VM must be
+ * stopped; it ends paused. `path` borrowed. Errors: AVZ_ERROR_RESTORE (file from
+ * another host or configuration, unreadable file). */
+void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn completion,
+                          void *context);
+
+/* Synchronous (hop onto the VM's queue; never call from a callback). */
+
+/* requestStopWithError: — asks the guest to power off; the guest may ignore it.
+ * Errors: AVZ_ERROR_INVALID_STATE when the VM is not running. */
+bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error);
+/* The `state` property (AVZ_STATE_*). */
+int32_t avz_vm_state(avz_vm *vm);
+/* canStart, canStop (false before macOS 12), canPause, canResume, canRequestStop. */
+bool avz_vm_can_start(avz_vm *vm);
+bool avz_vm_can_stop(avz_vm *vm);
+bool avz_vm_can_pause(avz_vm *vm);
+bool avz_vm_can_resume(avz_vm *vm);
+bool avz_vm_can_request_stop(avz_vm *vm);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* APPLEVZ_H */

@@ -1,0 +1,71 @@
+/*
+ * avz_sim.h — knobs of the portable simulator (shim/sim/), for tests only.
+ *
+ * The simulator implements include/applevz.h on every non-Apple target. These extra
+ * functions script the simulated guest and host and count live objects; they do not
+ * exist in the real shim. Ownership and threading follow applevz.h.
+ */
+#ifndef APPLEVZ_SIM_H
+#define APPLEVZ_SIM_H
+
+#include "../../include/applevz.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Operation kinds for avz_sim_vm_fail_next. */
+#define AVZ_SIM_OP_START 0
+#define AVZ_SIM_OP_STOP 1
+#define AVZ_SIM_OP_PAUSE 2
+#define AVZ_SIM_OP_RESUME 3
+#define AVZ_SIM_OP_SAVE 4
+#define AVZ_SIM_OP_RESTORE 5
+#define AVZ_SIM_OP_REQUEST_STOP 6
+
+/* Guest script, set on a configuration before avz_vm_create (VMs copy it).
+ * Defaults: every delay 0 ms, guest obeys stop requests, never powers off or crashes
+ * by itself, save/restore supported, configuration savable. `config` borrowed. */
+
+/* Starting -> Running takes this long. */
+void avz_sim_config_set_boot_delay_ms(avz_config *config, uint32_t ms);
+/* A forced stop (Stopping -> Stopped) and a guest's own power-off after a stop request
+ * take this long. */
+void avz_sim_config_set_stop_delay_ms(avz_config *config, uint32_t ms);
+/* Pause, resume, save and restore each take this long. */
+void avz_sim_config_set_operation_delay_ms(avz_config *config, uint32_t ms);
+/* The guest ignores requestStop (no ACPI power-button handling). */
+void avz_sim_config_set_ignores_stop_request(avz_config *config, bool ignores);
+/* The guest powers itself off this long after it reaches Running (0 = never). */
+void avz_sim_config_set_power_off_after_ms(avz_config *config, uint32_t ms);
+/* The VM fails with `code` (VZErrorDomain) this long after Running (0 = never). */
+void avz_sim_config_set_crash_after_ms(avz_config *config, uint32_t ms, int64_t code);
+/* Host without save/restore (Intel Mac, macOS < 14). */
+void avz_sim_config_set_save_restore_unsupported(avz_config *config, bool unsupported);
+/* This configuration cannot be saved (validateSaveRestoreSupport fails). */
+void avz_sim_config_set_not_savable(avz_config *config, bool not_savable);
+
+/* Runtime triggers on a VM (borrowed); safe from any thread but callbacks. */
+
+/* The next operation of kind `op` (AVZ_SIM_OP_*) fails with `code` (VZErrorDomain)
+ * and leaves the state where it was before the operation. */
+void avz_sim_vm_fail_next(avz_vm *vm, int32_t op, int64_t code);
+/* Pause, resume, save and restore begun from now on take `ms` (overrides the
+ * configuration's operation delay). */
+void avz_sim_vm_set_operation_delay_ms(avz_vm *vm, uint32_t ms);
+/* The guest powers itself off now (Running or Paused -> Stopped, GUEST_STOPPED). */
+void avz_sim_vm_guest_power_off(avz_vm *vm);
+/* The VM fails now with `code`: -> Error, STOPPED_WITH_ERROR with that error. */
+void avz_sim_vm_crash(avz_vm *vm, int64_t code);
+
+/* Live simulator objects (configurations, VMs, errors, strings), process-wide. */
+int64_t avz_sim_live_objects(void);
+/* Blocks until the live-object count equals `count` or `timeout_ms` passes; returns
+ * whether it got there. Event-driven (condition variable), not polled. */
+bool avz_sim_wait_live_objects(int64_t count, uint32_t timeout_ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* APPLEVZ_SIM_H */
