@@ -1,0 +1,159 @@
+//! Builds the native half of applevz for the *target* (not the host):
+//! - macOS targets: the ARC Objective-C shim `shim/applevz.m`, linked against
+//!   Virtualization, Foundation and CoreFoundation;
+//! - every other target: the portable C simulator in `shim/sim/`, which also provides
+//!   the few CoreFoundation functions the Rust side calls. Rust code sees the cfg
+//!   `applevz_simulator` there.
+//!
+//! With the `bindgen` feature it also regenerates the raw bindings from the header and
+//! fails when they differ from the checked-in `src/sys/*.rs` (set
+//! `APPLEVZ_UPDATE_BINDINGS=1` to write them instead).
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+/// The oldest macOS the shim's baseline features need (`stop` is macOS 12); newer
+/// features are guarded with `@available` inside the shim.
+const DEFAULT_MACOS_DEPLOYMENT_TARGET: &str = "12.0";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+
+    println!("cargo::rustc-check-cfg=cfg(applevz_simulator)");
+    println!("cargo::rerun-if-changed=include/applevz.h");
+    println!("cargo::rerun-if-changed=shim/applevz.m");
+    println!("cargo::rerun-if-changed=shim/sim");
+    println!("cargo::rerun-if-env-changed=MACOSX_DEPLOYMENT_TARGET");
+    println!("cargo::rerun-if-env-changed=APPLEVZ_UPDATE_BINDINGS");
+
+    if target_os == "macos" {
+        build_objc_shim(&manifest_dir);
+    } else {
+        build_simulator(&manifest_dir);
+        println!("cargo::rustc-cfg=applevz_simulator");
+    }
+
+    #[cfg(feature = "bindgen")]
+    bindings::check_or_update(&manifest_dir);
+}
+
+fn build_objc_shim(manifest_dir: &Path) {
+    let mut build = cc::Build::new();
+    build
+        .file(manifest_dir.join("shim/applevz.m"))
+        .include(manifest_dir.join("include"))
+        .flag("-fobjc-arc")
+        .flag("-Wall")
+        .flag("-Wextra")
+        .flag("-Wunguarded-availability");
+    // cc passes MACOSX_DEPLOYMENT_TARGET on when it is set; otherwise pin the documented
+    // minimum rather than rustc's older default, so @available checks mean what we say.
+    if env::var_os("MACOSX_DEPLOYMENT_TARGET").is_none() {
+        build.flag(format!(
+            "-mmacosx-version-min={DEFAULT_MACOS_DEPLOYMENT_TARGET}"
+        ));
+    }
+    build.compile("applevz_shim");
+    for framework in ["Virtualization", "Foundation", "CoreFoundation"] {
+        println!("cargo::rustc-link-lib=framework={framework}");
+    }
+}
+
+fn build_simulator(manifest_dir: &Path) {
+    let sim_dir = manifest_dir.join("shim/sim");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&sim_dir)
+        .expect("shim/sim exists")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "c"))
+        .collect();
+    sources.sort();
+    cc::Build::new()
+        .files(&sources)
+        .include(manifest_dir.join("include"))
+        .include(&sim_dir)
+        .std("c11")
+        .define("_GNU_SOURCE", None)
+        .flag_if_supported("-pthread")
+        .warnings(true)
+        .extra_warnings(true)
+        .compile("applevz_sim");
+    println!("cargo::rustc-link-lib=pthread");
+}
+
+#[cfg(feature = "bindgen")]
+mod bindings {
+    use std::path::Path;
+
+    /// One generated file: its header, the items it covers, and the checked-in output.
+    struct Generated {
+        header: &'static str,
+        functions: &'static str,
+        constants: &'static str,
+        /// Types that come from the other generated file instead.
+        imported_types: Option<&'static str>,
+        output: &'static str,
+    }
+
+    const GENERATED: [Generated; 2] = [
+        Generated {
+            header: "include/applevz.h",
+            functions: "avz_.*",
+            constants: "AVZ_.*",
+            imported_types: None,
+            output: "src/sys/bindings.rs",
+        },
+        Generated {
+            header: "shim/sim/avz_sim.h",
+            functions: "avz_sim_.*",
+            constants: "AVZ_SIM_.*",
+            imported_types: Some("avz_config|avz_vm"),
+            output: "src/sys/sim_bindings.rs",
+        },
+    ];
+
+    pub fn check_or_update(manifest_dir: &Path) {
+        let update = std::env::var_os("APPLEVZ_UPDATE_BINDINGS").is_some_and(|v| v == "1");
+        for file in &GENERATED {
+            let generated = generate(manifest_dir, file);
+            let checked_in_path = manifest_dir.join(file.output);
+            let checked_in = std::fs::read_to_string(&checked_in_path).unwrap_or_default();
+            if generated == checked_in {
+                continue;
+            }
+            if update {
+                std::fs::write(&checked_in_path, generated).expect("write bindings");
+            } else {
+                panic!(
+                    "{} no longer matches {}: regenerate with \
+                     `APPLEVZ_UPDATE_BINDINGS=1 cargo build --features bindgen` and review the diff",
+                    file.output, file.header
+                );
+            }
+        }
+    }
+
+    fn generate(manifest_dir: &Path, file: &Generated) -> String {
+        let mut builder = bindgen::Builder::default()
+            .header(manifest_dir.join(file.header).to_string_lossy())
+            // Generate for a non-Apple target so the header's portable CF declarations
+            // are used; the items themselves are identical on every target.
+            .clang_arg("--target=x86_64-unknown-linux-gnu")
+            .rust_edition(bindgen::RustEdition::Edition2024)
+            .allowlist_function(file.functions)
+            .allowlist_var(file.constants)
+            .blocklist_type("CF.*|__CF.*")
+            .layout_tests(false)
+            .formatter(bindgen::Formatter::Prettyplease);
+        if let Some(types) = file.imported_types {
+            builder = builder
+                .blocklist_type(types)
+                .raw_line("use super::bindings::{avz_config, avz_vm};");
+        } else {
+            builder = builder
+                .allowlist_type("avz_.*")
+                .raw_line("use super::cf::CFErrorRef;");
+        }
+        builder.generate().expect("bindgen").to_string()
+    }
+}

@@ -1,0 +1,251 @@
+//! Trampolines for the C callbacks.
+//!
+//! Rules kept here, once for every callback:
+//! - no panic unwinds into C: every trampoline runs Rust code inside `catch_unwind`;
+//! - every context has exactly one owner and is freed exactly once: a completion
+//!   context is an `Arc` reference owned by the native side until the completion runs
+//!   (so a wait that timed out on the Rust side leaves it valid); an observer context
+//!   is a box owned by the native VM until its release function runs.
+
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::cf::CfError;
+use crate::error::FrameworkError;
+use crate::state::{EventKind, VmState};
+use crate::sys;
+use crate::sys::cf::CFErrorRef;
+
+/// Locks a mutex, ignoring poisoning: state guarded here stays consistent because
+/// every critical section is a plain assignment or push.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where one asynchronous operation's outcome lands.
+#[derive(Default)]
+pub(crate) struct CompletionSlot {
+    outcome: Mutex<Outcome>,
+    completed: Condvar,
+}
+
+#[derive(Default)]
+struct Outcome {
+    result: Option<Result<(), FrameworkError>>,
+    /// Set when the waiter gave up: the file to delete when the completion arrives.
+    abandoned_with_cleanup: Option<PathBuf>,
+}
+
+impl CompletionSlot {
+    /// A new slot and the raw context to hand to the native call. The context owns one
+    /// reference to the slot; [`completion_trampoline`] takes it back exactly once.
+    pub(crate) fn new() -> (Arc<Self>, *mut c_void) {
+        let slot = Arc::new(Self::default());
+        let context = Arc::into_raw(Arc::clone(&slot)).cast_mut().cast::<c_void>();
+        (slot, context)
+    }
+
+    fn complete(&self, result: Result<(), FrameworkError>) {
+        let mut outcome = lock(&self.outcome);
+        if let Some(path) = outcome.abandoned_with_cleanup.take() {
+            remove_late_file(&path);
+        }
+        outcome.result = Some(result);
+        drop(outcome);
+        self.completed.notify_all();
+    }
+
+    /// For a wait that timed out: when the operation completes after all, delete
+    /// `path` (the file a late save writes), so nothing is left behind.
+    pub(crate) fn abandon_with_cleanup(&self, path: PathBuf) {
+        let mut outcome = lock(&self.outcome);
+        if outcome.result.is_some() {
+            // Completed between the timeout and now.
+            remove_late_file(&path);
+        } else {
+            outcome.abandoned_with_cleanup = Some(path);
+        }
+    }
+
+    /// Waits for the completion up to `timeout`; `None` when it did not arrive.
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<(), FrameworkError>> {
+        let deadline = Instant::now() + timeout;
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(result) = outcome.result.take() {
+                return Some(result);
+            }
+            let remaining = deadline.checked_duration_since(Instant::now())?;
+            outcome = self
+                .completed
+                .wait_timeout(outcome, remaining)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+fn remove_late_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => log::info!(
+            "removed {} after its operation completed late",
+            path.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => log::warn!("could not remove {}: {error}", path.display()),
+    }
+}
+
+/// `avz_completion_fn` for contexts made by [`CompletionSlot::new`].
+///
+/// # Safety
+/// `context` comes from [`CompletionSlot::new`] and this is its one call; `error` is
+/// NULL or a +1 CFError that this call takes over.
+pub(crate) unsafe extern "C" fn completion_trampoline(context: *mut c_void, error: CFErrorRef) {
+    // SAFETY: the context owns one Arc reference, taken back here exactly once (the
+    // native side calls each completion exactly once).
+    let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot>()) };
+    // SAFETY: the completion's error is +1 and ours to release (create rule).
+    let error = unsafe { CfError::from_create_rule(error) };
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        slot.complete(match error {
+            None => Ok(()),
+            Some(error) => Err(error.into()),
+        });
+    }));
+}
+
+/// `avz_completion_fn` that ignores the outcome (used by `Drop`, which does not wait).
+///
+/// # Safety
+/// `error` is NULL or a +1 CFError that this call takes over; `context` is unused.
+pub(crate) unsafe extern "C" fn ignore_completion(_context: *mut c_void, error: CFErrorRef) {
+    // SAFETY: the completion's error is +1 and ours to release (create rule); dropping
+    // the handle releases it.
+    drop(unsafe { CfError::from_create_rule(error) });
+}
+
+/// What the native observer reports, translated.
+pub(crate) struct NativeEvent {
+    pub(crate) state: VmState,
+    pub(crate) kind: EventKind,
+}
+
+/// The Rust side of the state observer.
+pub(crate) type ObserverFn = Box<dyn Fn(NativeEvent) + Send + Sync>;
+
+/// Turns an observer into the (context, release) pair the native VM takes over.
+pub(crate) fn observer_into_raw(observer: ObserverFn) -> *mut c_void {
+    Box::into_raw(Box::new(observer)).cast()
+}
+
+/// `avz_state_observer_fn` for contexts made by [`observer_into_raw`].
+///
+/// # Safety
+/// `context` comes from [`observer_into_raw`] and has not been released; `error` is
+/// NULL or a CFError borrowed for the duration of the call.
+pub(crate) unsafe extern "C" fn observer_trampoline(
+    context: *mut c_void,
+    state: i32,
+    event: i32,
+    error: CFErrorRef,
+) {
+    // SAFETY: the native VM keeps the context alive until it calls the release
+    // function, which happens after the last observer call.
+    let observer = unsafe { &*context.cast_const().cast::<ObserverFn>() };
+    // SAFETY: the error is borrowed (get rule): retain it to own a reference.
+    let error = unsafe { CfError::from_get_rule(error) };
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        let kind = match (event as u32, error) {
+            (sys::AVZ_EVENT_GUEST_STOPPED, _) => EventKind::GuestStopped,
+            (sys::AVZ_EVENT_STOPPED_WITH_ERROR, Some(error)) => {
+                EventKind::StoppedWithError(error.into())
+            }
+            (sys::AVZ_EVENT_STOPPED_WITH_ERROR, None) => {
+                EventKind::StoppedWithError(FrameworkError::missing("the VM stopped"))
+            }
+            _ => EventKind::StateChanged,
+        };
+        observer(NativeEvent {
+            state: VmState::from_raw(state),
+            kind,
+        });
+    }));
+}
+
+/// `avz_context_release_fn` for contexts made by [`observer_into_raw`].
+///
+/// # Safety
+/// `context` comes from [`observer_into_raw`]; this is its one release.
+pub(crate) unsafe extern "C" fn observer_release(context: *mut c_void) {
+    // SAFETY: the native VM calls the release function exactly once, after the last
+    // observer call; the box was made by `observer_into_raw`.
+    let observer = unsafe { Box::from_raw(context.cast::<ObserverFn>()) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(observer)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completion_frees_its_context_exactly_once() {
+        let (slot, context) = CompletionSlot::new();
+        assert_eq!(
+            Arc::strong_count(&slot),
+            2,
+            "the native side owns one reference"
+        );
+        // SAFETY: `context` comes from CompletionSlot::new; this is its one call.
+        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+        assert_eq!(Arc::strong_count(&slot), 1, "taken back by the trampoline");
+        assert_eq!(slot.wait(Duration::ZERO), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_completion_after_the_waiter_gave_up_is_harmless() {
+        let (slot, context) = CompletionSlot::new();
+        assert_eq!(slot.wait(Duration::from_millis(1)), None);
+        drop(slot); // the waiter is gone
+        // SAFETY: as above; the context alone keeps the slot alive.
+        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+    }
+
+    #[test]
+    fn a_late_save_is_cleaned_up() {
+        let path = std::env::temp_dir().join(format!("applevz-late-{}", std::process::id()));
+        let (slot, context) = CompletionSlot::new();
+        assert_eq!(slot.wait(Duration::from_millis(1)), None);
+        slot.abandon_with_cleanup(path.clone());
+        std::fs::write(&path, b"written by a save that completed late").unwrap();
+        // SAFETY: as above.
+        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_panicking_observer_does_not_unwind_into_c() {
+        let context = observer_into_raw(Box::new(|_| panic!("observer bug")));
+        // SAFETY: a live context from observer_into_raw; NULL error is allowed.
+        unsafe {
+            observer_trampoline(context, 1, 0, std::ptr::null_mut());
+            observer_release(context);
+        }
+    }
+
+    #[test]
+    fn the_observer_context_is_dropped_by_its_release() {
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let context = observer_into_raw(Box::new(move |_| {
+            let _ = &held;
+        }));
+        assert_eq!(Arc::strong_count(&witness), 2);
+        // SAFETY: the one release of a context from observer_into_raw.
+        unsafe { observer_release(context) };
+        assert_eq!(Arc::strong_count(&witness), 1);
+    }
+}

@@ -1,0 +1,287 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cf::CfError;
+use crate::state::{Operation, VmState};
+
+/// The Virtualization framework's error domain.
+pub const VZ_ERROR_DOMAIN: &str = "VZErrorDomain";
+
+/// The codes of `VZErrorDomain` (`VZErrorCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VzErrorCode {
+    /// 1: an internal framework error.
+    Internal,
+    /// 2: the configuration is invalid (also what a missing entitlement looks like).
+    InvalidVirtualMachineConfiguration,
+    /// 3: the VM is in the wrong state for the request.
+    InvalidVirtualMachineState,
+    /// 4: the VM cannot go from its state to the one requested.
+    InvalidVirtualMachineStateTransition,
+    /// 5: a disk image is invalid.
+    InvalidDiskImage,
+    /// 6: too many VMs on this host.
+    VirtualMachineLimitExceeded,
+    /// 7: a network error.
+    NetworkError,
+    /// 8: the host ran out of disk space.
+    OutOfDiskSpace,
+    /// 9: the operation was cancelled (for example by a forced stop).
+    OperationCancelled,
+    /// 10: not supported on this host.
+    NotSupported,
+    /// 11: saving the VM's state failed.
+    Save,
+    /// 12: restoring the VM's state failed.
+    Restore,
+    /// A code this crate has no name for, or a code of another domain.
+    Other(i64),
+}
+
+impl VzErrorCode {
+    /// Names `code` when `domain` is `VZErrorDomain`.
+    pub fn from_domain_and_code(domain: &str, code: i64) -> Self {
+        if domain != VZ_ERROR_DOMAIN {
+            return Self::Other(code);
+        }
+        match code {
+            1 => Self::Internal,
+            2 => Self::InvalidVirtualMachineConfiguration,
+            3 => Self::InvalidVirtualMachineState,
+            4 => Self::InvalidVirtualMachineStateTransition,
+            5 => Self::InvalidDiskImage,
+            6 => Self::VirtualMachineLimitExceeded,
+            7 => Self::NetworkError,
+            8 => Self::OutOfDiskSpace,
+            9 => Self::OperationCancelled,
+            10 => Self::NotSupported,
+            11 => Self::Save,
+            12 => Self::Restore,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// An error reported by the Virtualization framework (or by the simulator, which
+/// uses the same domain and codes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{description} ({domain} error {raw_code})")]
+pub struct FrameworkError {
+    /// The error domain, e.g. `VZErrorDomain` or `NSPOSIXErrorDomain`.
+    pub domain: String,
+    /// The code, named when the domain is `VZErrorDomain`.
+    pub code: VzErrorCode,
+    /// The numeric code as the framework gave it.
+    pub raw_code: i64,
+    /// The framework's description.
+    pub description: String,
+}
+
+impl FrameworkError {
+    /// Stands in for an error the native side should have produced but did not (a
+    /// broken ABI contract), so the failure is still reported, never lost.
+    pub(crate) fn missing(what: &str) -> Self {
+        Self {
+            domain: VZ_ERROR_DOMAIN.to_owned(),
+            code: VzErrorCode::Internal,
+            raw_code: 1,
+            description: format!("{what}, but the native side gave no error object"),
+        }
+    }
+}
+
+impl From<CfError> for FrameworkError {
+    /// The one place where a native error becomes a Rust error.
+    fn from(error: CfError) -> Self {
+        let domain = error.domain();
+        let raw_code = error.code();
+        Self {
+            code: VzErrorCode::from_domain_and_code(&domain, raw_code),
+            raw_code,
+            description: error.description(),
+            domain,
+        }
+    }
+}
+
+/// Everything that can go wrong in applevz.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The framework refused or failed an operation.
+    #[error("{operation} failed: {source}")]
+    Framework {
+        /// What was asked.
+        operation: Operation,
+        /// The framework's error.
+        #[source]
+        source: FrameworkError,
+    },
+
+    /// The operation is not possible in the VM's current state.
+    #[error("cannot {operation} while the VM is {state}: {hint}")]
+    InvalidState {
+        /// What was asked.
+        operation: Operation,
+        /// The state the VM was in.
+        state: VmState,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// The operation did not finish in time. A late completion is harmless.
+    #[error("{operation} did not finish within {timeout:?}; the VM is {state}: {hint}")]
+    Timeout {
+        /// What was asked.
+        operation: Operation,
+        /// The state when the wait gave up.
+        state: VmState,
+        /// How long it waited.
+        timeout: Duration,
+        /// What to do next.
+        hint: &'static str,
+    },
+
+    /// `suspend()` is impossible for this VM on this host; the VM keeps running.
+    #[error("this VM cannot be suspended here (it keeps running): {source}")]
+    SuspendNotSupported {
+        /// Why, as the framework says it.
+        #[source]
+        source: FrameworkError,
+    },
+
+    /// `suspend()` needs a saved-state path in the configuration.
+    #[error("suspend needs a saved-state file: set one with VmConfigBuilder::saved_state_path")]
+    NoSavedStatePath,
+
+    /// Restoring a saved state failed; the file is kept.
+    #[error(
+        "could not restore the saved state {path} (the file is kept; shutdown(Poweroff) \
+         discards it): {source}"
+    )]
+    RestoreFailed {
+        /// The saved-state file.
+        path: PathBuf,
+        /// The framework's reason (for example a file made by another host or
+        /// configuration).
+        #[source]
+        source: FrameworkError,
+    },
+
+    /// A file operation of applevz itself failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What applevz was doing.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The CPU count is outside the host's limits.
+    #[error("invalid configuration: {requested} CPUs is outside this host's range {min}..={max}")]
+    CpuCount {
+        /// Requested count.
+        requested: u32,
+        /// Smallest allowed.
+        min: u32,
+        /// Largest allowed.
+        max: u32,
+    },
+
+    /// The memory size is outside the host's limits.
+    #[error(
+        "invalid configuration: {requested} bytes of memory is outside this host's range \
+         {min}..={max}"
+    )]
+    MemorySize {
+        /// Requested size in bytes.
+        requested: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+
+    /// The memory size is not a whole number of MiB.
+    #[error("invalid configuration: memory size {requested} bytes is not a multiple of 1 MiB")]
+    MemoryNotMibMultiple {
+        /// Requested size in bytes.
+        requested: u64,
+    },
+
+    /// No boot loader was configured.
+    #[error("invalid configuration: no boot loader (set linux_boot_loader or efi_boot_loader)")]
+    MissingBootLoader,
+
+    /// A file the configuration names does not exist.
+    #[error("invalid configuration: {role} {path} does not exist")]
+    FileNotFound {
+        /// What the file is for (kernel, initrd, disk image, …).
+        role: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// A file the configuration names exists but cannot be used.
+    #[error("invalid configuration: {role} {path} cannot be used: {reason}")]
+    FileUnusable {
+        /// What the file is for.
+        role: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why (not readable, not writable, a directory, …).
+        reason: String,
+    },
+
+    /// A MAC address does not parse.
+    #[error("invalid configuration: MAC address {value:?} {reason}")]
+    InvalidMacAddress {
+        /// The address as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A string that crosses to C contains a NUL byte.
+    #[error("invalid configuration: {what} contains a NUL byte: {value:?}")]
+    InteriorNul {
+        /// Which value.
+        what: &'static str,
+        /// The value, lossily printed.
+        value: String,
+    },
+
+    /// A persisted machine identifier is not usable.
+    #[error("invalid configuration: machine identifier file {path}: {reason}")]
+    InvalidMachineIdentifier {
+        /// The identifier file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps a framework error as the failure of `operation` (for `map_err`).
+    pub(crate) fn during(operation: Operation) -> impl Fn(FrameworkError) -> Self + Copy {
+        move |source| Self::Framework { operation, source }
+    }
+
+    /// The framework's error code, when this error came from the framework.
+    pub fn vz_code(&self) -> Option<VzErrorCode> {
+        match self {
+            Self::Framework { source, .. }
+            | Self::SuspendNotSupported { source }
+            | Self::RestoreFailed { source, .. } => Some(source.code),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

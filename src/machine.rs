@@ -1,0 +1,515 @@
+//! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
+//! native wrappers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::callback::{NativeEvent, lock};
+use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
+use crate::error::{Error, FrameworkError, Result, VzErrorCode};
+use crate::native::{AsyncOp, NativeVm};
+use crate::state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
+
+/// What the observer maintains: the framework's state and the subscribers.
+struct Observed {
+    /// The framework's state as last reported (never `Suspended`).
+    framework_state: VmState,
+    subscribers: Vec<Sender<StateEvent>>,
+}
+
+/// State shared between the VM's owner and the native observer.
+struct Shared {
+    observed: Mutex<Observed>,
+    changed: Condvar,
+    saved_state: Option<PathBuf>,
+}
+
+impl Shared {
+    /// Maps the framework's state to the VM's: stopped with a saved state is
+    /// suspended.
+    fn vm_state(&self, framework_state: VmState) -> VmState {
+        match (&self.saved_state, framework_state) {
+            (Some(path), VmState::Stopped) if path.exists() => VmState::Suspended,
+            _ => framework_state,
+        }
+    }
+
+    /// Records an event and hands it to every subscriber, in order (events are
+    /// published under the lock, so no two interleave).
+    fn publish(&self, framework_state: Option<VmState>, kind: EventKind) {
+        let mut observed = lock(&self.observed);
+        if let Some(state) = framework_state {
+            observed.framework_state = state;
+        }
+        let event = StateEvent {
+            state: self.vm_state(observed.framework_state),
+            kind,
+        };
+        log::debug!("VM event: {event:?}");
+        observed
+            .subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        drop(observed);
+        self.changed.notify_all();
+    }
+
+    /// Waits, event-driven, until `done` holds for the VM's state or `timeout` passes.
+    /// Returns the last state seen and whether `done` held.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(VmState) -> bool) -> (VmState, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut observed = lock(&self.observed);
+        loop {
+            let state = self.vm_state(observed.framework_state);
+            if done(state) {
+                return (state, true);
+            }
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                return (state, false);
+            };
+            observed = self
+                .changed
+                .wait_timeout(observed, remaining)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A Linux virtual machine.
+///
+/// `VirtualMachine` is `Send + Sync`: share it through an `Arc`. Lifecycle operations
+/// are serialized (one at a time; others wait their turn). Every operation has a
+/// timeout (see [`Timeouts`]); a completion that arrives after its wait timed out is
+/// harmless.
+///
+/// Dropping a VM that is not stopped forces it off, like pulling the plug, without
+/// waiting for the guest: call [`VirtualMachine::shutdown`] first for a graceful stop
+/// or [`VirtualMachine::suspend`] to keep its state. Drop never blocks on the guest;
+/// the native side releases the VM once its last operation completed.
+pub struct VirtualMachine {
+    native: NativeVm,
+    shared: Arc<Shared>,
+    operation_lock: Mutex<()>,
+    saved_state: Option<CPath>,
+    save_restore_check: std::result::Result<(), FrameworkError>,
+    timeouts: Mutex<Timeouts>,
+    on_graceful_timeout: OnGracefulTimeout,
+}
+
+/// Hints for the ways out of a refused operation.
+mod hint {
+    pub const SUSPENDED: &str =
+        "suspended: start() resumes it, shutdown(Poweroff) discards the saved state";
+    pub const TRANSITIONAL: &str = "another operation is under way: wait_for_state() until it settles, or shutdown(Poweroff) forces it off";
+    pub const ERROR: &str =
+        "the VM failed: shutdown(Poweroff) stops it, then start() boots it again";
+    pub const STOPPED: &str = "the VM is not running: start() it first";
+    pub const RUNNING: &str = "pause() it first";
+    pub const TIMEOUT: &str =
+        "the operation may still finish; shutdown(Poweroff) forces the VM off";
+    pub const GRACEFUL_TIMEOUT: &str = "the guest ignored the stop request (does it handle the ACPI power button?): \
+         shutdown(Poweroff) forces it off, or configure OnGracefulTimeout::ForceStop";
+    pub const CANNOT_STOP: &str = "the framework cannot stop the VM in this state";
+    pub const CRASHED: &str = "the VM failed during the operation: shutdown(Poweroff) resets it";
+}
+
+impl VirtualMachine {
+    /// Creates a VM from a validated configuration. When the configuration's
+    /// saved-state file exists, the VM starts out [`VmState::Suspended`].
+    pub fn new(config: &VmConfig) -> Result<Self> {
+        let native_config = config.to_native()?;
+        native_config
+            .validate()
+            .map_err(Error::during(Operation::Create))?;
+        let save_restore_check = native_config.validate_save_restore();
+
+        let shared = Arc::new(Shared {
+            observed: Mutex::new(Observed {
+                framework_state: VmState::Stopped,
+                subscribers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            saved_state: config.saved_state.as_ref().map(|p| p.path.clone()),
+        });
+        let observer_shared = Arc::clone(&shared);
+        let native = NativeVm::create(
+            &native_config,
+            Box::new(move |event: NativeEvent| {
+                observer_shared.publish(Some(event.state), event.kind)
+            }),
+        )
+        .map_err(Error::during(Operation::Create))?;
+        // Events may have arrived already; the framework's own answer wins.
+        lock(&shared.observed).framework_state = native.state();
+
+        Ok(Self {
+            native,
+            shared,
+            operation_lock: Mutex::new(()),
+            saved_state: config.saved_state.clone(),
+            save_restore_check,
+            timeouts: Mutex::new(config.timeouts),
+            on_graceful_timeout: config.on_graceful_timeout,
+        })
+    }
+
+    /// The VM's state.
+    pub fn state(&self) -> VmState {
+        let framework_state = lock(&self.shared.observed).framework_state;
+        self.shared.vm_state(framework_state)
+    }
+
+    /// The per-operation timeouts in force.
+    pub fn timeouts(&self) -> Timeouts {
+        *lock(&self.timeouts)
+    }
+
+    /// Replaces the per-operation timeouts; operations that start afterwards use them.
+    pub fn set_timeouts(&self, timeouts: Timeouts) {
+        *lock(&self.timeouts) = timeouts;
+    }
+
+    /// The saved-state file of this VM, if configured.
+    pub fn saved_state_path(&self) -> Option<&Path> {
+        self.saved_state.as_ref().map(|p| p.path.as_path())
+    }
+
+    /// A new subscription: the receiver gets every state change from now on, in
+    /// order. Dropping the receiver ends the subscription.
+    pub fn subscribe(&self) -> Receiver<StateEvent> {
+        let (sender, receiver) = mpsc::channel();
+        lock(&self.shared.observed).subscribers.push(sender);
+        receiver
+    }
+
+    /// Waits until the VM is in `target`, up to `timeout`; event-driven.
+    pub fn wait_for_state(&self, target: VmState, timeout: Duration) -> Result<()> {
+        match self.shared.wait_until(timeout, |state| state == target) {
+            (_, true) => Ok(()),
+            (state, false) => Err(Error::Timeout {
+                operation: Operation::WaitForState(target),
+                state,
+                timeout,
+                hint: "the VM did not get there in time",
+            }),
+        }
+    }
+
+    /// Starts the VM: a stopped VM boots, a paused one resumes, a running one is left
+    /// alone, and a suspended one is restored from its saved state and resumed, after
+    /// which the saved state is deleted. A failed restore keeps the file.
+    pub fn start(&self) -> Result<()> {
+        let _serialized = lock(&self.operation_lock);
+        let operation = Operation::Start;
+        match self.state() {
+            VmState::Running => Ok(()),
+            VmState::Paused => self.run(operation, AsyncOp::Resume, self.timeouts().resume),
+            VmState::Stopped => self.run(operation, AsyncOp::Start, self.timeouts().start),
+            VmState::Suspended => self.start_from_saved_state(),
+            VmState::Error => self.refuse(operation, hint::ERROR),
+            _ => self.refuse(operation, hint::TRANSITIONAL),
+        }
+    }
+
+    /// Stops the VM under `policy`, exactly as the table in DESIGN.md section 5:
+    ///
+    /// | state | Powerdown | Halt | Poweroff |
+    /// |---|---|---|---|
+    /// | stopped | no-op | no-op | no-op |
+    /// | running | ask the guest, wait up to the graceful timeout, then fail or force (see [`OnGracefulTimeout`]) | forced stop | forced stop |
+    /// | paused | resume, then as running | forced stop | forced stop |
+    /// | suspended | invalid state | no-op | discard the saved state |
+    /// | transitional | invalid state | invalid state | forced stop |
+    /// | error | forced stop where the framework allows | same | same |
+    pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
+        let _serialized = lock(&self.operation_lock);
+        let operation = Operation::Shutdown(policy);
+        let state = self.state();
+        match (state, policy) {
+            (VmState::Stopped, _) => Ok(()),
+            (VmState::Suspended, ShutdownPolicy::Powerdown) => {
+                self.refuse(operation, hint::SUSPENDED)
+            }
+            (VmState::Suspended, ShutdownPolicy::Halt) => Ok(()),
+            (VmState::Suspended, ShutdownPolicy::Poweroff) => self.discard_saved_state(),
+            (VmState::Running, ShutdownPolicy::Powerdown) => self.graceful_stop(operation),
+            (VmState::Paused, ShutdownPolicy::Powerdown) => {
+                // A paused guest cannot hear the request.
+                self.run(operation, AsyncOp::Resume, self.timeouts().resume)?;
+                self.graceful_stop(operation)
+            }
+            (VmState::Running | VmState::Paused | VmState::Error, _) => self.force_stop(operation),
+            (_, ShutdownPolicy::Poweroff) => self.force_stop(operation),
+            (_, ShutdownPolicy::Powerdown | ShutdownPolicy::Halt) => {
+                self.refuse(operation, hint::TRANSITIONAL)
+            }
+        }
+    }
+
+    /// Pauses a running VM (a paused VM is left alone).
+    pub fn pause(&self) -> Result<()> {
+        let _serialized = lock(&self.operation_lock);
+        let operation = Operation::Pause;
+        match self.state() {
+            VmState::Paused => Ok(()),
+            VmState::Running => self.run(operation, AsyncOp::Pause, self.timeouts().pause),
+            state => self.refuse(operation, refusal_hint(state)),
+        }
+    }
+
+    /// Resumes a paused VM (a running VM is left alone). A suspended VM is resumed by
+    /// [`VirtualMachine::start`].
+    pub fn resume(&self) -> Result<()> {
+        let _serialized = lock(&self.operation_lock);
+        let operation = Operation::Resume;
+        match self.state() {
+            VmState::Running => Ok(()),
+            VmState::Paused => self.run(operation, AsyncOp::Resume, self.timeouts().resume),
+            state => self.refuse(operation, refusal_hint(state)),
+        }
+    }
+
+    /// Suspends a running or paused VM to its saved-state file: pause, save to a
+    /// temporary file next to the target, stop, rename into place. On any failure the
+    /// VM is resumed if it was running, the temporary file is removed, and an existing
+    /// saved state is never touched. A suspended VM is left alone.
+    pub fn suspend(&self) -> Result<()> {
+        let _serialized = lock(&self.operation_lock);
+        let operation = Operation::Suspend;
+        let state = self.state();
+        match state {
+            VmState::Suspended => return Ok(()),
+            VmState::Running | VmState::Paused => {}
+            state => return self.refuse(operation, refusal_hint(state)),
+        }
+        let target = self.saved_state.as_ref().ok_or(Error::NoSavedStatePath)?;
+        if let Err(source) = &self.save_restore_check {
+            return Err(Error::SuspendNotSupported {
+                source: source.clone(),
+            });
+        }
+
+        let was_running = state == VmState::Running;
+        if was_running {
+            self.run(operation, AsyncOp::Pause, self.timeouts().pause)?;
+        }
+        let temporary = CPath::new("saved-state path", &temporary_path_next_to(&target.path))?;
+        let saved_and_stopped = self
+            .run(operation, AsyncOp::Save(&temporary.c), self.timeouts().save)
+            .and_then(|()| self.force_stop(operation));
+        if let Err(error) = saved_and_stopped {
+            remove_if_present(&temporary.path);
+            if was_running && self.state() == VmState::Paused {
+                if let Err(resume_error) =
+                    self.run(operation, AsyncOp::Resume, self.timeouts().resume)
+                {
+                    log::error!("suspend failed and the VM could not be resumed: {resume_error}");
+                }
+            }
+            return Err(error);
+        }
+        // The VM is stopped and its state is in `temporary`: from here on, a failure
+        // must keep that file, since it is the only copy of the guest.
+        std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
+            action: "move the saved state into place (it is kept at its temporary path) at",
+            path: target.path.clone(),
+            source,
+        })?;
+        self.shared.publish(None, EventKind::Suspended);
+        Ok(())
+    }
+
+    fn start_from_saved_state(&self) -> Result<()> {
+        let saved = self
+            .saved_state
+            .as_ref()
+            .expect("suspended implies a saved-state path");
+        match self
+            .native
+            .run(AsyncOp::Restore(&saved.c), self.timeouts().restore)
+        {
+            None => {
+                return Err(self.timeout(
+                    Operation::Restore,
+                    self.timeouts().restore,
+                    hint::TIMEOUT,
+                ));
+            }
+            Some(Err(source)) => {
+                return Err(Error::RestoreFailed {
+                    path: saved.path.clone(),
+                    source,
+                });
+            }
+            Some(Ok(())) => {}
+        }
+        if let Err(error) = self.run(Operation::Start, AsyncOp::Resume, self.timeouts().resume) {
+            // Back to stopped, so the VM is suspended again with its file untouched.
+            if let Err(stop_error) = self.force_stop(Operation::Start) {
+                log::error!("could not stop the VM after a failed resume: {stop_error}");
+            }
+            return Err(error);
+        }
+        std::fs::remove_file(&saved.path).map_err(|source| Error::Io {
+            action: "the VM runs, but delete it before the VM stops or it is restored again: could not delete the saved state",
+            path: saved.path.clone(),
+            source,
+        })?;
+        self.shared.publish(None, EventKind::SavedStateRemoved);
+        Ok(())
+    }
+
+    fn discard_saved_state(&self) -> Result<()> {
+        let saved = self
+            .saved_state
+            .as_ref()
+            .expect("suspended implies a saved-state path");
+        std::fs::remove_file(&saved.path).map_err(|source| Error::Io {
+            action: "discard the saved state",
+            path: saved.path.clone(),
+            source,
+        })?;
+        self.shared.publish(None, EventKind::SavedStateRemoved);
+        Ok(())
+    }
+
+    /// Asks the guest to power off and waits for it, up to the graceful timeout.
+    fn graceful_stop(&self, operation: Operation) -> Result<()> {
+        if let Err(source) = self.native.request_stop() {
+            // The guest may have powered off by itself in the meantime.
+            if self.state().is_stopped() {
+                return Ok(());
+            }
+            return Err(Error::during(operation)(source));
+        }
+        let timeout = self.timeouts().graceful_shutdown;
+        match self.shared.wait_until(timeout, |state| {
+            state.is_stopped() || state == VmState::Error
+        }) {
+            (VmState::Error, true) => self.refuse(operation, hint::CRASHED),
+            (_, true) => Ok(()),
+            (_, false) => match self.on_graceful_timeout {
+                OnGracefulTimeout::ForceStop => {
+                    log::warn!("the guest did not power off within {timeout:?}; forcing it off");
+                    self.force_stop(operation)
+                }
+                OnGracefulTimeout::Fail => {
+                    Err(self.timeout(operation, timeout, hint::GRACEFUL_TIMEOUT))
+                }
+            },
+        }
+    }
+
+    /// Forces the VM off and waits until the framework reports it stopped.
+    fn force_stop(&self, operation: Operation) -> Result<()> {
+        let stopped = |state: VmState| state.is_stopped();
+        let state = self.state();
+        if stopped(state) {
+            return Ok(());
+        }
+        if state != VmState::Stopping {
+            if !self.native.can_stop() {
+                return self.refuse(operation, hint::CANNOT_STOP);
+            }
+            if let Err(error) = self.run(operation, AsyncOp::Stop, self.timeouts().stop) {
+                // Refused because the VM stopped in the meantime: that is success.
+                let refused =
+                    error.vz_code() == Some(VzErrorCode::InvalidVirtualMachineStateTransition);
+                if !(refused && stopped(self.state())) {
+                    return Err(error);
+                }
+            }
+        }
+        match self.shared.wait_until(self.timeouts().stop, stopped) {
+            (_, true) => Ok(()),
+            (_, false) => Err(self.timeout(operation, self.timeouts().stop, hint::TIMEOUT)),
+        }
+    }
+
+    /// Runs one native operation and waits for its completion.
+    fn run(&self, operation: Operation, op: AsyncOp<'_>, timeout: Duration) -> Result<()> {
+        match self.native.run(op, timeout) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(source)) => Err(Error::during(operation)(source)),
+            None => Err(self.timeout(operation, timeout, hint::TIMEOUT)),
+        }
+    }
+
+    fn refuse(&self, operation: Operation, hint: &'static str) -> Result<()> {
+        Err(Error::InvalidState {
+            operation,
+            state: self.state(),
+            hint,
+        })
+    }
+
+    fn timeout(&self, operation: Operation, timeout: Duration, hint: &'static str) -> Error {
+        Error::Timeout {
+            operation,
+            state: self.state(),
+            timeout,
+            hint,
+        }
+    }
+
+    /// The simulator's runtime controls for this VM (simulator targets only).
+    #[cfg(applevz_simulator)]
+    pub fn simulator(&self) -> crate::sim::SimulatorControl<'_> {
+        crate::sim::SimulatorControl::new(&self.native)
+    }
+}
+
+/// The way out for pause/resume/suspend refused in `state`.
+fn refusal_hint(state: VmState) -> &'static str {
+    match state {
+        VmState::Suspended => hint::SUSPENDED,
+        VmState::Stopped => hint::STOPPED,
+        VmState::Error => hint::ERROR,
+        VmState::Running => hint::RUNNING,
+        _ => hint::TRANSITIONAL,
+    }
+}
+
+/// A fresh path in the target's directory, so the final rename stays on one file
+/// system and is atomic.
+fn temporary_path_next_to(target: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.partial-{}-{unique}", std::process::id()))
+}
+
+fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => log::warn!("could not remove {}: {error}", path.display()),
+    }
+}
+
+impl Drop for VirtualMachine {
+    fn drop(&mut self) {
+        let state = lock(&self.shared.observed).framework_state;
+        if !matches!(state, VmState::Stopped | VmState::Stopping) && self.native.can_stop() {
+            log::info!("dropping a VM that is {state}: forcing it off");
+            self.native.stop_detached();
+        }
+        // `native` drops next: its release lets the native side free the VM once the
+        // stop (and any operation still in flight) has completed.
+    }
+}
+
+impl std::fmt::Debug for VirtualMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualMachine")
+            .field("state", &self.state())
+            .field("saved_state", &self.saved_state_path())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,401 @@
+//! Safe wrappers over the raw C ABI: one method per native function, with the
+//! ownership rules of `include/applevz.h` applied once, here.
+
+use std::ffi::{CStr, c_void};
+use std::marker::PhantomData;
+use std::os::unix::ffi::OsStrExt;
+use std::ptr;
+use std::time::Duration;
+
+use crate::callback::{
+    self, CompletionSlot, ObserverFn, completion_trampoline, observer_release, observer_trampoline,
+};
+use crate::cf::{CfError, CfHandle};
+use crate::error::FrameworkError;
+use crate::state::VmState;
+use crate::sys;
+use crate::sys::cf::CFErrorRef;
+
+/// Runs a native call that reports failure through a `CFErrorRef *` out-parameter.
+fn call_with_error(
+    what: &str,
+    call: impl FnOnce(*mut CFErrorRef) -> bool,
+) -> Result<(), FrameworkError> {
+    let mut error: CFErrorRef = ptr::null_mut();
+    let succeeded = call(&mut error);
+    // SAFETY: the ABI stores a +1 error (or nothing) in the out-parameter; we take it
+    // over whatever `succeeded` says, so it is released exactly once.
+    let error = unsafe { CfError::from_create_rule(error) };
+    match (succeeded, error) {
+        (true, _) => Ok(()),
+        (false, Some(error)) => Err(error.into()),
+        (false, None) => Err(FrameworkError::missing(what)),
+    }
+}
+
+/// Host capabilities and limits.
+pub(crate) mod host {
+    use super::*;
+
+    /// The host's configuration limits.
+    pub(crate) fn limits() -> sys::avz_limits {
+        let mut limits = sys::avz_limits {
+            min_cpu_count: 0,
+            max_cpu_count: 0,
+            min_memory_size: 0,
+            max_memory_size: 0,
+        };
+        // SAFETY: `limits` is a valid, writable avz_limits for the call (borrowed).
+        unsafe { sys::avz_get_limits(&mut limits) };
+        limits
+    }
+
+    /// Whether this host supports virtualization.
+    pub(crate) fn is_supported() -> bool {
+        // SAFETY: no arguments; safe from any thread.
+        unsafe { sys::avz_is_supported() }
+    }
+
+    /// Whether this host can save and restore VM state at all.
+    pub(crate) fn save_restore_supported() -> bool {
+        // SAFETY: no arguments; safe from any thread.
+        unsafe { sys::avz_save_restore_supported() }
+    }
+
+    /// A new machine identifier's data representation.
+    pub(crate) fn new_machine_identifier() -> Result<Vec<u8>, FrameworkError> {
+        let mut buffer = vec![0u8; sys::AVZ_MACHINE_IDENTIFIER_MAX as usize];
+        let mut length = 0usize;
+        call_with_error("creating a machine identifier failed", |error| {
+            // SAFETY: `buffer` is writable for its length; `length` and `error` are
+            // valid out-parameters for the duration of the call.
+            unsafe {
+                sys::avz_machine_identifier_create(
+                    buffer.as_mut_ptr(),
+                    buffer.len(),
+                    &mut length,
+                    error,
+                )
+            }
+        })?;
+        buffer.truncate(length.min(buffer.len()));
+        Ok(buffer)
+    }
+}
+
+/// A configuration being built. Not `Send`: the native configuration object is not
+/// thread-safe, so it is built and consumed on one thread.
+pub(crate) struct NativeConfig {
+    handle: CfHandle,
+    _single_thread: PhantomData<*const ()>,
+}
+
+impl NativeConfig {
+    pub(crate) fn new() -> Self {
+        // SAFETY: avz_config_create returns +1 (create rule) and never NULL.
+        let handle =
+            unsafe { CfHandle::from_create_rule(sys::avz_config_create().cast_const().cast()) }
+                .expect("avz_config_create never returns NULL");
+        Self {
+            handle,
+            _single_thread: PhantomData,
+        }
+    }
+
+    fn raw(&self) -> *mut sys::avz_config {
+        self.handle.as_ptr().cast_mut().cast()
+    }
+
+    pub(crate) fn set_cpu_count(&mut self, count: u32) {
+        // SAFETY: `self` owns a live configuration, used on this thread only.
+        unsafe { sys::avz_config_set_cpu_count(self.raw(), count) }
+    }
+
+    pub(crate) fn set_memory_size(&mut self, bytes: u64) {
+        // SAFETY: as for set_cpu_count.
+        unsafe { sys::avz_config_set_memory_size(self.raw(), bytes) }
+    }
+
+    pub(crate) fn set_linux_boot_loader(
+        &mut self,
+        kernel: &CStr,
+        initrd: Option<&CStr>,
+        command_line: &CStr,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("setting the Linux boot loader failed", |error| {
+            // SAFETY: live configuration; the strings are NUL-terminated and borrowed
+            // for the call; `error` is a valid out-parameter.
+            unsafe {
+                sys::avz_config_set_linux_boot_loader(
+                    self.raw(),
+                    kernel.as_ptr(),
+                    initrd.map_or(ptr::null(), CStr::as_ptr),
+                    command_line.as_ptr(),
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn set_efi_boot_loader(
+        &mut self,
+        variable_store: &CStr,
+        create: bool,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("setting the EFI boot loader failed", |error| {
+            // SAFETY: live configuration; borrowed NUL-terminated path; valid out-param.
+            unsafe {
+                sys::avz_config_set_efi_boot_loader(
+                    self.raw(),
+                    variable_store.as_ptr(),
+                    create,
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn set_generic_platform(
+        &mut self,
+        machine_identifier: Option<&[u8]>,
+    ) -> Result<(), FrameworkError> {
+        let (bytes, length) =
+            machine_identifier.map_or((ptr::null(), 0), |id| (id.as_ptr(), id.len()));
+        call_with_error("setting the generic platform failed", |error| {
+            // SAFETY: live configuration; `bytes` is NULL or readable for `length`
+            // bytes during the call; valid out-param.
+            unsafe { sys::avz_config_set_generic_platform(self.raw(), bytes, length, error) }
+        })
+    }
+
+    pub(crate) fn add_virtio_block_device(
+        &mut self,
+        path: &CStr,
+        read_only: bool,
+        caching_mode: u32,
+        sync_mode: u32,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a disk failed", |error| {
+            // SAFETY: live configuration; borrowed NUL-terminated path; valid out-param.
+            unsafe {
+                sys::avz_config_add_virtio_block_device(
+                    self.raw(),
+                    path.as_ptr(),
+                    read_only,
+                    caching_mode as i32,
+                    sync_mode as i32,
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn add_nat_network_device(
+        &mut self,
+        mac_address: Option<&CStr>,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a network device failed", |error| {
+            // SAFETY: live configuration; the address is NULL or a borrowed
+            // NUL-terminated string; valid out-param.
+            unsafe {
+                sys::avz_config_add_nat_network_device(
+                    self.raw(),
+                    mac_address.map_or(ptr::null(), CStr::as_ptr),
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn add_serial_port_file(
+        &mut self,
+        path: &CStr,
+        append: bool,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a serial port failed", |error| {
+            // SAFETY: live configuration; borrowed NUL-terminated path; valid out-param.
+            unsafe {
+                sys::avz_config_add_serial_port_file(self.raw(), path.as_ptr(), append, error)
+            }
+        })
+    }
+
+    pub(crate) fn add_serial_port_fds(
+        &mut self,
+        read_fd: i32,
+        write_fd: i32,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a serial port failed", |error| {
+            // SAFETY: live configuration; the descriptors are borrowed (the native
+            // side duplicates them); valid out-param.
+            unsafe { sys::avz_config_add_serial_port_fds(self.raw(), read_fd, write_fd, error) }
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), FrameworkError> {
+        call_with_error("validation failed", |error| {
+            // SAFETY: live configuration; valid out-param.
+            unsafe { sys::avz_config_validate(self.raw(), error) }
+        })
+    }
+
+    pub(crate) fn validate_save_restore(&self) -> Result<(), FrameworkError> {
+        call_with_error("save/restore validation failed", |error| {
+            // SAFETY: live configuration; valid out-param.
+            unsafe { sys::avz_config_validate_save_restore(self.raw(), error) }
+        })
+    }
+
+    /// Applies a simulated guest script (simulator only).
+    #[cfg(applevz_simulator)]
+    pub(crate) fn apply_simulated_guest(&mut self, guest: &crate::sim::SimulatedGuest) {
+        use crate::sys::sim_bindings as sim;
+        let config = self.raw();
+        let ms = |duration: Duration| u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+        // SAFETY: live configuration, used on this thread only; plain values.
+        unsafe {
+            sim::avz_sim_config_set_boot_delay_ms(config, ms(guest.boot_delay));
+            sim::avz_sim_config_set_stop_delay_ms(config, ms(guest.stop_delay));
+            sim::avz_sim_config_set_operation_delay_ms(config, ms(guest.operation_delay));
+            sim::avz_sim_config_set_ignores_stop_request(config, guest.ignores_stop_request);
+            sim::avz_sim_config_set_power_off_after_ms(config, guest.power_off_after.map_or(0, ms));
+            let (crash_after, crash_code) = guest
+                .crash_after
+                .map_or((0, 0), |(after, code)| (ms(after), code));
+            sim::avz_sim_config_set_crash_after_ms(config, crash_after, crash_code);
+            sim::avz_sim_config_set_save_restore_unsupported(
+                config,
+                guest.save_restore_unsupported,
+            );
+            sim::avz_sim_config_set_not_savable(config, guest.not_savable);
+        }
+    }
+}
+
+/// A native VM. `Send + Sync` through [`CfHandle`]: the native side serializes every
+/// call on the VM's own queue.
+pub(crate) struct NativeVm {
+    handle: CfHandle,
+}
+
+/// The asynchronous native operations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AsyncOp<'a> {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+    Save(&'a CStr),
+    Restore(&'a CStr),
+}
+
+impl NativeVm {
+    /// Creates a VM from `config`; `observer` receives every event until the VM is
+    /// destroyed.
+    pub(crate) fn create(
+        config: &NativeConfig,
+        observer: ObserverFn,
+    ) -> Result<Self, FrameworkError> {
+        let context = callback::observer_into_raw(observer);
+        let mut vm: *mut sys::avz_vm = ptr::null_mut();
+        call_with_error("creating the VM failed", |error| {
+            // SAFETY: live configuration (borrowed); the observer context's ownership
+            // passes to the native side, which calls `observer_release` exactly once
+            // (also when creation fails); valid out-param.
+            vm = unsafe {
+                sys::avz_vm_create(
+                    config.raw(),
+                    Some(observer_trampoline),
+                    context,
+                    Some(observer_release),
+                    error,
+                )
+            };
+            !vm.is_null()
+        })?;
+        // SAFETY: avz_vm_create returned a +1 VM (create rule), non-NULL as checked.
+        let handle = unsafe { CfHandle::from_create_rule(vm.cast_const().cast()) }
+            .expect("checked non-NULL");
+        Ok(Self { handle })
+    }
+
+    fn raw(&self) -> *mut sys::avz_vm {
+        self.handle.as_ptr().cast_mut().cast()
+    }
+
+    /// Starts `op` and waits up to `timeout` for its completion. `None` means the wait
+    /// timed out; the completion may still arrive later and is then discarded.
+    pub(crate) fn run(
+        &self,
+        op: AsyncOp<'_>,
+        timeout: Duration,
+    ) -> Option<Result<(), FrameworkError>> {
+        let (slot, context) = CompletionSlot::new();
+        self.begin(op, Some(completion_trampoline), context);
+        let outcome = slot.wait(timeout);
+        if outcome.is_none() {
+            if let AsyncOp::Save(path) = op {
+                // A save that completes after we gave up must not leave its file behind.
+                let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+                slot.abandon_with_cleanup(path);
+            }
+        }
+        outcome
+    }
+
+    /// Starts a forced stop without waiting for it.
+    pub(crate) fn stop_detached(&self) {
+        self.begin(
+            AsyncOp::Stop,
+            Some(callback::ignore_completion),
+            ptr::null_mut(),
+        );
+    }
+
+    fn begin(&self, op: AsyncOp<'_>, completion: sys::avz_completion_fn, context: *mut c_void) {
+        let vm = self.raw();
+        // SAFETY: `self` owns a live VM; paths are borrowed NUL-terminated strings the
+        // native side copies before returning; `completion` is called exactly once
+        // with `context`, which it then owns.
+        unsafe {
+            match op {
+                AsyncOp::Start => sys::avz_vm_start(vm, completion, context),
+                AsyncOp::Stop => sys::avz_vm_stop(vm, completion, context),
+                AsyncOp::Pause => sys::avz_vm_pause(vm, completion, context),
+                AsyncOp::Resume => sys::avz_vm_resume(vm, completion, context),
+                AsyncOp::Save(path) => {
+                    sys::avz_vm_save_state(vm, path.as_ptr(), completion, context)
+                }
+                AsyncOp::Restore(path) => {
+                    sys::avz_vm_restore_state(vm, path.as_ptr(), completion, context)
+                }
+            }
+        }
+    }
+
+    /// Asks the guest to power off.
+    pub(crate) fn request_stop(&self) -> Result<(), FrameworkError> {
+        call_with_error("the stop request failed", |error| {
+            // SAFETY: live VM; valid out-param; not called from a callback.
+            unsafe { sys::avz_vm_request_stop(self.raw(), error) }
+        })
+    }
+
+    /// The framework's current state.
+    pub(crate) fn state(&self) -> VmState {
+        // SAFETY: live VM; not called from a callback.
+        VmState::from_raw(unsafe { sys::avz_vm_state(self.raw()) })
+    }
+
+    /// `canStop`.
+    pub(crate) fn can_stop(&self) -> bool {
+        // SAFETY: live VM; not called from a callback.
+        unsafe { sys::avz_vm_can_stop(self.raw()) }
+    }
+
+    /// The raw handle, for the simulator's runtime knobs.
+    #[cfg(applevz_simulator)]
+    pub(crate) fn raw_for_simulator(&self) -> *mut sys::avz_vm {
+        self.raw()
+    }
+}
