@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run runs exactly this).
+#
+# 1. formatting and clippy with warnings denied;
+# 2. the whole test suite (simulator lifecycle tests through the FFI path, config
+#    validation, the Objective-C shim compile checks when clang-19 is installed);
+# 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
+# 4. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+libclang_dir=""
+for dir in /usr/lib/llvm-19/lib /usr/lib/llvm-*/lib; do
+    if compgen -G "$dir/libclang*.so*" >/dev/null; then libclang_dir=$dir; break; fi
+done
+if [ -n "$libclang_dir" ]; then
+    step "bindings match include/applevz.h (bindgen, libclang in $libclang_dir)"
+    LIBCLANG_PATH=$libclang_dir cargo build --locked --features bindgen
+else
+    echo "skipped the bindings drift check: no libclang (apt-get install libclang-19-dev)" >&2
+    [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
+fi
+
+if command -v valgrind >/dev/null; then
+    step "FFI tests under valgrind (memcheck: errors and definite leaks fail)"
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    runner_var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUNNER"
+    export "$runner_var"="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
+    cargo test --locked --lib --test lifecycle --test config
+else
+    echo "skipped valgrind: not installed (apt-get install valgrind)" >&2
+    [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
+fi
+step "all checks passed"
