@@ -3,7 +3,8 @@
 #
 # 1. formatting and clippy with warnings denied;
 # 2. the whole test suite (simulator lifecycle tests through the FFI path, config
-#    validation, the Objective-C shim compile checks when clang-19 is installed);
+#    validation, the Objective-C shim compile checks when clang-19 is installed),
+#    then the shim compile checks once more as a script (required in CI);
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
 # 4. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
 set -euo pipefail
@@ -19,6 +20,14 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --locked
+
+step "Objective-C shim compile checks (arm64 and x86_64 Macs, and the mistakes they must catch)"
+if command -v "${CLANG:-clang-19}" >/dev/null; then
+    bash scripts/check-shim.sh
+else
+    echo "skipped: ${CLANG:-clang-19} not installed (apt-get install clang-19)" >&2
+    [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
+fi
 
 libclang_dir=""
 for dir in /usr/lib/llvm-19/lib /usr/lib/llvm-*/lib; do

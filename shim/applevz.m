@@ -1,0 +1,1174 @@
+/*
+ * shim/applevz.m — include/applevz.h implemented over Apple's Virtualization.framework.
+ *
+ * ARC Objective-C (-fobjc-arc), macOS only. Every function of the ABI is a thin
+ * translation: lifecycle logic (waiting, timeouts, retries, policies) lives in Rust.
+ * On other hosts this file is only compile-checked (scripts/check-shim.sh) against the
+ * declarations in shim/check/sdk/.
+ *
+ * QUEUE AFFINITY DISCIPLINE
+ * =========================
+ * 1. Each avz_vm (an AVZMachine) owns one private serial dispatch queue. Its
+ *    VZVirtualMachine is created with -initWithConfiguration:queue: on that queue, and
+ *    every message to it (calls, property reads, delegate and key-value-observer
+ *    (un)registration, and its final release) happens on that queue. Since macOS 14
+ *    the framework asserts this and traps otherwise.
+ * 2. The queue carries a queue-specific marker (dispatch_queue_set_specific with the
+ *    queue's own address as value). avz_is_on_queue() tests it with
+ *    dispatch_get_specific; dispatch_get_specific also sees through queues targeting
+ *    this one.
+ * 3. Synchronous ABI functions (avz_vm_state, avz_vm_can_*, avz_vm_request_stop) and
+ *    the VM's teardown use -[AVZMachine syncOnQueue:]: the block runs inline when the
+ *    caller is already on the VM's queue and via dispatch_sync otherwise. Nothing in
+ *    this file calls dispatch_sync onto a VM's queue without that check, so a caller
+ *    that is already on the queue (a completion or observer callback) cannot deadlock.
+ * 4. Asynchronous ABI functions (start, stop, pause, resume, save, restore) always
+ *    dispatch_async onto the queue and return at once; their completion is called
+ *    exactly once, on the queue, never inside the ABI call itself, also when the shim
+ *    refuses the operation (not supported on this Mac) or the framework rejects it.
+ * 5. Framework callbacks (completion handlers, delegate methods, key-value
+ *    notifications) are documented to arrive on the queue. If one ever arrives
+ *    elsewhere, -performOnQueue: forwards it with dispatch_async, so observer and
+ *    completion callbacks into Rust still run only on the queue, in order.
+ * 6. Callbacks into Rust must not block and must not call the synchronous functions
+ *    (they would run inline, see 3, but that is not part of the contract). The shim
+ *    itself never blocks its queue and never waits for its own completions.
+ * 7. Lifetime: every pending completion block captures its AVZMachine strongly, so a
+ *    VM lives until each completion ran. When the last reference goes, -dealloc (on
+ *    whatever thread dropped it) runs the teardown on the queue (inline or
+ *    dispatch_sync, per 3): remove the key-value observation, clear the delegate, call
+ *    the observer's release function exactly once. After that no observer callback
+ *    can run. The VZVirtualMachine's last reference is then dropped by a block
+ *    dispatched onto the queue, so the framework object is destroyed on its queue and
+ *    outside any of its own callouts.
+ *
+ * Ownership: objects given to C/Rust leave with __bridge_retained (+1; released with
+ * CFRelease) and are borrowed back with __bridge. NSError is toll-free bridged to
+ * CFErrorRef. A framework call that fails without an NSError still yields an error
+ * object (VZErrorDomain, with a description of what failed).
+ *
+ * Availability: the deployment target may be as old as macOS 12 (arm64 or x86_64).
+ * Everything newer is behind @available, and save/restore additionally behind
+ * #if defined(__arm64__) because the SDK declares it only for Apple silicon. An
+ * unavailable feature answers VZErrorDomain code 10 (AVZ_ERROR_NOT_SUPPORTED)
+ * "... is not supported on this Mac (needs ...)" instead of failing to build or
+ * trapping at run time.
+ *
+ * Checked off a Mac (scripts/check-shim.sh): that this file compiles with zero
+ * diagnostics for arm64/x86_64 and macOS 11/12/14 deployment targets against
+ * hand-written declarations. Only a Mac can show the run-time facts this file relies
+ * on: that KVO notifications for `state` and delegate calls arrive on the VM's queue,
+ * that the framework calls every completion handler exactly once, and the exact error
+ * codes it reports for operations refused in the wrong state.
+ */
+
+#import <Foundation/Foundation.h>
+#import <Virtualization/Virtualization.h>
+
+#include <dispatch/dispatch.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+
+#include "../include/applevz.h"
+
+#if !__has_feature(objc_arc)
+#error "shim/applevz.m must be compiled with -fobjc-arc"
+#endif
+
+NS_ASSUME_NONNULL_BEGIN
+
+/* The ABI's constants are the framework's raw values (checked where the framework's own
+ * constants exist on every supported macOS). */
+_Static_assert(AVZ_STATE_STOPPED == VZVirtualMachineStateStopped, "state raw values");
+_Static_assert(AVZ_STATE_RUNNING == VZVirtualMachineStateRunning, "state raw values");
+_Static_assert(AVZ_STATE_PAUSED == VZVirtualMachineStatePaused, "state raw values");
+_Static_assert(AVZ_STATE_ERROR == VZVirtualMachineStateError, "state raw values");
+_Static_assert(AVZ_STATE_STARTING == VZVirtualMachineStateStarting, "state raw values");
+_Static_assert(AVZ_STATE_PAUSING == VZVirtualMachineStatePausing, "state raw values");
+_Static_assert(AVZ_STATE_RESUMING == VZVirtualMachineStateResuming, "state raw values");
+_Static_assert(AVZ_ERROR_INTERNAL == VZErrorInternal, "error codes");
+_Static_assert(AVZ_ERROR_INVALID_CONFIGURATION == VZErrorInvalidVirtualMachineConfiguration,
+               "error codes");
+_Static_assert(AVZ_ERROR_INVALID_STATE == VZErrorInvalidVirtualMachineState, "error codes");
+_Static_assert(AVZ_ERROR_INVALID_STATE_TRANSITION == VZErrorInvalidVirtualMachineStateTransition,
+               "error codes");
+_Static_assert(AVZ_ERROR_INVALID_DISK_IMAGE == VZErrorInvalidDiskImage, "error codes");
+
+/* Queue-specific key (its address) and key-value-observing context (its address). */
+static char kAVZQueueKey;
+static char kAVZStateObservation;
+
+/* ================================================================================== */
+/* Errors                                                                             */
+/* ================================================================================== */
+
+/* An error in VZErrorDomain with a description, optionally wrapping another error. */
+static NSError *avz_error_with(NSInteger code, NSString *description,
+                               NSError *_Nullable underlying, NSString *_Nullable path)
+{
+    NSMutableDictionary<NSErrorUserInfoKey, id> *info = [NSMutableDictionary dictionary];
+    info[NSLocalizedDescriptionKey] = description;
+    if (underlying != nil) {
+        info[NSUnderlyingErrorKey] = underlying;
+    }
+    if (path != nil) {
+        info[NSFilePathErrorKey] = path;
+    }
+    return [NSError errorWithDomain:VZErrorDomain code:code userInfo:info];
+}
+
+static NSError *avz_error(NSInteger code, NSString *description)
+{
+    return avz_error_with(code, description, nil, nil);
+}
+
+/* VZErrorDomain code 10 for a feature this Mac (or this build) does not have. */
+static NSError *avz_not_supported(NSString *feature, NSString *needs)
+{
+    return avz_error(AVZ_ERROR_NOT_SUPPORTED,
+                     [NSString stringWithFormat:@"%@ is not supported on this Mac (needs %@)",
+                                                feature, needs]);
+}
+
+/* The framework's error for a call that reported failure, or one made here when the
+ * framework gave none: a failing call never yields NULL-with-false. */
+static NSError *avz_or(NSError *_Nullable frameworkError, NSInteger code, NSString *description)
+{
+    return frameworkError != nil ? frameworkError : avz_error(code, description);
+}
+
+/* Runs `body` in an autorelease pool and turns its result into the ABI's convention:
+ * true and *out = NULL on success; false and *out = +1 error on failure. */
+static bool avz_run(CFErrorRef _Nullable *_Nullable out,
+                    NSError *_Nullable (^__attribute__((noescape)) body)(void))
+{
+    if (out != NULL) {
+        *out = NULL;
+    }
+    NSError *failure = nil;
+    @autoreleasepool {
+        failure = body();
+    }
+    if (failure == nil) {
+        return true;
+    }
+    if (out != NULL) {
+        *out = (__bridge_retained CFErrorRef)failure;
+    }
+    return false;
+}
+
+/* ================================================================================== */
+/* Paths and files                                                                    */
+/* ================================================================================== */
+
+/* A file URL for a NUL-terminated UTF-8 path (borrowed). */
+static NSURL *_Nullable avz_path_url(const char *_Nullable path, NSString *what, NSInteger code,
+                                     NSError *_Nullable *_Nonnull error)
+{
+    NSString *string = path != NULL ? [NSString stringWithUTF8String:path] : nil;
+    if (string == nil || string.length == 0) {
+        *error = avz_error(code, [NSString stringWithFormat:@"the %@ path is missing, empty or "
+                                                            @"not valid UTF-8",
+                                                            what]);
+        return nil;
+    }
+    return [NSURL fileURLWithPath:string];
+}
+
+/* A file URL for a path that must exist. A missing file is a configuration error
+ * (VZErrorDomain code `code`) that wraps the file system's own error. */
+static NSURL *_Nullable avz_existing_file_url(const char *_Nullable path, NSString *what,
+                                              NSInteger code, NSError *_Nullable *_Nonnull error)
+{
+    NSURL *url = avz_path_url(path, what, code, error);
+    if (url == nil) {
+        return nil;
+    }
+    NSError *reachability = nil;
+    if (![url checkResourceIsReachableAndReturnError:&reachability]) {
+        *error = avz_error_with(code,
+                                [NSString stringWithFormat:@"the %@ %@ does not exist or cannot "
+                                                           @"be reached",
+                                                           what, url.path],
+                                reachability, url.path);
+        return nil;
+    }
+    return url;
+}
+
+/* A duplicate of `fd` (borrowed) as a file handle that closes the duplicate when it is
+ * deallocated. fd == -1 means "this direction is not used": nil without an error. */
+static NSFileHandle *_Nullable avz_duplicate_handle(int fd, NSString *direction,
+                                                   NSError *_Nullable *_Nonnull error)
+{
+    if (fd == -1) {
+        return nil;
+    }
+    int duplicate = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (duplicate < 0) {
+        int code = fd < 0 ? EBADF : errno;
+        NSString *description =
+            [NSString stringWithFormat:@"cannot use descriptor %d for the serial port's %@ "
+                                       @"direction: %s",
+                                       fd, direction, strerror(code)];
+        *error = [NSError errorWithDomain:NSPOSIXErrorDomain
+                                     code:code
+                                 userInfo:@{NSLocalizedDescriptionKey : description}];
+        return nil;
+    }
+    return [[NSFileHandle alloc] initWithFileDescriptor:duplicate closeOnDealloc:YES];
+}
+
+static uint32_t avz_clamp_u32(NSUInteger value)
+{
+    return value > UINT32_MAX ? UINT32_MAX : (uint32_t)value;
+}
+
+/* ================================================================================== */
+/* avz_config: AVZConfiguration                                                       */
+/* ================================================================================== */
+
+/* A VZVirtualMachineConfiguration being built, plus the device lists the ABI appends
+ * to one at a time. Each list is assigned to the configuration (as an immutable copy)
+ * whenever a device is added, so `configuration` is always complete. */
+@interface AVZConfiguration : NSObject
+@property (nonatomic, readonly) VZVirtualMachineConfiguration *configuration;
+@property (nonatomic, readonly) NSMutableArray<VZStorageDeviceConfiguration *> *storageDevices;
+@property (nonatomic, readonly) NSMutableArray<VZNetworkDeviceConfiguration *> *networkDevices;
+@property (nonatomic, readonly) NSMutableArray<VZSerialPortConfiguration *> *serialPorts;
+@end
+
+@implementation AVZConfiguration
+
+- (instancetype)init
+{
+    self = [super init];
+    if (self != nil) {
+        _configuration = [[VZVirtualMachineConfiguration alloc] init];
+        _storageDevices = [NSMutableArray array];
+        _networkDevices = [NSMutableArray array];
+        _serialPorts = [NSMutableArray array];
+    }
+    return self;
+}
+
+- (void)addStorageDevice:(VZStorageDeviceConfiguration *)device
+{
+    [_storageDevices addObject:device];
+    _configuration.storageDevices = [_storageDevices copy];
+}
+
+- (void)addNetworkDevice:(VZNetworkDeviceConfiguration *)device
+{
+    [_networkDevices addObject:device];
+    _configuration.networkDevices = [_networkDevices copy];
+}
+
+- (void)addSerialPort:(VZSerialPortConfiguration *)port
+{
+    [_serialPorts addObject:port];
+    _configuration.serialPorts = [_serialPorts copy];
+}
+
+@end
+
+/* Borrows the object behind an avz_config handle (+0). */
+static AVZConfiguration *_Nullable avz_config_object(avz_config *_Nullable config)
+{
+    return (__bridge AVZConfiguration *)(void *)config;
+}
+
+/* avz_run for a configuration function: an autorelease pool, a handle check, the
+ * ABI's error convention. */
+static bool avz_config_run(avz_config *_Nullable config, CFErrorRef _Nullable *_Nullable error,
+                           NSError *_Nullable (^__attribute__((noescape)) body)(AVZConfiguration *c))
+{
+    return avz_run(error, ^NSError *_Nullable {
+        AVZConfiguration *c = avz_config_object(config);
+        if (c == nil) {
+            return avz_error(AVZ_ERROR_INTERNAL, @"no configuration (NULL avz_config handle)");
+        }
+        return body(c);
+    });
+}
+
+/* ================================================================================== */
+/* avz_vm: AVZMachine and its delegate                                                */
+/* ================================================================================== */
+
+typedef void (^AVZCompletionBlock)(NSError *_Nullable error);
+
+static BOOL avz_is_on_queue(dispatch_queue_t queue)
+{
+    return dispatch_get_specific(&kAVZQueueKey) == (__bridge void *)queue;
+}
+
+@class AVZMachine;
+
+/* The VZVirtualMachine's delegate and the observer of its `state`. The framework holds
+ * its delegate weakly; the AVZMachine keeps this object alive. */
+@interface AVZMachineDelegate : NSObject <VZVirtualMachineDelegate>
+@property (nonatomic, weak, readonly, nullable) AVZMachine *machine;
+- (instancetype)initWithMachine:(AVZMachine *)machine;
+@end
+
+/* An avz_vm: the queue, the VZVirtualMachine, its delegate and the observer. */
+@interface AVZMachine : NSObject
+/* The VM, for blocks running on the queue. Never nil once init succeeded. */
+@property (nonatomic, readonly) VZVirtualMachine *vm;
+- (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
+                                      observer:(nullable avz_state_observer_fn)observer
+                               observerContext:(nullable void *)observerContext
+                               observerRelease:(nullable avz_context_release_fn)observerRelease
+                                         error:(NSError *_Nullable *_Nonnull)error;
+/* Runs `block` on the queue and waits: inline when already on it, else dispatch_sync. */
+- (void)syncOnQueue:(__attribute__((noescape)) dispatch_block_t)block;
+/* Runs `block` on the queue later (always dispatch_async). */
+- (void)asyncOnQueue:(dispatch_block_t)block;
+/* Runs `block` on the queue: inline when already on it, else dispatch_async. */
+- (void)performOnQueue:(dispatch_block_t)block;
+/* Forwards an event to the observer, on the queue. `state` < 0: read it there. */
+- (void)handleEvent:(int32_t)event state:(NSInteger)state error:(nullable NSError *)error;
+@end
+
+@implementation AVZMachineDelegate
+
+- (instancetype)initWithMachine:(AVZMachine *)machine
+{
+    self = [super init];
+    if (self != nil) {
+        _machine = machine;
+    }
+    return self;
+}
+
+- (void)guestDidStopVirtualMachine:(VZVirtualMachine *)virtualMachine
+{
+    (void)virtualMachine;
+    [self.machine handleEvent:AVZ_EVENT_GUEST_STOPPED state:-1 error:nil];
+}
+
+- (void)virtualMachine:(VZVirtualMachine *)virtualMachine didStopWithError:(NSError *)error
+{
+    (void)virtualMachine;
+    [self.machine handleEvent:AVZ_EVENT_STOPPED_WITH_ERROR state:-1 error:error];
+}
+
+- (void)observeValueForKeyPath:(nullable NSString *)keyPath
+                      ofObject:(nullable id)object
+                        change:(nullable NSDictionary<NSKeyValueChangeKey, id> *)change
+                       context:(nullable void *)context
+{
+    if (context != &kAVZStateObservation) {
+        [super observeValueForKeyPath:keyPath ofObject:object change:change context:context];
+        return;
+    }
+    /* The new value comes with the notification: no property read needed here. */
+    id value = change[NSKeyValueChangeNewKey];
+    NSInteger state = [value isKindOfClass:[NSNumber class]] ? [(NSNumber *)value integerValue] : -1;
+    [self.machine handleEvent:AVZ_EVENT_STATE_CHANGED state:state error:nil];
+}
+
+@end
+
+@implementation AVZMachine {
+    dispatch_queue_t _queue;
+    VZVirtualMachine *_Nullable _vm; /* messaged only on _queue (see the top comment) */
+    AVZMachineDelegate *_delegate;   /* strong: the framework's reference is weak */
+    avz_state_observer_fn _Nullable _observer;
+    void *_Nullable _observerContext;
+    avz_context_release_fn _Nullable _observerRelease;
+}
+
+- (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
+                                      observer:(nullable avz_state_observer_fn)observer
+                               observerContext:(nullable void *)observerContext
+                               observerRelease:(nullable avz_context_release_fn)observerRelease
+                                         error:(NSError *_Nullable *_Nonnull)error
+{
+    self = [super init];
+    if (self == nil) {
+        if (observerRelease != NULL) {
+            observerRelease(observerContext);
+        }
+        *error = avz_error(AVZ_ERROR_INTERNAL, @"out of memory creating the virtual machine");
+        return nil;
+    }
+    /* From here on -dealloc owns the observer: it calls the release function exactly
+     * once, also when this initializer fails and returns nil. */
+    _observer = observer;
+    _observerContext = observerContext;
+    _observerRelease = observerRelease;
+
+    dispatch_queue_attr_t attributes = dispatch_queue_attr_make_with_autorelease_frequency(
+        DISPATCH_QUEUE_SERIAL, DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM);
+    NSString *label = [NSString stringWithFormat:@"applevz.vm.%p", (__bridge void *)self];
+    _queue = dispatch_queue_create(label.UTF8String, attributes);
+    dispatch_queue_set_specific(_queue, &kAVZQueueKey, (__bridge void *)_queue, NULL);
+    _delegate = [[AVZMachineDelegate alloc] initWithMachine:self];
+
+    if (configuration == nil) {
+        *error = avz_error(AVZ_ERROR_INTERNAL, @"no configuration (NULL avz_config handle)");
+        return nil;
+    }
+    /* -initWithConfiguration:queue: requires a valid configuration (it raises
+     * otherwise): validate first and report the framework's reason. */
+    NSError *invalid = nil;
+    if (![configuration validateWithError:&invalid]) {
+        *error = avz_or(invalid, AVZ_ERROR_INVALID_CONFIGURATION,
+                        @"the virtual machine configuration is not valid");
+        return nil;
+    }
+
+    dispatch_queue_t queue = _queue;
+    AVZMachineDelegate *delegate = _delegate;
+    __block VZVirtualMachine *vm = nil;
+    __block NSError *failure = nil;
+    /* A fresh queue: this thread cannot be on it, dispatch_sync is safe. */
+    dispatch_sync(queue, ^{
+        @autoreleasepool {
+            @try {
+                /* The framework stores its own copy of the configuration. */
+                vm = [[VZVirtualMachine alloc] initWithConfiguration:configuration queue:queue];
+            } @catch (NSException *exception) {
+                vm = nil;
+                failure = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                    [NSString stringWithFormat:@"cannot create the virtual "
+                                                               @"machine: %@",
+                                                               exception.reason]);
+            }
+            if (vm != nil) {
+                vm.delegate = delegate;
+                [vm addObserver:delegate
+                     forKeyPath:@"state"
+                        options:NSKeyValueObservingOptionNew
+                        context:&kAVZStateObservation];
+            }
+        }
+    });
+    if (vm == nil) {
+        *error = failure != nil ? failure
+                                : avz_error(AVZ_ERROR_INTERNAL, @"cannot create the virtual machine");
+        return nil;
+    }
+    _vm = vm;
+    return self;
+}
+
+- (void)dealloc
+{
+    /* Never capture `self` here: copy what the teardown needs into locals. */
+    dispatch_queue_t queue = _queue;
+    if (queue == nil) {
+        /* -init failed before the queue existed: nothing ran, nothing to detach. */
+        if (_observerRelease != NULL) {
+            _observerRelease(_observerContext);
+        }
+        return;
+    }
+    __block VZVirtualMachine *vm = _vm; /* the only strong reference from here on */
+    _vm = nil;
+    AVZMachineDelegate *delegate = _delegate;
+    avz_context_release_fn release = _observerRelease;
+    void *context = _observerContext;
+    _observer = NULL;
+    _observerRelease = NULL;
+
+    dispatch_block_t teardown = ^{
+        @autoreleasepool {
+            if (vm != nil) {
+                [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
+                vm.delegate = nil;
+            }
+            /* Serialized with every observer callback (they run on this queue, and none
+             * can start after the two lines above): the context is no longer in use. */
+            if (release != NULL) {
+                release(context);
+            }
+        }
+    };
+    if (avz_is_on_queue(queue)) {
+        teardown();
+    } else {
+        dispatch_sync(queue, teardown);
+    }
+    if (vm != nil) {
+        /* Drop the framework object on its own queue, outside any of its callouts. */
+        dispatch_async(queue, ^{
+            vm = nil;
+        });
+    }
+}
+
+- (VZVirtualMachine *)vm
+{
+    return (VZVirtualMachine *_Nonnull)_vm;
+}
+
+- (void)syncOnQueue:(__attribute__((noescape)) dispatch_block_t)block
+{
+    if (avz_is_on_queue(_queue)) {
+        @autoreleasepool {
+            block();
+        }
+    } else {
+        dispatch_sync(_queue, ^{
+            @autoreleasepool {
+                block();
+            }
+        });
+    }
+}
+
+- (void)asyncOnQueue:(dispatch_block_t)block
+{
+    dispatch_async(_queue, ^{
+        @autoreleasepool {
+            block();
+        }
+    });
+}
+
+- (void)performOnQueue:(dispatch_block_t)block
+{
+    if (avz_is_on_queue(_queue)) {
+        block();
+    } else {
+        [self asyncOnQueue:block];
+    }
+}
+
+- (void)handleEvent:(int32_t)event state:(NSInteger)state error:(nullable NSError *)error
+{
+    [self performOnQueue:^{
+        avz_state_observer_fn observer = self->_observer;
+        VZVirtualMachine *vm = self->_vm;
+        if (observer == NULL || vm == nil) {
+            return;
+        }
+        NSInteger current = state >= 0 ? state : vm.state;
+        NSError *stopError = error;
+        if (event == AVZ_EVENT_STOPPED_WITH_ERROR && stopError == nil) {
+            stopError = avz_error(AVZ_ERROR_INTERNAL,
+                                  @"the virtual machine stopped because of an unspecified error");
+        }
+        /* The error is borrowed for the call (the observer retains it to keep it). */
+        observer(self->_observerContext, (int32_t)current, event,
+                 event == AVZ_EVENT_STOPPED_WITH_ERROR ? (__bridge CFErrorRef)stopError : NULL);
+    }];
+}
+
+@end
+
+/* Borrows the object behind an avz_vm handle (+0). */
+static AVZMachine *_Nullable avz_machine(avz_vm *_Nullable vm)
+{
+    return (__bridge AVZMachine *)(void *)vm;
+}
+
+/* A completion block for a framework call: hops onto the VM's queue if needed, calls
+ * `completion` at most once with a +1 error (or NULL), and keeps `machine` alive until
+ * then. */
+static AVZCompletionBlock avz_completion(AVZMachine *machine, avz_completion_fn _Nullable completion,
+                                         void *_Nullable context)
+{
+    __block BOOL finished = NO;
+    return ^(NSError *_Nullable error) {
+        [machine performOnQueue:^{
+            if (finished) {
+                return;
+            }
+            finished = YES;
+            if (completion != NULL) {
+                completion(context, error != nil ? (__bridge_retained CFErrorRef)error : NULL);
+            }
+        }];
+    };
+}
+
+/* The common shape of the asynchronous ABI functions: returns at once; `operation` runs
+ * on the VM's queue and must end by calling `done` (directly or through the framework)
+ * exactly once. */
+static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable completion,
+                         void *_Nullable context,
+                         void (^operation)(VZVirtualMachine *virtualMachine, AVZCompletionBlock done))
+{
+    @autoreleasepool {
+        AVZMachine *machine = avz_machine(vm);
+        if (machine == nil) {
+            /* No queue to complete on: a programming error, reported at once. */
+            if (completion != NULL) {
+                NSError *error = avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
+                completion(context, (__bridge_retained CFErrorRef)error);
+            }
+            return;
+        }
+        AVZCompletionBlock done = avz_completion(machine, completion, context);
+        [machine asyncOnQueue:^{
+            operation(machine.vm, done);
+        }];
+    }
+}
+
+/* Reads a BOOL property of the VM on its queue. */
+static bool avz_vm_read_bool(avz_vm *_Nullable vm,
+                             BOOL (^__attribute__((noescape)) getter)(VZVirtualMachine *))
+{
+    AVZMachine *machine = avz_machine(vm);
+    if (machine == nil) {
+        return false;
+    }
+    __block BOOL value = NO;
+    [machine syncOnQueue:^{
+        value = getter(machine.vm);
+    }];
+    return value;
+}
+
+NS_ASSUME_NONNULL_END
+
+/* ================================================================================== */
+/* Host                                                                               */
+/* ================================================================================== */
+
+bool avz_is_supported(void)
+{
+    @autoreleasepool {
+        return [VZVirtualMachine isSupported];
+    }
+}
+
+bool avz_save_restore_supported(void)
+{
+#if defined(__arm64__)
+    if (@available(macOS 14, *)) {
+        return true;
+    }
+#endif
+    return false;
+}
+
+void avz_get_limits(avz_limits *out)
+{
+    if (out == NULL) {
+        return;
+    }
+    @autoreleasepool {
+        out->min_cpu_count = avz_clamp_u32(VZVirtualMachineConfiguration.minimumAllowedCPUCount);
+        out->max_cpu_count = avz_clamp_u32(VZVirtualMachineConfiguration.maximumAllowedCPUCount);
+        out->min_memory_size = VZVirtualMachineConfiguration.minimumAllowedMemorySize;
+        out->max_memory_size = VZVirtualMachineConfiguration.maximumAllowedMemorySize;
+    }
+}
+
+bool avz_machine_identifier_create(uint8_t *buffer, size_t capacity, size_t *length,
+                                   CFErrorRef *error)
+{
+    return avz_run(error, ^NSError *_Nullable {
+        if (@available(macOS 13, *)) {
+            NSData *data = [[VZGenericMachineIdentifier alloc] init].dataRepresentation;
+            size_t needed = (size_t)data.length;
+            if (length != NULL) {
+                *length = needed;
+            }
+            if (needed > capacity || (needed > 0 && buffer == NULL)) {
+                return avz_error(AVZ_ERROR_INTERNAL,
+                                 [NSString stringWithFormat:@"the machine identifier needs %zu "
+                                                            @"bytes, the buffer has %zu",
+                                                            needed, capacity]);
+            }
+            if (needed > 0) {
+                [data getBytes:buffer length:needed];
+            }
+            return nil;
+        }
+        return avz_not_supported(@"A generic machine identifier", @"macOS 13");
+    });
+}
+
+/* ================================================================================== */
+/* Configuration                                                                      */
+/* ================================================================================== */
+
+avz_config *avz_config_create(void)
+{
+    @autoreleasepool {
+        AVZConfiguration *config = [[AVZConfiguration alloc] init];
+        return (__bridge_retained avz_config *)config;
+    }
+}
+
+void avz_config_set_cpu_count(avz_config *config, uint32_t cpu_count)
+{
+    @autoreleasepool {
+        avz_config_object(config).configuration.CPUCount = cpu_count;
+    }
+}
+
+void avz_config_set_memory_size(avz_config *config, uint64_t memory_size)
+{
+    @autoreleasepool {
+        avz_config_object(config).configuration.memorySize = memory_size;
+    }
+}
+
+bool avz_config_set_linux_boot_loader(avz_config *config, const char *kernel_path,
+                                      const char *initrd_path, const char *command_line,
+                                      CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        NSError *failure = nil;
+        NSURL *kernel = avz_existing_file_url(kernel_path, @"kernel",
+                                              AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+        if (kernel == nil) {
+            return failure;
+        }
+        NSURL *initrd = nil;
+        if (initrd_path != NULL) {
+            initrd = avz_existing_file_url(initrd_path, @"initial RAM disk",
+                                           AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+            if (initrd == nil) {
+                return failure;
+            }
+        }
+        NSString *commandLine = @"";
+        if (command_line != NULL) {
+            NSString *decoded = [NSString stringWithUTF8String:command_line];
+            if (decoded == nil) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                 @"the kernel command line is not valid UTF-8");
+            }
+            commandLine = decoded;
+        }
+        VZLinuxBootLoader *loader = [[VZLinuxBootLoader alloc] initWithKernelURL:kernel];
+        loader.commandLine = commandLine;
+        loader.initialRamdiskURL = initrd;
+        c.configuration.bootLoader = loader;
+        return nil;
+    });
+}
+
+bool avz_config_set_efi_boot_loader(avz_config *config, const char *variable_store_path,
+                                    bool create, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        if (@available(macOS 13, *)) {
+            NSError *failure = nil;
+            NSURL *url = avz_path_url(variable_store_path, @"EFI variable store",
+                                      AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+            if (url == nil) {
+                return failure;
+            }
+            VZEFIVariableStore *store = nil;
+            if (create) {
+                store = [[VZEFIVariableStore alloc]
+                    initCreatingVariableStoreAtURL:url
+                                           options:VZEFIVariableStoreInitializationOptionAllowOverwrite
+                                             error:&failure];
+                if (store == nil) {
+                    return avz_or(failure, AVZ_ERROR_INTERNAL,
+                                  [NSString stringWithFormat:@"cannot create the EFI variable "
+                                                             @"store %@",
+                                                             url.path]);
+                }
+            } else {
+                /* -initWithURL: does not look at the file: report a missing one now, with
+                 * the file system's own error. */
+                if (![url checkResourceIsReachableAndReturnError:&failure]) {
+                    return avz_or(failure, AVZ_ERROR_INVALID_CONFIGURATION,
+                                  [NSString stringWithFormat:@"the EFI variable store %@ does "
+                                                             @"not exist",
+                                                             url.path]);
+                }
+                store = [[VZEFIVariableStore alloc] initWithURL:url];
+            }
+            VZEFIBootLoader *loader = [[VZEFIBootLoader alloc] init];
+            loader.variableStore = store;
+            c.configuration.bootLoader = loader;
+            return nil;
+        }
+        return avz_not_supported(@"The EFI boot loader", @"macOS 13");
+    });
+}
+
+bool avz_config_set_generic_platform(avz_config *config, const uint8_t *machine_identifier,
+                                     size_t length, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        if (@available(macOS 12, *)) {
+            VZGenericPlatformConfiguration *platform = [[VZGenericPlatformConfiguration alloc] init];
+            if (machine_identifier != NULL) {
+                if (@available(macOS 13, *)) {
+                    NSData *data = [NSData dataWithBytes:machine_identifier length:length];
+                    VZGenericMachineIdentifier *identifier =
+                        [[VZGenericMachineIdentifier alloc] initWithDataRepresentation:data];
+                    if (identifier == nil) {
+                        return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                         [NSString stringWithFormat:@"these %zu bytes are not "
+                                                                    @"the data representation of "
+                                                                    @"a machine identifier",
+                                                                    length]);
+                    }
+                    platform.machineIdentifier = identifier;
+                } else {
+                    return avz_not_supported(@"A persistent machine identifier", @"macOS 13");
+                }
+            }
+            c.configuration.platform = platform;
+            return nil;
+        }
+        return avz_not_supported(@"The generic platform configuration", @"macOS 12");
+    });
+}
+
+bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bool read_only,
+                                        int32_t caching_mode, int32_t sync_mode,
+                                        CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        if (caching_mode < AVZ_CACHING_AUTOMATIC || caching_mode > AVZ_CACHING_CACHED) {
+            return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                             [NSString stringWithFormat:@"unknown disk caching mode %d",
+                                                        caching_mode]);
+        }
+        if (sync_mode < AVZ_SYNC_FULL || sync_mode > AVZ_SYNC_NONE) {
+            return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                             [NSString stringWithFormat:@"unknown disk synchronization mode %d",
+                                                        sync_mode]);
+        }
+        NSError *failure = nil;
+        NSURL *url = avz_path_url(path, @"disk image", AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+        if (url == nil) {
+            return failure;
+        }
+        VZDiskImageStorageDeviceAttachment *attachment = nil;
+        if (@available(macOS 12, *)) {
+            attachment = [[VZDiskImageStorageDeviceAttachment alloc]
+                        initWithURL:url
+                           readOnly:read_only
+                        cachingMode:(VZDiskImageCachingMode)caching_mode
+                synchronizationMode:(VZDiskImageSynchronizationMode)sync_mode
+                              error:&failure];
+        } else {
+            if (caching_mode != AVZ_CACHING_AUTOMATIC || sync_mode != AVZ_SYNC_FULL) {
+                return avz_not_supported(@"A disk caching or synchronization mode other than "
+                                         @"automatic/full",
+                                         @"macOS 12");
+            }
+            attachment = [[VZDiskImageStorageDeviceAttachment alloc] initWithURL:url
+                                                                        readOnly:read_only
+                                                                           error:&failure];
+        }
+        if (attachment == nil) {
+            return avz_or(failure, AVZ_ERROR_INVALID_DISK_IMAGE,
+                          [NSString stringWithFormat:@"cannot attach the disk image %@", url.path]);
+        }
+        [c addStorageDevice:[[VZVirtioBlockDeviceConfiguration alloc] initWithAttachment:attachment]];
+        return nil;
+    });
+}
+
+bool avz_config_add_nat_network_device(avz_config *config, const char *mac_address,
+                                       CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        VZMACAddress *address = nil;
+        if (mac_address != NULL) {
+            NSString *string = [NSString stringWithUTF8String:mac_address];
+            address = string != nil ? [[VZMACAddress alloc] initWithString:string] : nil;
+            if (address == nil) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                 [NSString stringWithFormat:@"\"%s\" is not a MAC address "
+                                                            @"(expected xx:xx:xx:xx:xx:xx)",
+                                                            mac_address]);
+            }
+        } else {
+            address = [VZMACAddress randomLocallyAdministeredAddress];
+        }
+        VZVirtioNetworkDeviceConfiguration *device = [[VZVirtioNetworkDeviceConfiguration alloc] init];
+        device.MACAddress = address;
+        device.attachment = [[VZNATNetworkDeviceAttachment alloc] init];
+        [c addNetworkDevice:device];
+        return nil;
+    });
+}
+
+bool avz_config_add_serial_port_file(avz_config *config, const char *path, bool append,
+                                     CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        NSError *failure = nil;
+        NSURL *url = avz_path_url(path, @"serial port log", AVZ_ERROR_INVALID_CONFIGURATION,
+                                  &failure);
+        if (url == nil) {
+            return failure;
+        }
+        /* The guest's output (the port's write direction) goes to the file; `append`
+         * keeps what is already there instead of truncating it. */
+        VZFileSerialPortAttachment *attachment =
+            [[VZFileSerialPortAttachment alloc] initWithURL:url append:append error:&failure];
+        if (attachment == nil) {
+            return avz_or(failure, AVZ_ERROR_INVALID_CONFIGURATION,
+                          [NSString stringWithFormat:@"cannot open the serial port log %@",
+                                                     url.path]);
+        }
+        VZVirtioConsoleDeviceSerialPortConfiguration *port =
+            [[VZVirtioConsoleDeviceSerialPortConfiguration alloc] init];
+        port.attachment = attachment;
+        [c addSerialPort:port];
+        return nil;
+    });
+}
+
+bool avz_config_add_serial_port_fds(avz_config *config, int read_fd, int write_fd,
+                                    CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        /* The shim owns duplicates: the caller may close its descriptors at once. The
+         * handles close them when the attachment (shared by this configuration and
+         * every VM made from it) goes away. */
+        NSError *failure = nil;
+        NSFileHandle *reading = avz_duplicate_handle(read_fd, @"read", &failure);
+        if (reading == nil && failure != nil) {
+            return failure;
+        }
+        NSFileHandle *writing = avz_duplicate_handle(write_fd, @"write", &failure);
+        if (writing == nil && failure != nil) {
+            return failure; /* `reading` closes its duplicate as it goes away */
+        }
+        VZFileHandleSerialPortAttachment *attachment =
+            [[VZFileHandleSerialPortAttachment alloc] initWithFileHandleForReading:reading
+                                                              fileHandleForWriting:writing];
+        VZVirtioConsoleDeviceSerialPortConfiguration *port =
+            [[VZVirtioConsoleDeviceSerialPortConfiguration alloc] init];
+        port.attachment = attachment;
+        [c addSerialPort:port];
+        return nil;
+    });
+}
+
+bool avz_config_validate(avz_config *config, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        NSError *failure = nil;
+        if ([c.configuration validateWithError:&failure]) {
+            return nil;
+        }
+        return avz_or(failure, AVZ_ERROR_INVALID_CONFIGURATION,
+                      @"the virtual machine configuration is not valid");
+    });
+}
+
+bool avz_config_validate_save_restore(avz_config *config, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+#if defined(__arm64__)
+        if (@available(macOS 14, *)) {
+            NSError *failure = nil;
+            if ([c.configuration validateSaveRestoreSupportWithError:&failure]) {
+                return nil;
+            }
+            return avz_or(failure, AVZ_ERROR_INVALID_CONFIGURATION,
+                          @"this configuration does not support saving and restoring");
+        }
+        return avz_not_supported(@"Saving and restoring a virtual machine", @"macOS 14");
+#else
+        (void)c;
+        return avz_not_supported(@"Saving and restoring a virtual machine",
+                                 @"Apple silicon and macOS 14");
+#endif
+    });
+}
+
+/* ================================================================================== */
+/* Virtual machine                                                                    */
+/* ================================================================================== */
+
+avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer, void *observer_context,
+                      avz_context_release_fn observer_release, CFErrorRef *error)
+{
+    __block AVZMachine *machine = nil;
+    bool created = avz_run(error, ^NSError *_Nullable {
+        NSError *failure = nil;
+        /* On failure the half-built machine is deallocated inside this call, and its
+         * -dealloc calls observer_release: exactly once, before NULL is returned. */
+        machine = [[AVZMachine alloc] initWithConfiguration:avz_config_object(config).configuration
+                                                   observer:observer
+                                            observerContext:observer_context
+                                            observerRelease:observer_release
+                                                      error:&failure];
+        if (machine != nil) {
+            return nil;
+        }
+        return failure != nil ? failure
+                              : avz_error(AVZ_ERROR_INTERNAL, @"cannot create the virtual machine");
+    });
+    if (!created) {
+        return NULL;
+    }
+    return (__bridge_retained avz_vm *)machine;
+}
+
+void avz_vm_start(avz_vm *vm, avz_completion_fn completion, void *context)
+{
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        [virtualMachine startWithCompletionHandler:done];
+    });
+}
+
+void avz_vm_stop(avz_vm *vm, avz_completion_fn completion, void *context)
+{
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        if (@available(macOS 12, *)) {
+            [virtualMachine stopWithCompletionHandler:done];
+        } else {
+            done(avz_not_supported(@"A forced stop", @"macOS 12"));
+        }
+    });
+}
+
+void avz_vm_pause(avz_vm *vm, avz_completion_fn completion, void *context)
+{
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        [virtualMachine pauseWithCompletionHandler:done];
+    });
+}
+
+void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context)
+{
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        [virtualMachine resumeWithCompletionHandler:done];
+    });
+}
+
+void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completion, void *context)
+{
+#if defined(__arm64__)
+    @autoreleasepool {
+        /* `path` is borrowed for this call only: turn it into a URL now. */
+        NSError *invalid = nil;
+        NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_SAVE, &invalid);
+        avz_vm_async(vm, completion, context,
+                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+                         if (url == nil) {
+                             done(invalid);
+                         } else if (@available(macOS 14, *)) {
+                             [virtualMachine saveMachineStateToURL:url
+                                                 completionHandler:done];
+                         } else {
+                             done(avz_not_supported(@"Saving a virtual machine's state",
+                                                    @"macOS 14"));
+                         }
+                     });
+    }
+#else
+    (void)path;
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        (void)virtualMachine;
+        done(avz_not_supported(@"Saving a virtual machine's state", @"Apple silicon and macOS 14"));
+    });
+#endif
+}
+
+void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn completion,
+                          void *context)
+{
+#if defined(__arm64__)
+    @autoreleasepool {
+        NSError *invalid = nil;
+        NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_RESTORE, &invalid);
+        avz_vm_async(vm, completion, context,
+                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+                         if (url == nil) {
+                             done(invalid);
+                         } else if (@available(macOS 14, *)) {
+                             [virtualMachine restoreMachineStateFromURL:url
+                                                      completionHandler:done];
+                         } else {
+                             done(avz_not_supported(@"Restoring a virtual machine's state",
+                                                    @"macOS 14"));
+                         }
+                     });
+    }
+#else
+    (void)path;
+    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        (void)virtualMachine;
+        done(avz_not_supported(@"Restoring a virtual machine's state",
+                               @"Apple silicon and macOS 14"));
+    });
+#endif
+}
+
+bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error)
+{
+    return avz_run(error, ^NSError *_Nullable {
+        AVZMachine *machine = avz_machine(vm);
+        if (machine == nil) {
+            return avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
+        }
+        __block NSError *failure = nil;
+        [machine syncOnQueue:^{
+            NSError *frameworkError = nil;
+            if (![machine.vm requestStopWithError:&frameworkError]) {
+                failure = avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
+                                 @"the guest cannot be asked to stop in the virtual machine's "
+                                 @"current state");
+            }
+        }];
+        return failure;
+    });
+}
+
+int32_t avz_vm_state(avz_vm *vm)
+{
+    AVZMachine *machine = avz_machine(vm);
+    if (machine == nil) {
+        return AVZ_STATE_ERROR;
+    }
+    __block NSInteger state = AVZ_STATE_ERROR;
+    [machine syncOnQueue:^{
+        state = machine.vm.state;
+    }];
+    return (int32_t)state;
+}
+
+bool avz_vm_can_start(avz_vm *vm)
+{
+    return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
+        return virtualMachine.canStart;
+    });
+}
+
+bool avz_vm_can_stop(avz_vm *vm)
+{
+    return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
+        if (@available(macOS 12, *)) {
+            return virtualMachine.canStop;
+        }
+        return NO;
+    });
+}
+
+bool avz_vm_can_pause(avz_vm *vm)
+{
+    return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
+        return virtualMachine.canPause;
+    });
+}
+
+bool avz_vm_can_resume(avz_vm *vm)
+{
+    return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
+        return virtualMachine.canResume;
+    });
+}
+
+bool avz_vm_can_request_stop(avz_vm *vm)
+{
+    return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
+        return virtualMachine.canRequestStop;
+    });
+}

@@ -1,0 +1,299 @@
+/*
+ * Virtualization/Virtualization.h — compile-check stand-in (NOT Apple's header).
+ *
+ * Hand-written from Apple's public documentation of Virtualization.framework
+ * (see /work/shared/VZ-FACTS.md), limited to the classes, selectors and enums
+ * shim/applevz.m uses. What matters for the check and must match the real SDK:
+ *   - availability: every declaration carries the macOS version that introduced it
+ *     (VZ_AVAILABLE(N)), so -Werror=unguarded-availability rejects an unguarded use
+ *     when the deployment target is older;
+ *   - architecture: save/restore exists only `#if defined(__arm64__)`, so a use on
+ *     x86_64 does not compile at all, as with the real SDK;
+ *   - nullability, ownership and NS_UNAVAILABLE initialisers.
+ * Add a declaration here (with its real availability) before the shim uses it.
+ */
+#ifndef AVZ_CHECK_VIRTUALIZATION_H
+#define AVZ_CHECK_VIRTUALIZATION_H
+
+#import <Foundation/Foundation.h>
+#include <dispatch/dispatch.h>
+
+#define VZ_AVAILABLE(v) __attribute__((availability(macos, introduced = v)))
+
+NS_ASSUME_NONNULL_BEGIN
+
+/* ---- Errors ------------------------------------------------------------------- */
+
+extern NSErrorDomain const VZErrorDomain VZ_AVAILABLE(11.0);
+
+typedef NS_ERROR_ENUM(VZErrorDomain, VZErrorCode){
+    VZErrorInternal VZ_AVAILABLE(11.0) = 1,
+    VZErrorInvalidVirtualMachineConfiguration VZ_AVAILABLE(11.0) = 2,
+    VZErrorInvalidVirtualMachineState VZ_AVAILABLE(11.0) = 3,
+    VZErrorInvalidVirtualMachineStateTransition VZ_AVAILABLE(11.0) = 4,
+    VZErrorInvalidDiskImage VZ_AVAILABLE(11.0) = 5,
+    VZErrorVirtualMachineLimitExceeded VZ_AVAILABLE(12.0) = 6,
+    VZErrorNetworkError VZ_AVAILABLE(13.0) = 7,
+    VZErrorOutOfDiskSpace VZ_AVAILABLE(13.0) = 8,
+    VZErrorOperationCancelled VZ_AVAILABLE(13.0) = 9,
+    VZErrorNotSupported VZ_AVAILABLE(13.0) = 10,
+    VZErrorSave VZ_AVAILABLE(14.0) = 11,
+    VZErrorRestore VZ_AVAILABLE(14.0) = 12,
+} VZ_AVAILABLE(11.0);
+
+/* ---- Boot loaders ----------------------------------------------------------- */
+
+VZ_AVAILABLE(11.0)
+@interface VZBootLoader : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZLinuxBootLoader : VZBootLoader
+- (instancetype)initWithKernelURL:(NSURL *)kernelURL NS_DESIGNATED_INITIALIZER;
+@property (copy) NSURL *kernelURL;
+@property (copy) NSString *commandLine;
+@property (nullable, copy) NSURL *initialRamdiskURL;
+@end
+
+typedef NS_OPTIONS(NSUInteger, VZEFIVariableStoreInitializationOptions){
+    VZEFIVariableStoreInitializationOptionAllowOverwrite = 1UL << 0,
+} VZ_AVAILABLE(13.0);
+
+VZ_AVAILABLE(13.0)
+@interface VZEFIVariableStore : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+- (instancetype)initWithURL:(NSURL *)URL NS_DESIGNATED_INITIALIZER;
+- (nullable instancetype)initCreatingVariableStoreAtURL:(NSURL *)URL
+                                                options:(VZEFIVariableStoreInitializationOptions)options
+                                                  error:(NSError **)error NS_DESIGNATED_INITIALIZER;
+@property (readonly, copy) NSURL *URL;
+@end
+
+VZ_AVAILABLE(13.0)
+@interface VZEFIBootLoader : VZBootLoader
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@property (nullable, strong) VZEFIVariableStore *variableStore;
+@end
+
+/* ---- Platform ---------------------------------------------------------------- */
+
+VZ_AVAILABLE(13.0)
+@interface VZGenericMachineIdentifier : NSObject <NSCopying>
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+- (nullable instancetype)initWithDataRepresentation:(NSData *)dataRepresentation;
+@property (readonly, copy) NSData *dataRepresentation;
+@end
+
+VZ_AVAILABLE(12.0)
+@interface VZPlatformConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(12.0)
+@interface VZGenericPlatformConfiguration : VZPlatformConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@property (copy) VZGenericMachineIdentifier *machineIdentifier VZ_AVAILABLE(13.0);
+@end
+
+/* ---- Storage --------------------------------------------------------------------- */
+
+typedef NS_ENUM(NSInteger, VZDiskImageCachingMode){
+    VZDiskImageCachingModeAutomatic = 0,
+    VZDiskImageCachingModeUncached = 1,
+    VZDiskImageCachingModeCached = 2,
+} VZ_AVAILABLE(12.0);
+
+typedef NS_ENUM(NSInteger, VZDiskImageSynchronizationMode){
+    VZDiskImageSynchronizationModeFull = 1,
+    VZDiskImageSynchronizationModeFsync = 2,
+    VZDiskImageSynchronizationModeNone = 3,
+} VZ_AVAILABLE(12.0);
+
+VZ_AVAILABLE(11.0)
+@interface VZStorageDeviceAttachment : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZDiskImageStorageDeviceAttachment : VZStorageDeviceAttachment
+- (nullable instancetype)initWithURL:(NSURL *)url readOnly:(BOOL)readOnly error:(NSError **)error;
+- (nullable instancetype)initWithURL:(NSURL *)url
+                            readOnly:(BOOL)readOnly
+                         cachingMode:(VZDiskImageCachingMode)cachingMode
+                 synchronizationMode:(VZDiskImageSynchronizationMode)synchronizationMode
+                               error:(NSError **)error VZ_AVAILABLE(12.0);
+@property (readonly, copy) NSURL *URL;
+@property (readonly, getter=isReadOnly) BOOL readOnly;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZStorageDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (readonly, strong) VZStorageDeviceAttachment *attachment;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioBlockDeviceConfiguration : VZStorageDeviceConfiguration
+- (instancetype)initWithAttachment:(VZStorageDeviceAttachment *)attachment NS_DESIGNATED_INITIALIZER;
+@end
+
+/* ---- Network ------------------------------------------------------------------ */
+
+VZ_AVAILABLE(11.0)
+@interface VZMACAddress : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+- (nullable instancetype)initWithString:(NSString *)string;
++ (instancetype)randomLocallyAdministeredAddress;
+@property (readonly, copy) NSString *string;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZNetworkDeviceAttachment : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZNATNetworkDeviceAttachment : VZNetworkDeviceAttachment
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZNetworkDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (copy) VZMACAddress *MACAddress;
+@property (nullable, strong) VZNetworkDeviceAttachment *attachment;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioNetworkDeviceConfiguration : VZNetworkDeviceConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+/* ---- Serial ports -------------------------------------------------------------- */
+
+VZ_AVAILABLE(11.0)
+@interface VZSerialPortAttachment : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZFileHandleSerialPortAttachment : VZSerialPortAttachment
+- (instancetype)initWithFileHandleForReading:(nullable NSFileHandle *)fileHandleForReading
+                        fileHandleForWriting:(nullable NSFileHandle *)fileHandleForWriting
+    NS_DESIGNATED_INITIALIZER;
+@property (nullable, readonly, strong) NSFileHandle *fileHandleForReading;
+@property (nullable, readonly, strong) NSFileHandle *fileHandleForWriting;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZFileSerialPortAttachment : VZSerialPortAttachment
+- (nullable instancetype)initWithURL:(NSURL *)url append:(BOOL)shouldAppend error:(NSError **)error;
+@property (readonly, copy) NSURL *URL;
+@property (readonly) BOOL append;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZSerialPortConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (nullable, strong) VZSerialPortAttachment *attachment;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioConsoleDeviceSerialPortConfiguration : VZSerialPortConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+/* ---- Configuration ---------------------------------------------------------------- */
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtualMachineConfiguration : NSObject <NSCopying>
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@property (nullable, strong) VZBootLoader *bootLoader;
+@property uint64_t memorySize;
+@property NSUInteger CPUCount;
+@property (strong) VZPlatformConfiguration *platform VZ_AVAILABLE(12.0);
+@property (copy) NSArray<VZStorageDeviceConfiguration *> *storageDevices;
+@property (copy) NSArray<VZNetworkDeviceConfiguration *> *networkDevices;
+@property (copy) NSArray<VZSerialPortConfiguration *> *serialPorts;
+- (BOOL)validateWithError:(NSError **)error;
+#if defined(__arm64__)
+- (BOOL)validateSaveRestoreSupportWithError:(NSError **)error VZ_AVAILABLE(14.0);
+#endif
+@property (class, readonly) uint64_t minimumAllowedMemorySize;
+@property (class, readonly) uint64_t maximumAllowedMemorySize;
+@property (class, readonly) NSUInteger minimumAllowedCPUCount;
+@property (class, readonly) NSUInteger maximumAllowedCPUCount;
+@end
+
+/* ---- Virtual machine ----------------------------------------------------------- */
+
+typedef NS_ENUM(NSInteger, VZVirtualMachineState){
+    VZVirtualMachineStateStopped = 0,
+    VZVirtualMachineStateRunning = 1,
+    VZVirtualMachineStatePaused = 2,
+    VZVirtualMachineStateError = 3,
+    VZVirtualMachineStateStarting = 4,
+    VZVirtualMachineStatePausing = 5,
+    VZVirtualMachineStateResuming = 6,
+    VZVirtualMachineStateStopping VZ_AVAILABLE(12.0) = 7,
+    VZVirtualMachineStateSaving VZ_AVAILABLE(14.0) = 8,
+    VZVirtualMachineStateRestoring VZ_AVAILABLE(14.0) = 9,
+} VZ_AVAILABLE(11.0);
+
+@class VZVirtualMachine;
+
+VZ_AVAILABLE(11.0)
+@protocol VZVirtualMachineDelegate <NSObject>
+@optional
+- (void)guestDidStopVirtualMachine:(VZVirtualMachine *)virtualMachine;
+- (void)virtualMachine:(VZVirtualMachine *)virtualMachine didStopWithError:(NSError *)error;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtualMachine : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+- (instancetype)initWithConfiguration:(VZVirtualMachineConfiguration *)configuration;
+- (instancetype)initWithConfiguration:(VZVirtualMachineConfiguration *)configuration
+                                queue:(dispatch_queue_t)queue NS_DESIGNATED_INITIALIZER;
+
+@property (class, readonly, getter=isSupported) BOOL supported;
+@property (readonly) VZVirtualMachineState state;
+@property (nullable, weak) id<VZVirtualMachineDelegate> delegate;
+
+@property (readonly) BOOL canStart;
+@property (readonly) BOOL canStop VZ_AVAILABLE(12.0);
+@property (readonly) BOOL canPause;
+@property (readonly) BOOL canResume;
+@property (readonly) BOOL canRequestStop;
+
+- (void)startWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler;
+- (void)stopWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler
+    VZ_AVAILABLE(12.0);
+- (void)pauseWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler;
+- (void)resumeWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler;
+#if defined(__arm64__)
+- (void)restoreMachineStateFromURL:(NSURL *)saveFileURL
+                 completionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler
+    VZ_AVAILABLE(14.0);
+- (void)saveMachineStateToURL:(NSURL *)saveFileURL
+            completionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler
+    VZ_AVAILABLE(14.0);
+#endif
+- (BOOL)requestStopWithError:(NSError **)error;
+@end
+
+NS_ASSUME_NONNULL_END
+
+#endif

@@ -1,0 +1,6 @@
+/* unistd.h — compile-check stand-in (NOT Apple's header): what the shim uses. */
+#ifndef AVZ_CHECK_UNISTD_H
+#define AVZ_CHECK_UNISTD_H
+int close(int fildes);
+int dup(int fildes);
+#endif
