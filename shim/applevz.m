@@ -17,15 +17,20 @@
  *    queue's own address as value). avz_is_on_queue() tests it with
  *    dispatch_get_specific; dispatch_get_specific also sees through queues targeting
  *    this one.
- * 3. Synchronous ABI functions (avz_vm_state, avz_vm_can_*, avz_vm_request_stop) and
- *    the VM's teardown use -[AVZMachine syncOnQueue:]: the block runs inline when the
- *    caller is already on the VM's queue and via dispatch_sync otherwise. Nothing in
- *    this file calls dispatch_sync onto a VM's queue without that check, so a caller
- *    that is already on the queue (a completion or observer callback) cannot deadlock.
+ * 3. Synchronous ABI functions (avz_vm_state, avz_vm_can_*, avz_vm_request_stop) use
+ *    -[AVZMachine syncOnQueue:]: the block runs inline when the caller is already on
+ *    the VM's queue and via dispatch_sync otherwise. Apart from that and the first
+ *    hop onto a brand-new queue in -initWithConfiguration:..., nothing in this file
+ *    calls dispatch_sync onto a VM's queue, so a caller that is already on the queue
+ *    (a completion or observer callback) cannot deadlock.
  * 4. Asynchronous ABI functions (start, stop, pause, resume, save, restore) always
- *    dispatch_async onto the queue and return at once; their completion is called
- *    exactly once, on the queue, never inside the ABI call itself, also when the shim
- *    refuses the operation (not supported on this Mac) or the framework rejects it.
+ *    dispatch_async onto the queue and return at once. Their completion (an
+ *    AVZCompletion) is called exactly once, on the queue, never inside the ABI call
+ *    itself: also when the shim refuses the operation (wrong state: code 4 for start,
+ *    stop, pause and resume, checked with the framework's canStart/canStop/canPause/
+ *    canResume; not supported on this Mac: code 10), when the framework raises an
+ *    Objective-C exception (code 1), when it calls the handler twice (the first call
+ *    counts), and when it releases the handler without calling it (code 1).
  * 5. Framework callbacks (completion handlers, delegate methods, key-value
  *    notifications) are documented to arrive on the queue. If one ever arrives
  *    elsewhere, -performOnQueue: forwards it with dispatch_async, so observer and
@@ -33,14 +38,30 @@
  * 6. Callbacks into Rust must not block and must not call the synchronous functions
  *    (they would run inline, see 3, but that is not part of the contract). The shim
  *    itself never blocks its queue and never waits for its own completions.
- * 7. Lifetime: every pending completion block captures its AVZMachine strongly, so a
- *    VM lives until each completion ran. When the last reference goes, -dealloc (on
- *    whatever thread dropped it) runs the teardown on the queue (inline or
- *    dispatch_sync, per 3): remove the key-value observation, clear the delegate, call
- *    the observer's release function exactly once. After that no observer callback
- *    can run. The VZVirtualMachine's last reference is then dropped by a block
- *    dispatched onto the queue, so the framework object is destroyed on its queue and
- *    outside any of its own callouts.
+ * 7. Lifetime: every AVZCompletion holds its AVZMachine strongly, so a VM lives until
+ *    each of its completions ran. When the last reference goes, -dealloc (on whatever
+ *    thread dropped it, the queue included) never blocks and never touches the
+ *    framework object inline: it dispatches one block onto the queue that removes the
+ *    key-value observation, clears the delegate, calls the observer's release function
+ *    exactly once and drops the last reference to the VZVirtualMachine, so the
+ *    framework object is detached and destroyed on its queue, outside any of its own
+ *    callouts. From the moment -dealloc begins no observer call can start (the
+ *    delegate's reference to the machine is weak and reads nil). Only a machine whose
+ *    framework object was never created (avz_vm_create failing) releases the observer
+ *    context inline, so that happens before avz_vm_create returns NULL.
+ *
+ * ORDER OF EVENTS (what the Rust side relies on)
+ * ==============================================
+ * Rust reads the state its observer cached as soon as a completion arrives, and expects
+ * a stop's STATE_CHANGED before the delegate's GUEST_STOPPED / STOPPED_WITH_ERROR. The
+ * shim does not depend on the order in which the framework sends key-value
+ * notifications, delegate calls and completion handlers: STATE_CHANGED comes only from
+ * -[AVZMachine reportCurrentState], which reads `state` on the queue and reports it
+ * when it differs from the state last reported (so each change is reported once).
+ * It runs for every key-value notification, before every completion (a completion that
+ * finds a transitional state waits once for the end of the framework's current work on
+ * the queue) and before every delegate stop event (an event whose stop `state` does not
+ * show yet is held until the state settles, see -stopEvent:error:).
  *
  * Ownership: objects given to C/Rust leave with __bridge_retained (+1; released with
  * CFRelease) and are borrowed back with __bridge. NSError is toll-free bridged to
@@ -57,9 +78,13 @@
  * Checked off a Mac (scripts/check-shim.sh): that this file compiles with zero
  * diagnostics for arm64/x86_64 and macOS 11/12/14 deployment targets against
  * hand-written declarations. Only a Mac can show the run-time facts this file relies
- * on: that KVO notifications for `state` and delegate calls arrive on the VM's queue,
- * that the framework calls every completion handler exactly once, and the exact error
- * codes it reports for operations refused in the wrong state.
+ * on: that key-value notifications for `state` and delegate calls arrive on the VM's
+ * queue, that `state` already shows an operation's outcome when its completion handler
+ * runs (or by the end of the framework's work item, see ORDER OF EVENTS), in which order
+ * the framework updates `state` and calls guestDidStopVirtualMachine: /
+ * virtualMachine:didStopWithError:, that canStart/canStop/canPause/canResume are exactly
+ * the framework's own refusal conditions, and the error codes it reports for save and
+ * restore refused in the wrong state (documented as 3 and 4).
  */
 
 #import <Foundation/Foundation.h>
@@ -139,7 +164,9 @@ static NSError *avz_or(NSError *_Nullable frameworkError, NSInteger code, NSStri
 }
 
 /* Runs `body` in an autorelease pool and turns its result into the ABI's convention:
- * true and *out = NULL on success; false and *out = +1 error on failure. */
+ * true and *out = NULL on success; false and *out = +1 error on failure. An Objective-C
+ * exception from the framework becomes an error (code 1) instead of unwinding into the
+ * caller (Rust cannot unwind a foreign exception: the process would abort). */
 static bool avz_run(CFErrorRef _Nullable *_Nullable out,
                     NSError *_Nullable (^__attribute__((noescape)) body)(void))
 {
@@ -148,7 +175,16 @@ static bool avz_run(CFErrorRef _Nullable *_Nullable out,
     }
     NSError *failure = nil;
     @autoreleasepool {
-        failure = body();
+        @try {
+            failure = body();
+        } @catch (NSException *exception) {
+            NSString *reason = exception.reason;
+            failure = avz_error(AVZ_ERROR_INTERNAL,
+                                [NSString stringWithFormat:@"the framework raised %@ (%@)",
+                                                           exception.name,
+                                                           reason != nil ? reason
+                                                                         : @"no reason given"]);
+        }
     }
     if (failure == nil) {
         return true;
@@ -305,13 +341,81 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
     return dispatch_get_specific(&kAVZQueueKey) == (__bridge void *)queue;
 }
 
+/* The states that last only while an operation is under way. */
+static BOOL avz_state_is_transitional(NSInteger state)
+{
+    switch (state) {
+    case AVZ_STATE_STARTING:
+    case AVZ_STATE_PAUSING:
+    case AVZ_STATE_RESUMING:
+    case AVZ_STATE_STOPPING:
+    case AVZ_STATE_SAVING:
+    case AVZ_STATE_RESTORING:
+        return YES;
+    default:
+        return NO;
+    }
+}
+
+/* The states a delegate's stop event (GUEST_STOPPED, STOPPED_WITH_ERROR) belongs to. */
+static BOOL avz_state_ends_a_stop(NSInteger state)
+{
+    return state == AVZ_STATE_STOPPED || state == AVZ_STATE_ERROR;
+}
+
+static NSString *avz_state_name(NSInteger state)
+{
+    switch (state) {
+    case AVZ_STATE_STOPPED: return @"stopped";
+    case AVZ_STATE_RUNNING: return @"running";
+    case AVZ_STATE_PAUSED: return @"paused";
+    case AVZ_STATE_ERROR: return @"in the error state";
+    case AVZ_STATE_STARTING: return @"starting";
+    case AVZ_STATE_PAUSING: return @"pausing";
+    case AVZ_STATE_RESUMING: return @"resuming";
+    case AVZ_STATE_STOPPING: return @"stopping";
+    case AVZ_STATE_SAVING: return @"saving";
+    case AVZ_STATE_RESTORING: return @"restoring";
+    default: return [NSString stringWithFormat:@"in state %ld", (long)state];
+    }
+}
+
+/* An Objective-C exception raised by the framework, as an error (code 1): it must not
+ * unwind through a dispatch work item (that aborts the process) and the operation's
+ * completion is still due. */
+static NSError *avz_exception_error(NSException *exception, NSString *what)
+{
+    NSString *reason = exception.reason;
+    return avz_error(AVZ_ERROR_INTERNAL,
+                     [NSString stringWithFormat:@"%@: the framework raised %@ (%@)", what,
+                                                exception.name,
+                                                reason != nil ? reason : @"no reason given"]);
+}
+
+/* An operation refused because the VM is in the wrong state: the ABI's code 4
+ * (AVZ_ERROR_INVALID_STATE_TRANSITION), whatever the framework would have said. */
+static NSError *avz_refused(NSString *operation, NSInteger state)
+{
+    return avz_error(AVZ_ERROR_INVALID_STATE_TRANSITION,
+                     [NSString stringWithFormat:@"Cannot %@ the virtual machine: it is %@", operation,
+                                                avz_state_name(state)]);
+}
+
 @class AVZMachine;
 
 /* The VZVirtualMachine's delegate and the observer of its `state`. The framework holds
- * its delegate weakly; the AVZMachine keeps this object alive. */
+ * its delegate weakly; the AVZMachine keeps this object alive. Its reference to the
+ * machine is weak: once the machine's -dealloc has begun, events are dropped here. */
 @interface AVZMachineDelegate : NSObject <VZVirtualMachineDelegate>
 @property (nonatomic, weak, readonly, nullable) AVZMachine *machine;
 - (instancetype)initWithMachine:(AVZMachine *)machine;
+@end
+
+/* A delegate stop event waiting for the state change it belongs to. */
+@interface AVZStopEvent : NSObject
+@property (nonatomic, readonly) int32_t event;
+@property (nonatomic, readonly, nullable) NSError *error;
+- (instancetype)initWithEvent:(int32_t)event error:(nullable NSError *)error;
 @end
 
 /* An avz_vm: the queue, the VZVirtualMachine, its delegate and the observer. */
@@ -329,8 +433,24 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
 - (void)asyncOnQueue:(dispatch_block_t)block;
 /* Runs `block` on the queue: inline when already on it, else dispatch_async. */
 - (void)performOnQueue:(dispatch_block_t)block;
-/* Forwards an event to the observer, on the queue. `state` < 0: read it there. */
-- (void)handleEvent:(int32_t)event state:(NSInteger)state error:(nullable NSError *)error;
+/* On the queue: reads `state` and, when it differs from the state last reported, reports
+ * it (STATE_CHANGED) first. Returns the state. The one place STATE_CHANGED comes from. */
+- (NSInteger)reportCurrentState;
+/* Any thread: the framework says `state` changed (key-value observing). */
+- (void)stateDidChange;
+/* Any thread: a delegate stop event (AVZ_EVENT_GUEST_STOPPED / _STOPPED_WITH_ERROR). */
+- (void)stopEvent:(int32_t)event error:(nullable NSError *)error;
+@end
+
+/* One asynchronous operation's completion. Called exactly once, on the VM's queue, after
+ * the observer was told the state the operation left behind; also when the framework
+ * drops the handler without calling it. Keeps the machine alive until then. */
+@interface AVZCompletion : NSObject
+- (instancetype)initWithMachine:(AVZMachine *)machine
+                       function:(nullable avz_completion_fn)function
+                        context:(nullable void *)context;
+/* Any thread, any number of times: only the first call counts. */
+- (void)completeWithError:(nullable NSError *)error;
 @end
 
 @implementation AVZMachineDelegate
@@ -347,13 +467,13 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
 - (void)guestDidStopVirtualMachine:(VZVirtualMachine *)virtualMachine
 {
     (void)virtualMachine;
-    [self.machine handleEvent:AVZ_EVENT_GUEST_STOPPED state:-1 error:nil];
+    [self.machine stopEvent:AVZ_EVENT_GUEST_STOPPED error:nil];
 }
 
 - (void)virtualMachine:(VZVirtualMachine *)virtualMachine didStopWithError:(NSError *)error
 {
     (void)virtualMachine;
-    [self.machine handleEvent:AVZ_EVENT_STOPPED_WITH_ERROR state:-1 error:error];
+    [self.machine stopEvent:AVZ_EVENT_STOPPED_WITH_ERROR error:error];
 }
 
 - (void)observeValueForKeyPath:(nullable NSString *)keyPath
@@ -365,10 +485,24 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
         [super observeValueForKeyPath:keyPath ofObject:object change:change context:context];
         return;
     }
-    /* The new value comes with the notification: no property read needed here. */
-    id value = change[NSKeyValueChangeNewKey];
-    NSInteger state = [value isKindOfClass:[NSNumber class]] ? [(NSNumber *)value integerValue] : -1;
-    [self.machine handleEvent:AVZ_EVENT_STATE_CHANGED state:state error:nil];
+    /* The machine reads `state` itself, on the queue, rather than trusting the value in
+     * `change`: a notification forwarded from another thread may be stale by then, and a
+     * completion may already have reported the new state (see -reportCurrentState). */
+    [self.machine stateDidChange];
+}
+
+@end
+
+@implementation AVZStopEvent
+
+- (instancetype)initWithEvent:(int32_t)event error:(nullable NSError *)error
+{
+    self = [super init];
+    if (self != nil) {
+        _event = event;
+        _error = error;
+    }
+    return self;
 }
 
 @end
@@ -380,6 +514,8 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
     avz_state_observer_fn _Nullable _observer;
     void *_Nullable _observerContext;
     avz_context_release_fn _Nullable _observerRelease;
+    NSInteger _reportedState;                     /* queue only: last state reported */
+    NSMutableArray<AVZStopEvent *> *_pendingStops; /* queue only: see -stopEvent:error: */
 }
 
 - (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
@@ -397,10 +533,12 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
         return nil;
     }
     /* From here on -dealloc owns the observer: it calls the release function exactly
-     * once, also when this initializer fails and returns nil. */
+     * once, also when this initializer fails and returns nil (then before it returns). */
     _observer = observer;
     _observerContext = observerContext;
     _observerRelease = observerRelease;
+    _reportedState = AVZ_STATE_STOPPED;
+    _pendingStops = [NSMutableArray array];
 
     dispatch_queue_attr_t attributes = dispatch_queue_attr_make_with_autorelease_frequency(
         DISPATCH_QUEUE_SERIAL, DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM);
@@ -426,6 +564,7 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
     AVZMachineDelegate *delegate = _delegate;
     __block VZVirtualMachine *vm = nil;
     __block NSError *failure = nil;
+    __block NSInteger initialState = AVZ_STATE_STOPPED;
     /* A fresh queue: this thread cannot be on it, dispatch_sync is safe. */
     dispatch_sync(queue, ^{
         @autoreleasepool {
@@ -445,6 +584,7 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
                      forKeyPath:@"state"
                         options:NSKeyValueObservingOptionNew
                         context:&kAVZStateObservation];
+                initialState = vm.state;
             }
         }
     });
@@ -454,52 +594,47 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
         return nil;
     }
     _vm = vm;
+    _reportedState = initialState;
     return self;
 }
 
 - (void)dealloc
 {
-    /* Never capture `self` here: copy what the teardown needs into locals. */
-    dispatch_queue_t queue = _queue;
-    if (queue == nil) {
-        /* -init failed before the queue existed: nothing ran, nothing to detach. */
-        if (_observerRelease != NULL) {
-            _observerRelease(_observerContext);
-        }
-        return;
-    }
-    __block VZVirtualMachine *vm = _vm; /* the only strong reference from here on */
-    _vm = nil;
-    AVZMachineDelegate *delegate = _delegate;
+    /* Never capture `self` here: copy what the teardown needs into locals. No observer
+     * call can start from now on: every path to the observer goes through a strong
+     * reference to this machine (blocks, completions) or through the delegate's weak
+     * one, which reads nil once deallocation has begun. */
     avz_context_release_fn release = _observerRelease;
     void *context = _observerContext;
     _observer = NULL;
     _observerRelease = NULL;
-
-    dispatch_block_t teardown = ^{
+    __block VZVirtualMachine *vm = _vm; /* the only strong reference from here on */
+    _vm = nil;
+    if (vm == nil) {
+        /* -init failed before the framework object existed: no observation, no delegate,
+         * no observer call ever happened. Release now, before avz_vm_create returns. */
+        if (release != NULL) {
+            release(context);
+        }
+        return;
+    }
+    /* Detach and release on the queue, in a work item of its own, never inline: this
+     * -dealloc may run on a thread the framework owns (dropping its last reference to a
+     * completion handler), where waiting for the queue could deadlock, or on the queue
+     * inside one of the framework's callouts (a completion, a key-value notification),
+     * where the framework object must not be detached or destroyed. Never blocks. */
+    AVZMachineDelegate *delegate = _delegate;
+    dispatch_async(_queue, ^{
         @autoreleasepool {
-            if (vm != nil) {
-                [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
-                vm.delegate = nil;
-            }
-            /* Serialized with every observer callback (they run on this queue, and none
-             * can start after the two lines above): the context is no longer in use. */
+            [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
+            vm.delegate = nil;
+            /* After the last observer call (see above): the context is no longer in use. */
             if (release != NULL) {
                 release(context);
             }
+            vm = nil; /* the framework object goes here, on its queue */
         }
-    };
-    if (avz_is_on_queue(queue)) {
-        teardown();
-    } else {
-        dispatch_sync(queue, teardown);
-    }
-    if (vm != nil) {
-        /* Drop the framework object on its own queue, outside any of its callouts. */
-        dispatch_async(queue, ^{
-            vm = nil;
-        });
-    }
+    });
 }
 
 - (VZVirtualMachine *)vm
@@ -540,23 +675,151 @@ static BOOL avz_is_on_queue(dispatch_queue_t queue)
     }
 }
 
-- (void)handleEvent:(int32_t)event state:(NSInteger)state error:(nullable NSError *)error
+/* On the queue. The error is borrowed for the call (the observer retains it to keep it). */
+- (void)notifyObserver:(int32_t)event error:(nullable NSError *)error
+{
+    avz_state_observer_fn observer = _observer;
+    if (observer != NULL) {
+        observer(_observerContext, (int32_t)_reportedState, event, (__bridge CFErrorRef)error);
+    }
+}
+
+/* On the queue: delivers the pending delegate stop events, in order. */
+- (void)flushStopEvents
+{
+    if (_pendingStops.count == 0) {
+        return;
+    }
+    NSArray<AVZStopEvent *> *events = _pendingStops;
+    _pendingStops = [NSMutableArray array];
+    for (NSUInteger i = 0; i < events.count; i++) {
+        AVZStopEvent *stop = events[i];
+        [self notifyObserver:stop.event error:stop.error];
+    }
+}
+
+- (NSInteger)reportCurrentState
+{
+    NSInteger state = _vm.state;
+    if (state != _reportedState) {
+        _reportedState = state;
+        [self notifyObserver:AVZ_EVENT_STATE_CHANGED error:nil];
+        if (!avz_state_is_transitional(state)) {
+            [self flushStopEvents]; /* stop events waiting for the state to settle */
+        }
+    }
+    return state;
+}
+
+- (void)stateDidChange
 {
     [self performOnQueue:^{
-        avz_state_observer_fn observer = self->_observer;
-        VZVirtualMachine *vm = self->_vm;
-        if (observer == NULL || vm == nil) {
+        [self reportCurrentState];
+    }];
+}
+
+- (void)stopEvent:(int32_t)event error:(nullable NSError *)error
+{
+    NSError *stopError = error;
+    if (event == AVZ_EVENT_STOPPED_WITH_ERROR && stopError == nil) {
+        stopError = avz_error(AVZ_ERROR_INTERNAL,
+                              @"the virtual machine stopped because of an unspecified error");
+    }
+    AVZStopEvent *stop = [[AVZStopEvent alloc] initWithEvent:event error:stopError];
+    [self performOnQueue:^{
+        /* The ABI delivers a stop event after the state change it belongs to. Whichever
+         * order the framework uses, report the state first. If `state` does not show
+         * the stop yet, hold the event: the next settled (not transitional) state that
+         * -reportCurrentState reports delivers it; and once the framework's current
+         * work on the queue is done, a state that is still not transitional delivers
+         * it as it is (the framework did not update `state` in that time). An event is
+         * never lost, and comes after its state change when the framework makes that
+         * change in the same work item or through a transitional state. */
+        NSInteger state = [self reportCurrentState];
+        [self->_pendingStops addObject:stop];
+        if (avz_state_ends_a_stop(state)) {
+            [self flushStopEvents];
             return;
         }
-        NSInteger current = state >= 0 ? state : vm.state;
-        NSError *stopError = error;
-        if (event == AVZ_EVENT_STOPPED_WITH_ERROR && stopError == nil) {
-            stopError = avz_error(AVZ_ERROR_INTERNAL,
-                                  @"the virtual machine stopped because of an unspecified error");
-        }
-        /* The error is borrowed for the call (the observer retains it to keep it). */
-        observer(self->_observerContext, (int32_t)current, event,
-                 event == AVZ_EVENT_STOPPED_WITH_ERROR ? (__bridge CFErrorRef)stopError : NULL);
+        [self asyncOnQueue:^{
+            if (!avz_state_is_transitional([self reportCurrentState])) {
+                [self flushStopEvents];
+            }
+        }];
+    }];
+}
+
+@end
+
+@implementation AVZCompletion {
+    AVZMachine *_machine; /* strong: the VM lives until each of its completions ran */
+    avz_completion_fn _Nullable _function;
+    void *_Nullable _context;
+    BOOL _called; /* queue only */
+}
+
+- (instancetype)initWithMachine:(AVZMachine *)machine
+                       function:(nullable avz_completion_fn)function
+                        context:(nullable void *)context
+{
+    self = [super init];
+    if (self != nil) {
+        _machine = machine;
+        _function = function;
+        _context = context;
+    }
+    return self;
+}
+
+- (void)completeWithError:(nullable NSError *)error
+{
+    [_machine performOnQueue:^{
+        [self finishWithError:error mayWait:YES];
+    }];
+}
+
+/* On the queue. Rust reads the state its observer cached as soon as a completion
+ * arrives, so the observer must have the state the operation left behind first:
+ * -reportCurrentState reports it if the framework's own notification has not come yet.
+ * A state still transitional may mean the framework updates `state` right after calling
+ * the handler: wait once for the end of its current work on the queue. */
+- (void)finishWithError:(nullable NSError *)error mayWait:(BOOL)mayWait
+{
+    if (_called) {
+        return;
+    }
+    AVZMachine *machine = _machine;
+    NSInteger state = [machine reportCurrentState];
+    if (mayWait && avz_state_is_transitional(state)) {
+        [machine asyncOnQueue:^{
+            [self finishWithError:error mayWait:NO];
+        }];
+        return;
+    }
+    _called = YES;
+    avz_completion_fn function = _function;
+    void *context = _context;
+    _function = NULL;
+    if (function != NULL) {
+        function(context, error != nil ? (__bridge_retained CFErrorRef)error : NULL);
+    }
+}
+
+- (void)dealloc
+{
+    if (_called || _function == NULL) {
+        return;
+    }
+    /* The framework released the handler without calling it: the completion is still
+     * due exactly once. Never capture `self` here. */
+    avz_completion_fn function = _function;
+    void *context = _context;
+    AVZMachine *machine = _machine;
+    NSError *error = avz_error(AVZ_ERROR_INTERNAL,
+                               @"the framework dropped the operation without completing it");
+    [machine performOnQueue:^{
+        [machine reportCurrentState];
+        function(context, (__bridge_retained CFErrorRef)error);
     }];
 }
 
@@ -568,31 +831,12 @@ static AVZMachine *_Nullable avz_machine(avz_vm *_Nullable vm)
     return (__bridge AVZMachine *)(void *)vm;
 }
 
-/* A completion block for a framework call: hops onto the VM's queue if needed, calls
- * `completion` at most once with a +1 error (or NULL), and keeps `machine` alive until
- * then. */
-static AVZCompletionBlock avz_completion(AVZMachine *machine, avz_completion_fn _Nullable completion,
-                                         void *_Nullable context)
-{
-    __block BOOL finished = NO;
-    return ^(NSError *_Nullable error) {
-        [machine performOnQueue:^{
-            if (finished) {
-                return;
-            }
-            finished = YES;
-            if (completion != NULL) {
-                completion(context, error != nil ? (__bridge_retained CFErrorRef)error : NULL);
-            }
-        }];
-    };
-}
-
 /* The common shape of the asynchronous ABI functions: returns at once; `operation` runs
- * on the VM's queue and must end by calling `done` (directly or through the framework)
- * exactly once. */
+ * on the VM's queue and must end by calling `done` (directly or through the framework).
+ * `done` may be called any number of times from any thread; the completion runs
+ * exactly once (see AVZCompletion), also when `operation` raises. */
 static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable completion,
-                         void *_Nullable context,
+                         void *_Nullable context, NSString *what,
                          void (^operation)(VZVirtualMachine *virtualMachine, AVZCompletionBlock done))
 {
     @autoreleasepool {
@@ -605,9 +849,18 @@ static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable compl
             }
             return;
         }
-        AVZCompletionBlock done = avz_completion(machine, completion, context);
+        AVZCompletion *pending = [[AVZCompletion alloc] initWithMachine:machine
+                                                               function:completion
+                                                                context:context];
+        AVZCompletionBlock done = ^(NSError *_Nullable error) {
+            [pending completeWithError:error];
+        };
         [machine asyncOnQueue:^{
-            operation(machine.vm, done);
+            @try {
+                operation(machine.vm, done);
+            } @catch (NSException *exception) {
+                done(avz_exception_error(exception, what));
+            }
         }];
     }
 }
@@ -1011,17 +1264,31 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer, void *
     return (__bridge_retained avz_vm *)machine;
 }
 
+/* start, stop, pause and resume are first checked with the framework's own predicate
+ * (canStart, canStop, canPause, canResume, read on the queue in the same work item), so
+ * a refusal carries the ABI's code 4 whatever code the framework itself would use: Rust
+ * relies on it to tell "already stopped" from a failed stop. Save and restore leave the
+ * check to the framework, which documents their codes (3 for save, 4 for restore). */
+
 void avz_vm_start(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"start", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        if (!virtualMachine.canStart) {
+            done(avz_refused(@"start", virtualMachine.state));
+            return;
+        }
         [virtualMachine startWithCompletionHandler:done];
     });
 }
 
 void avz_vm_stop(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"stop", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
         if (@available(macOS 12, *)) {
+            if (!virtualMachine.canStop) {
+                done(avz_refused(@"stop", virtualMachine.state));
+                return;
+            }
             [virtualMachine stopWithCompletionHandler:done];
         } else {
             done(avz_not_supported(@"A forced stop", @"macOS 12"));
@@ -1031,14 +1298,22 @@ void avz_vm_stop(avz_vm *vm, avz_completion_fn completion, void *context)
 
 void avz_vm_pause(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"pause", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        if (!virtualMachine.canPause) {
+            done(avz_refused(@"pause", virtualMachine.state));
+            return;
+        }
         [virtualMachine pauseWithCompletionHandler:done];
     });
 }
 
 void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"resume", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        if (!virtualMachine.canResume) {
+            done(avz_refused(@"resume", virtualMachine.state));
+            return;
+        }
         [virtualMachine resumeWithCompletionHandler:done];
     });
 }
@@ -1050,7 +1325,7 @@ void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completio
         /* `path` is borrowed for this call only: turn it into a URL now. */
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_SAVE, &invalid);
-        avz_vm_async(vm, completion, context,
+        avz_vm_async(vm, completion, context, @"save",
                      ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
                          if (url == nil) {
                              done(invalid);
@@ -1065,7 +1340,7 @@ void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completio
     }
 #else
     (void)path;
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"save", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
         (void)virtualMachine;
         done(avz_not_supported(@"Saving a virtual machine's state", @"Apple silicon and macOS 14"));
     });
@@ -1079,7 +1354,7 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
     @autoreleasepool {
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_RESTORE, &invalid);
-        avz_vm_async(vm, completion, context,
+        avz_vm_async(vm, completion, context, @"restore",
                      ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
                          if (url == nil) {
                              done(invalid);
@@ -1094,7 +1369,7 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
     }
 #else
     (void)path;
-    avz_vm_async(vm, completion, context, ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+    avz_vm_async(vm, completion, context, @"restore", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
         (void)virtualMachine;
         done(avz_not_supported(@"Restoring a virtual machine's state",
                                @"Apple silicon and macOS 14"));
@@ -1111,11 +1386,27 @@ bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error)
         }
         __block NSError *failure = nil;
         [machine syncOnQueue:^{
-            NSError *frameworkError = nil;
-            if (![machine.vm requestStopWithError:&frameworkError]) {
-                failure = avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
-                                 @"the guest cannot be asked to stop in the virtual machine's "
-                                 @"current state");
+            VZVirtualMachine *virtualMachine = machine.vm;
+            /* The ABI promises code 3 when the VM is not running; the framework does not
+             * document what it reports then, so check here. */
+            NSInteger state = virtualMachine.state;
+            if (state != AVZ_STATE_RUNNING) {
+                failure = avz_error(AVZ_ERROR_INVALID_STATE,
+                                    [NSString stringWithFormat:@"Cannot ask the guest to stop: "
+                                                               @"the virtual machine is %@, not "
+                                                               @"running",
+                                                               avz_state_name(state)]);
+                return;
+            }
+            @try {
+                NSError *frameworkError = nil;
+                if (![virtualMachine requestStopWithError:&frameworkError]) {
+                    failure = avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
+                                     @"the guest cannot be asked to stop in the virtual "
+                                     @"machine's current state");
+                }
+            } @catch (NSException *exception) {
+                failure = avz_exception_error(exception, @"request stop");
             }
         }];
         return failure;
