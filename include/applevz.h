@@ -91,6 +91,15 @@ extern "C" {
 #define AVZ_EVENT_GUEST_STOPPED 1    /* delegate: guestDidStopVirtualMachine: */
 #define AVZ_EVENT_STOPPED_WITH_ERROR 2 /* delegate: virtualMachine:didStopWithError: */
 
+/* Storage device interfaces (avz_config_add_storage_device). */
+#define AVZ_STORAGE_VIRTIO_BLOCK 0 /* VZVirtioBlockDeviceConfiguration (macOS 11) */
+#define AVZ_STORAGE_NVME 1         /* VZNVMExpressControllerDeviceConfiguration (macOS 14) */
+
+/* VZLinuxRosettaAvailability. */
+#define AVZ_ROSETTA_NOT_SUPPORTED 0
+#define AVZ_ROSETTA_NOT_INSTALLED 1
+#define AVZ_ROSETTA_INSTALLED 2
+
 /* Largest machine identifier data representation the ABI carries. */
 #define AVZ_MACHINE_IDENTIFIER_MAX 4096
 
@@ -182,19 +191,73 @@ bool avz_config_set_efi_boot_loader(avz_config *config, const char *variable_sto
 bool avz_config_set_generic_platform(avz_config *config, const uint8_t *machine_identifier,
                                      size_t length, CFErrorRef *error);
 
-/* VZVirtioBlockDeviceConfiguration over a VZDiskImageStorageDeviceAttachment.
- * `path` borrowed; `caching_mode` is AVZ_CACHING_*, `sync_mode` AVZ_SYNC_*; modes other
- * than automatic/full need macOS 12 (AVZ_ERROR_NOT_SUPPORTED before).
- * Errors: AVZ_ERROR_INVALID_DISK_IMAGE, file-system errors. */
-bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bool read_only,
-                                        int32_t caching_mode, int32_t sync_mode,
-                                        CFErrorRef *error);
+/* A storage device over a VZDiskImageStorageDeviceAttachment. `interface` is
+ * AVZ_STORAGE_VIRTIO_BLOCK or AVZ_STORAGE_NVME (macOS 14, generic platform only: validate
+ * reports AVZ_ERROR_INVALID_CONFIGURATION otherwise). `path` borrowed; `caching_mode` is
+ * AVZ_CACHING_*, `sync_mode` AVZ_SYNC_*; modes other than automatic/full need macOS 12.
+ * `block_device_identifier` (borrowed, may be NULL) names a virtio block device to the
+ * guest (/dev/disk/by-id; macOS 12.3; at most 20 ASCII bytes); NVMe ignores it.
+ * Errors: AVZ_ERROR_NOT_SUPPORTED (interface or option newer than this Mac),
+ * AVZ_ERROR_INVALID_DISK_IMAGE, AVZ_ERROR_INVALID_CONFIGURATION (bad identifier),
+ * file-system errors. */
+bool avz_config_add_storage_device(avz_config *config, int32_t interface, const char *path,
+                                   bool read_only, int32_t caching_mode, int32_t sync_mode,
+                                   const char *block_device_identifier, CFErrorRef *error);
 
 /* VZVirtioNetworkDeviceConfiguration with a VZNATNetworkDeviceAttachment.
  * `mac_address` borrowed, "xx:xx:xx:xx:xx:xx", or NULL for a random locally
  * administered address. Errors: AVZ_ERROR_INVALID_CONFIGURATION for a bad address. */
 bool avz_config_add_nat_network_device(avz_config *config, const char *mac_address,
                                        CFErrorRef *error);
+
+/* VZVirtioNetworkDeviceConfiguration with a VZFileHandleNetworkDeviceAttachment over a
+ * connected datagram socket `socket_fd` (borrowed: the callee duplicates it). `mac_address`
+ * as for NAT. `mtu` is the maximum transmission unit (macOS 13; 0 = the framework's
+ * default 1500; 1500...65535). Errors: AVZ_ERROR_NOT_SUPPORTED (an MTU before macOS 13),
+ * AVZ_ERROR_INVALID_CONFIGURATION, file-system errors (bad descriptor). */
+bool avz_config_add_file_handle_network_device(avz_config *config, int socket_fd,
+                                               const char *mac_address, uint32_t mtu,
+                                               CFErrorRef *error);
+
+/* VZVirtioEntropyDeviceConfiguration. Errors: none in practice. */
+bool avz_config_add_entropy_device(avz_config *config, CFErrorRef *error);
+
+/* VZVirtioTraditionalMemoryBalloonDeviceConfiguration (at most one is useful). */
+bool avz_config_add_memory_balloon_device(avz_config *config, CFErrorRef *error);
+
+/* VZVirtioSocketDeviceConfiguration (virtio-vsock; at most one). */
+bool avz_config_add_socket_device(avz_config *config, CFErrorRef *error);
+
+/* +[VZVirtioFileSystemDeviceConfiguration validateTag:error:] (macOS 12).
+ * Errors: AVZ_ERROR_INVALID_CONFIGURATION with the reason; AVZ_ERROR_NOT_SUPPORTED. */
+bool avz_validate_directory_share_tag(const char *tag, CFErrorRef *error);
+
+/* VZVirtioFileSystemDeviceConfiguration (macOS 12) with tag `tag`, sharing `count`
+ * directories: `paths[i]` (borrowed) read-only when `read_only[i]`. With `names` NULL and
+ * `count` 1 it is a VZSingleDirectoryShare; otherwise a VZMultipleDirectoryShare where
+ * `names[i]` (borrowed) is the directory's name under the tag's mount point.
+ * Errors: AVZ_ERROR_INVALID_CONFIGURATION (bad tag, name, or count),
+ * AVZ_ERROR_NOT_SUPPORTED, file-system errors. */
+bool avz_config_add_directory_share(avz_config *config, const char *tag,
+                                    const char *const *names, const char *const *paths,
+                                    const bool *read_only, size_t count, CFErrorRef *error);
+
+/* VZLinuxRosettaDirectoryShare.availability (macOS 13, arm64): AVZ_ROSETTA_*. Always
+ * AVZ_ROSETTA_NOT_SUPPORTED on Intel and before macOS 13. */
+int32_t avz_rosetta_availability(void);
+
+/* A virtio file-system device with tag `tag` (borrowed) sharing Rosetta for Linux.
+ * Errors: AVZ_ERROR_NOT_SUPPORTED on Intel or before macOS 13; the framework's error
+ * when Rosetta is not installed; AVZ_ERROR_INVALID_CONFIGURATION for a bad tag. */
+bool avz_config_add_rosetta_share(avz_config *config, const char *tag, CFErrorRef *error);
+
+/* A VZVirtioConsoleDeviceConfiguration (macOS 13) with one
+ * VZVirtioConsolePortConfiguration named `name` (borrowed; seen by the guest under
+ * /sys/class/virtio-ports), marked as the console when `is_console`, attached to
+ * `read_fd`/`write_fd` as for avz_config_add_serial_port_fds (duplicated; -1 disables a
+ * direction). Errors: AVZ_ERROR_NOT_SUPPORTED before macOS 13, file-system errors. */
+bool avz_config_add_console_port(avz_config *config, const char *name, bool is_console,
+                                 int read_fd, int write_fd, CFErrorRef *error);
 
 /* VZVirtioConsoleDeviceSerialPortConfiguration with a VZFileSerialPortAttachment.
  * `path` borrowed. Errors: file-system errors. */
@@ -271,6 +334,41 @@ bool avz_vm_can_stop(avz_vm *vm);
 bool avz_vm_can_pause(avz_vm *vm);
 bool avz_vm_can_resume(avz_vm *vm);
 bool avz_vm_can_request_stop(avz_vm *vm);
+
+/* Runtime devices. Synchronous like the queries above unless said otherwise. */
+
+/* The memory balloon's targetVirtualMachineMemorySize, in bytes.
+ * Errors: AVZ_ERROR_INVALID_CONFIGURATION when the VM has no balloon device,
+ * AVZ_ERROR_INVALID_STATE when it is not running or paused. */
+bool avz_vm_balloon_target(avz_vm *vm, uint64_t *bytes, CFErrorRef *error);
+/* Sets it (the framework rounds to a MiB and clamps to the configured memory).
+ * Errors: as avz_vm_balloon_target. */
+bool avz_vm_set_balloon_target(avz_vm *vm, uint64_t bytes, CFErrorRef *error);
+
+/* Called exactly once with a connected stream socket: `fd` is owned by the callee
+ * (close it) and `error` NULL; or with `fd` -1 and a +1 `error`. */
+typedef void (*avz_connect_fn)(void *context, int fd, CFErrorRef error);
+
+/* Asynchronous: connectToPort:completionHandler: on the VM's socket device.
+ * Errors (in the completion): AVZ_ERROR_INVALID_CONFIGURATION without a socket device,
+ * AVZ_ERROR_INVALID_STATE when the VM is not running, and the framework's error (a POSIX
+ * error such as ECONNRESET/ECONNREFUSED) when nothing listens on the guest port. */
+void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion,
+                          void *context);
+
+/* Called on the VM's queue for each connection a guest opens to a listened port:
+ * `fd` is a connected stream socket owned by the callee. */
+typedef void (*avz_accept_fn)(void *context, int fd, uint32_t guest_port, uint32_t host_port);
+
+/* setSocketListener:forPort: — accepts every guest connection to host `port` and hands
+ * it to `accept`. `release` is called exactly once with `context`: when the listener is
+ * removed or replaced, when the VM is destroyed, or before this function returns false.
+ * Errors: AVZ_ERROR_INVALID_CONFIGURATION without a socket device. */
+bool avz_vm_vsock_listen(avz_vm *vm, uint32_t port, avz_accept_fn accept, void *context,
+                         avz_context_release_fn release, CFErrorRef *error);
+
+/* removeSocketListenerForPort:. Removing a port nobody listens on is not an error. */
+bool avz_vm_vsock_remove_listener(avz_vm *vm, uint32_t port, CFErrorRef *error);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 //!   is a box owned by the native VM until its release function runs.
 
 use std::ffi::c_void;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -25,30 +26,35 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Where one asynchronous operation's outcome lands.
-#[derive(Default)]
-pub(crate) struct CompletionSlot {
-    outcome: Mutex<Outcome>,
+/// Where one asynchronous operation's outcome lands: `()` for lifecycle operations,
+/// an owned descriptor for a vsock connection.
+pub(crate) struct CompletionSlot<T = ()> {
+    outcome: Mutex<Outcome<T>>,
     completed: Condvar,
 }
 
-#[derive(Default)]
-struct Outcome {
-    result: Option<Result<(), FrameworkError>>,
+struct Outcome<T> {
+    result: Option<Result<T, FrameworkError>>,
     /// Set when the waiter gave up: the file to delete when the completion arrives.
     abandoned_with_cleanup: Option<PathBuf>,
 }
 
-impl CompletionSlot {
+impl<T> CompletionSlot<T> {
     /// A new slot and the raw context to hand to the native call. The context owns one
-    /// reference to the slot; [`completion_trampoline`] takes it back exactly once.
+    /// reference to the slot; the completion trampoline takes it back exactly once.
     pub(crate) fn new() -> (Arc<Self>, *mut c_void) {
-        let slot = Arc::new(Self::default());
+        let slot = Arc::new(Self {
+            outcome: Mutex::new(Outcome {
+                result: None,
+                abandoned_with_cleanup: None,
+            }),
+            completed: Condvar::new(),
+        });
         let context = Arc::into_raw(Arc::clone(&slot)).cast_mut().cast::<c_void>();
         (slot, context)
     }
 
-    fn complete(&self, result: Result<(), FrameworkError>) {
+    fn complete(&self, result: Result<T, FrameworkError>) {
         let mut outcome = lock(&self.outcome);
         if let Some(path) = outcome.abandoned_with_cleanup.take() {
             remove_late_file(&path);
@@ -71,7 +77,7 @@ impl CompletionSlot {
     }
 
     /// Waits for the completion up to `timeout`; `None` when it did not arrive.
-    pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<(), FrameworkError>> {
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<T, FrameworkError>> {
         let deadline = Instant::now() + timeout;
         let mut outcome = lock(&self.outcome);
         loop {
@@ -118,6 +124,33 @@ pub(crate) unsafe extern "C" fn completion_trampoline(context: *mut c_void, erro
     }));
 }
 
+/// `avz_connect_fn` for contexts made by `CompletionSlot::<OwnedFd>::new`.
+///
+/// # Safety
+/// `context` comes from `CompletionSlot::<OwnedFd>::new` and this is its one call;
+/// `fd` is -1 or a descriptor this call takes over; `error` is NULL or a +1 CFError
+/// that this call takes over.
+pub(crate) unsafe extern "C" fn connect_trampoline(
+    context: *mut c_void,
+    fd: i32,
+    error: CFErrorRef,
+) {
+    // SAFETY: as completion_trampoline: one Arc reference, taken back exactly once.
+    let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<OwnedFd>>()) };
+    // SAFETY: a non-negative descriptor is ours to close (the ABI hands it over); the
+    // OwnedFd closes it exactly once, also when nobody waits for it any more.
+    let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: the completion's error is +1 and ours to release (create rule).
+    let error = unsafe { CfError::from_create_rule(error) };
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        slot.complete(match (fd, error) {
+            (Some(fd), None) => Ok(fd),
+            (_, Some(error)) => Err(error.into()),
+            (None, None) => Err(FrameworkError::missing("the vsock connection failed")),
+        });
+    }));
+}
+
 /// `avz_completion_fn` that ignores the outcome (used by `Drop`, which does not wait).
 ///
 /// # Safety
@@ -137,15 +170,10 @@ pub(crate) struct NativeEvent {
 /// The Rust side of the state observer.
 pub(crate) type ObserverFn = Box<dyn Fn(NativeEvent) + Send + Sync>;
 
-/// Turns an observer into the (context, release) pair the native VM takes over.
-pub(crate) fn observer_into_raw(observer: ObserverFn) -> *mut c_void {
-    Box::into_raw(Box::new(observer)).cast()
-}
-
-/// `avz_state_observer_fn` for contexts made by [`observer_into_raw`].
+/// `avz_state_observer_fn` for contexts made by `box_into_raw::<ObserverFn>`.
 ///
 /// # Safety
-/// `context` comes from [`observer_into_raw`] and has not been released; `error` is
+/// `context` comes from `box_into_raw::<ObserverFn>` and has not been released; `error` is
 /// NULL or a CFError borrowed for the duration of the call.
 pub(crate) unsafe extern "C" fn observer_trampoline(
     context: *mut c_void,
@@ -176,15 +204,46 @@ pub(crate) unsafe extern "C" fn observer_trampoline(
     }));
 }
 
-/// `avz_context_release_fn` for contexts made by [`observer_into_raw`].
+/// The Rust side of a vsock listener: an accepted connection (owned descriptor,
+/// guest port, host port).
+pub(crate) type AcceptFn = Box<dyn Fn(OwnedFd, u32, u32) + Send + Sync>;
+
+/// Turns a callback into the context of a boxed-callback ABI (observer, listener).
+pub(crate) fn box_into_raw<T>(callback: T) -> *mut c_void {
+    Box::into_raw(Box::new(callback)).cast()
+}
+
+/// `avz_accept_fn` for contexts made by `box_into_raw::<AcceptFn>`.
 ///
 /// # Safety
-/// `context` comes from [`observer_into_raw`]; this is its one release.
-pub(crate) unsafe extern "C" fn observer_release(context: *mut c_void) {
-    // SAFETY: the native VM calls the release function exactly once, after the last
-    // observer call; the box was made by `observer_into_raw`.
-    let observer = unsafe { Box::from_raw(context.cast::<ObserverFn>()) };
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(observer)));
+/// `context` is a live `AcceptFn` context; `fd` is a descriptor this call takes over.
+pub(crate) unsafe extern "C" fn accept_trampoline(
+    context: *mut c_void,
+    fd: i32,
+    guest_port: u32,
+    host_port: u32,
+) {
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the accepted descriptor is ours (the ABI hands it over); OwnedFd closes it
+    // exactly once, whether or not anyone takes the connection.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the native side keeps the context alive until its release, which never
+    // runs concurrently with an accept call.
+    let accept = unsafe { &*context.cast_const().cast::<AcceptFn>() };
+    let _ = catch_unwind(AssertUnwindSafe(move || accept(fd, guest_port, host_port)));
+}
+
+/// `avz_context_release_fn` for contexts made by [`box_into_raw`] with `T`.
+///
+/// # Safety
+/// `context` comes from `box_into_raw::<T>`; this is its one release.
+pub(crate) unsafe extern "C" fn release_box<T>(context: *mut c_void) {
+    // SAFETY: the native side calls the release function exactly once, after the last
+    // callback; the box was made by `box_into_raw::<T>`.
+    let callback = unsafe { Box::from_raw(context.cast::<T>()) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(callback)));
 }
 
 #[cfg(test)]
@@ -193,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_completion_frees_its_context_exactly_once() {
-        let (slot, context) = CompletionSlot::new();
+        let (slot, context) = CompletionSlot::<()>::new();
         assert_eq!(
             Arc::strong_count(&slot),
             2,
@@ -207,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_completion_after_the_waiter_gave_up_is_harmless() {
-        let (slot, context) = CompletionSlot::new();
+        let (slot, context) = CompletionSlot::<()>::new();
         assert_eq!(slot.wait(Duration::from_millis(1)), None);
         drop(slot); // the waiter is gone
         // SAFETY: as above; the context alone keeps the slot alive.
@@ -217,7 +276,7 @@ mod tests {
     #[test]
     fn a_late_save_is_cleaned_up() {
         let path = std::env::temp_dir().join(format!("applevz-late-{}", std::process::id()));
-        let (slot, context) = CompletionSlot::new();
+        let (slot, context) = CompletionSlot::<()>::new();
         assert_eq!(slot.wait(Duration::from_millis(1)), None);
         slot.abandon_with_cleanup(path.clone());
         std::fs::write(&path, b"written by a save that completed late").unwrap();
@@ -228,11 +287,11 @@ mod tests {
 
     #[test]
     fn a_panicking_observer_does_not_unwind_into_c() {
-        let context = observer_into_raw(Box::new(|_| panic!("observer bug")));
+        let context = box_into_raw::<ObserverFn>(Box::new(|_| panic!("observer bug")));
         // SAFETY: a live context from observer_into_raw; NULL error is allowed.
         unsafe {
             observer_trampoline(context, 1, 0, std::ptr::null_mut());
-            observer_release(context);
+            release_box::<ObserverFn>(context);
         }
     }
 
@@ -240,12 +299,12 @@ mod tests {
     fn the_observer_context_is_dropped_by_its_release() {
         let witness = Arc::new(());
         let held = Arc::clone(&witness);
-        let context = observer_into_raw(Box::new(move |_| {
+        let context = box_into_raw::<ObserverFn>(Box::new(move |_| {
             let _ = &held;
         }));
         assert_eq!(Arc::strong_count(&witness), 2);
-        // SAFETY: the one release of a context from observer_into_raw.
-        unsafe { observer_release(context) };
+        // SAFETY: the one release of a context from box_into_raw.
+        unsafe { release_box::<ObserverFn>(context) };
         assert_eq!(Arc::strong_count(&witness), 1);
     }
 }

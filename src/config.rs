@@ -1,16 +1,21 @@
 //! VM configuration: a builder validated in Rust before anything crosses the ABI, and
 //! the translation of a validated configuration into a native one.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::devices::{
+    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network, NetworkKind,
+    RosettaAvailability, SerialPort, StorageInterface, SyncMode, check_block_device_identifier,
+    check_datagram_socket, check_share_name, check_share_tag, rosetta_availability,
+};
 use crate::error::{Error, Result};
 use crate::native::{NativeConfig, host};
 use crate::state::Operation;
@@ -78,69 +83,6 @@ fn c_string(what: &'static str, bytes: &[u8]) -> Result<CString> {
     })
 }
 
-/// How a disk image is cached by the host (`VZDiskImageCachingMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CachingMode {
-    /// The framework decides.
-    Automatic,
-    /// No host caching.
-    Uncached,
-    /// Host caching; the safe choice for writable Linux disks.
-    Cached,
-}
-
-/// How guest flushes reach the disk image (`VZDiskImageSynchronizationMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Flush to permanent storage.
-    Full,
-    /// `fsync` only.
-    Fsync,
-    /// Never flush (scratch disks).
-    None,
-}
-
-/// A virtio block disk backed by a raw disk image.
-#[derive(Debug, Clone)]
-pub struct Disk {
-    path: PathBuf,
-    read_only: bool,
-    caching: CachingMode,
-    sync: SyncMode,
-}
-
-impl Disk {
-    /// A writable disk. Caching defaults to [`CachingMode::Cached`] with
-    /// [`SyncMode::Fsync`], which avoids the file-system corruption Linux guests have
-    /// shown with automatic caching.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            read_only: false,
-            caching: CachingMode::Cached,
-            sync: SyncMode::Fsync,
-        }
-    }
-
-    /// Attaches the image read-only.
-    pub fn read_only(mut self, read_only: bool) -> Self {
-        self.read_only = read_only;
-        self
-    }
-
-    /// Overrides the caching mode.
-    pub fn caching(mut self, caching: CachingMode) -> Self {
-        self.caching = caching;
-        self
-    }
-
-    /// Overrides the synchronization mode.
-    pub fn sync(mut self, sync: SyncMode) -> Self {
-        self.sync = sync;
-        self
-    }
-}
-
 /// The Linux kernel boot loader.
 #[derive(Debug, Clone)]
 pub struct LinuxBootLoader {
@@ -204,78 +146,6 @@ impl MachineIdentifier {
     }
 }
 
-/// A MAC address, `xx:xx:xx:xx:xx:xx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddress([u8; 6]);
-
-impl MacAddress {
-    /// The address's six octets.
-    pub fn octets(self) -> [u8; 6] {
-        self.0
-    }
-}
-
-impl FromStr for MacAddress {
-    type Err = Error;
-
-    fn from_str(value: &str) -> Result<Self> {
-        let invalid = |reason| Error::InvalidMacAddress {
-            value: value.to_owned(),
-            reason,
-        };
-        let mut octets = [0u8; 6];
-        let mut parts = value.split(':');
-        for octet in &mut octets {
-            let part = parts
-                .next()
-                .ok_or_else(|| invalid("has fewer than six octets"))?;
-            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(
-                    "needs six two-digit hexadecimal octets separated by ':'",
-                ));
-            }
-            *octet =
-                u8::from_str_radix(part, 16).map_err(|_| invalid("has a non-hexadecimal octet"))?;
-        }
-        if parts.next().is_some() {
-            return Err(invalid("has more than six octets"));
-        }
-        if octets[0] & 1 != 0 {
-            return Err(invalid(
-                "is a multicast address; a network device needs a unicast one",
-            ));
-        }
-        Ok(Self(octets))
-    }
-}
-
-impl std::fmt::Display for MacAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-/// A virtio serial console port.
-#[derive(Debug, Clone)]
-pub enum SerialPort {
-    /// Guest output written to a file.
-    File {
-        /// The log file (created when missing).
-        path: PathBuf,
-        /// Append instead of truncating.
-        append: bool,
-    },
-    /// Guest input read from one descriptor, output written to another (for example a
-    /// terminal or a pipe). The native side duplicates them.
-    Fds {
-        /// Input to the guest, if any.
-        read: Option<Arc<OwnedFd>>,
-        /// Output from the guest, if any.
-        write: Option<Arc<OwnedFd>>,
-    },
-}
-
 /// What `shutdown(Powerdown)` does when the guest has not stopped within the graceful
 /// timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -304,6 +174,8 @@ pub struct Timeouts {
     pub restore: Duration,
     /// How long `shutdown(Powerdown)` waits for the guest to power off.
     pub graceful_shutdown: Duration,
+    /// A vsock connection to a guest port.
+    pub vsock_connect: Duration,
 }
 
 impl Default for Timeouts {
@@ -316,12 +188,13 @@ impl Default for Timeouts {
             save: Duration::from_secs(300),
             restore: Duration::from_secs(300),
             graceful_shutdown: Duration::from_secs(30),
+            vsock_connect: Duration::from_secs(10),
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum ValidBootLoader {
+enum ValidBootLoader {
     Linux {
         kernel: CPath,
         initrd: Option<CPath>,
@@ -334,22 +207,55 @@ pub(crate) enum ValidBootLoader {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum ValidIdentifier {
+enum ValidIdentifier {
     Fresh,
     Bytes(Vec<u8>),
     Persisted(PathBuf),
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct ValidDisk {
+struct ValidDisk {
     path: CPath,
     read_only: bool,
     caching: CachingMode,
     sync: SyncMode,
+    interface: StorageInterface,
+    identifier: Option<CString>,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum ValidSerial {
+enum ValidMac {
+    Random,
+    Fixed(CString),
+    /// Derived from the machine identity and this device index.
+    Stable(u32),
+}
+
+#[derive(Debug, Clone)]
+struct ValidNetwork {
+    kind: NetworkKind,
+    mac: ValidMac,
+}
+
+#[derive(Debug, Clone)]
+struct ValidShare {
+    tag: CString,
+    /// `None` for a single-directory share.
+    names: Option<Vec<CString>>,
+    paths: Vec<CPath>,
+    read_only: Vec<bool>,
+}
+
+#[derive(Debug, Clone)]
+struct ValidConsolePort {
+    name: CString,
+    is_console: bool,
+    input: Option<Arc<OwnedFd>>,
+    output: Option<Arc<OwnedFd>>,
+}
+
+#[derive(Debug, Clone)]
+enum ValidSerial {
     File {
         path: CPath,
         append: bool,
@@ -368,8 +274,14 @@ pub struct VmConfig {
     boot_loader: ValidBootLoader,
     platform: Option<ValidIdentifier>,
     disks: Vec<ValidDisk>,
-    nat_networks: Vec<Option<CString>>,
+    networks: Vec<ValidNetwork>,
     serial_ports: Vec<ValidSerial>,
+    console_ports: Vec<ValidConsolePort>,
+    shares: Vec<ValidShare>,
+    rosetta_tag: Option<CString>,
+    entropy: bool,
+    memory_balloon: bool,
+    vsock: bool,
     pub(crate) saved_state: Option<CPath>,
     pub(crate) timeouts: Timeouts,
     pub(crate) on_graceful_timeout: OnGracefulTimeout,
@@ -386,8 +298,14 @@ pub struct VmConfigBuilder {
     efi_boot_loader: Option<(PathBuf, EfiVariableStore)>,
     platform: Option<MachineIdentifier>,
     disks: Vec<Disk>,
-    nat_networks: Vec<Option<String>>,
+    networks: Vec<Network>,
     serial_ports: Vec<SerialPort>,
+    console_ports: Vec<ConsolePort>,
+    shares: Vec<DirectoryShare>,
+    rosetta_tag: Option<String>,
+    entropy: bool,
+    memory_balloon: bool,
+    vsock: bool,
     saved_state_path: Option<PathBuf>,
     timeouts: Timeouts,
     on_graceful_timeout: OnGracefulTimeout,
@@ -405,8 +323,14 @@ impl VmConfig {
             efi_boot_loader: None,
             platform: None,
             disks: Vec::new(),
-            nat_networks: Vec::new(),
+            networks: Vec::new(),
             serial_ports: Vec::new(),
+            console_ports: Vec::new(),
+            shares: Vec::new(),
+            rosetta_tag: None,
+            entropy: false,
+            memory_balloon: false,
+            vsock: false,
             saved_state_path: None,
             timeouts: Timeouts::default(),
             on_graceful_timeout: OnGracefulTimeout::default(),
@@ -423,6 +347,21 @@ impl VmConfig {
     /// The per-operation timeouts.
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// The memory size in bytes.
+    pub fn memory_size(&self) -> u64 {
+        self.memory_size
+    }
+
+    /// Whether the VM has a memory balloon device.
+    pub fn has_memory_balloon(&self) -> bool {
+        self.memory_balloon
+    }
+
+    /// Whether the VM has a virtio-vsock device.
+    pub fn has_vsock(&self) -> bool {
+        self.vsock
     }
 
     /// Builds the native configuration. Files are checked again by the native side;
@@ -458,49 +397,106 @@ impl VmConfig {
                     .map_err(create_error)?;
             }
         }
-        match &self.platform {
-            None => {}
+        let identity: Option<Vec<u8>> = match &self.platform {
+            None => None,
             Some(ValidIdentifier::Fresh) => {
-                native.set_generic_platform(None).map_err(create_error)?
+                native.set_generic_platform(None).map_err(create_error)?;
+                None
             }
-            Some(ValidIdentifier::Bytes(bytes)) => native
-                .set_generic_platform(Some(bytes))
-                .map_err(create_error)?,
+            Some(ValidIdentifier::Bytes(bytes)) => {
+                native
+                    .set_generic_platform(Some(bytes))
+                    .map_err(create_error)?;
+                Some(bytes.clone())
+            }
             Some(ValidIdentifier::Persisted(path)) => {
                 let bytes = load_or_create_identifier(path)?;
                 native
                     .set_generic_platform(Some(&bytes))
                     .map_err(|source| Error::InvalidMachineIdentifier {
-                        path: path.clone(),
+                        origin: path.display().to_string(),
                         reason: source.description,
                     })?;
+                Some(bytes)
             }
-        }
+        };
         for disk in &self.disks {
             native
-                .add_virtio_block_device(
+                .add_storage_device(
+                    disk.interface.raw(),
                     &disk.path.c,
                     disk.read_only,
                     disk.caching.raw(),
                     disk.sync.raw(),
+                    disk.identifier.as_deref(),
                 )
                 .map_err(create_error)?;
         }
-        for mac in &self.nat_networks {
-            native
-                .add_nat_network_device(mac.as_deref())
-                .map_err(create_error)?;
+        for network in &self.networks {
+            let stable;
+            let mac = match &network.mac {
+                ValidMac::Random => None,
+                ValidMac::Fixed(mac) => Some(mac.as_c_str()),
+                ValidMac::Stable(index) => {
+                    let seed = identity
+                        .as_deref()
+                        .expect("build() requires an identity for a stable MAC");
+                    stable = c_string(
+                        "MAC address",
+                        MacAddress::stable(seed, *index).to_string().as_bytes(),
+                    )?;
+                    Some(stable.as_c_str())
+                }
+            };
+            match &network.kind {
+                NetworkKind::Nat => native.add_nat_network_device(mac),
+                NetworkKind::FileHandle { socket, mtu } => {
+                    native.add_file_handle_network_device(socket.as_raw_fd(), mac, mtu.unwrap_or(0))
+                }
+            }
+            .map_err(create_error)?;
         }
+        let raw_fd = |fd: &Option<Arc<OwnedFd>>| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         for serial in &self.serial_ports {
             match serial {
                 ValidSerial::File { path, append } => native.add_serial_port_file(&path.c, *append),
                 ValidSerial::Fds { read, write } => {
-                    let raw =
-                        |fd: &Option<Arc<OwnedFd>>| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
-                    native.add_serial_port_fds(raw(read), raw(write))
+                    native.add_serial_port_fds(raw_fd(read), raw_fd(write))
                 }
             }
             .map_err(create_error)?;
+        }
+        for port in &self.console_ports {
+            native
+                .add_console_port(
+                    &port.name,
+                    port.is_console,
+                    raw_fd(&port.input),
+                    raw_fd(&port.output),
+                )
+                .map_err(create_error)?;
+        }
+        for share in &self.shares {
+            let names: Option<Vec<&std::ffi::CStr>> = share
+                .names
+                .as_ref()
+                .map(|names| names.iter().map(CString::as_c_str).collect());
+            let paths: Vec<&std::ffi::CStr> = share.paths.iter().map(|p| p.c.as_c_str()).collect();
+            native
+                .add_directory_share(&share.tag, names.as_deref(), &paths, &share.read_only)
+                .map_err(create_error)?;
+        }
+        if let Some(tag) = &self.rosetta_tag {
+            native.add_rosetta_share(tag).map_err(create_error)?;
+        }
+        if self.entropy {
+            native.add_entropy_device().map_err(create_error)?;
+        }
+        if self.memory_balloon {
+            native.add_memory_balloon_device().map_err(create_error)?;
+        }
+        if self.vsock {
+            native.add_socket_device().map_err(create_error)?;
         }
         #[cfg(applevz_simulator)]
         native.apply_simulated_guest(&self.simulated_guest);
@@ -524,6 +520,15 @@ impl SyncMode {
             Self::Full => sys::AVZ_SYNC_FULL,
             Self::Fsync => sys::AVZ_SYNC_FSYNC,
             Self::None => sys::AVZ_SYNC_NONE,
+        }
+    }
+}
+
+impl StorageInterface {
+    fn raw(self) -> u32 {
+        match self {
+            Self::VirtioBlock => sys::AVZ_STORAGE_VIRTIO_BLOCK,
+            Self::Nvme => sys::AVZ_STORAGE_NVME,
         }
     }
 }
@@ -557,20 +562,9 @@ fn load_or_create_identifier(path: &Path) -> Result<Vec<u8>> {
 
 /// Checks that `path` names an existing regular file that can be opened as asked.
 fn check_file(role: &'static str, path: &Path, write: bool) -> Result<()> {
-    let unusable = |reason: String| Error::FileUnusable {
-        role,
-        path: path.to_owned(),
-        reason,
-    };
-    let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
-        ErrorKind::NotFound => Error::FileNotFound {
-            role,
-            path: path.to_owned(),
-        },
-        _ => unusable(error.to_string()),
-    })?;
+    let metadata = metadata_of(role, path)?;
     if metadata.is_dir() {
-        return Err(unusable("it is a directory".to_owned()));
+        return Err(unusable(role, path, "it is a directory".to_owned()));
     }
     OpenOptions::new()
         .read(true)
@@ -579,27 +573,53 @@ fn check_file(role: &'static str, path: &Path, write: bool) -> Result<()> {
         .map(drop)
         .map_err(|error| {
             let access = if write { "read and write" } else { "read" };
-            unusable(format!("cannot open it to {access}: {error}"))
+            unusable(role, path, format!("cannot open it to {access}: {error}"))
         })
+}
+
+/// Checks that `path` names an existing directory.
+fn check_directory(role: &'static str, path: &Path) -> Result<()> {
+    if metadata_of(role, path)?.is_dir() {
+        Ok(())
+    } else {
+        Err(unusable(role, path, "it is not a directory".to_owned()))
+    }
+}
+
+fn metadata_of(role: &'static str, path: &Path) -> Result<std::fs::Metadata> {
+    std::fs::metadata(path).map_err(|error| match error.kind() {
+        ErrorKind::NotFound => Error::FileNotFound {
+            role,
+            path: path.to_owned(),
+        },
+        _ => unusable(role, path, error.to_string()),
+    })
+}
+
+fn unusable(role: &'static str, path: &Path, reason: String) -> Error {
+    Error::FileUnusable {
+        role,
+        path: path.to_owned(),
+        reason,
+    }
 }
 
 /// Checks that a file applevz may create at `path` has an existing parent directory
 /// and is not a directory itself.
 fn check_creatable(role: &'static str, path: &Path) -> Result<()> {
-    let unusable = |reason: &str| Error::FileUnusable {
-        role,
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    };
     if path.is_dir() {
-        return Err(unusable("it is a directory"));
+        return Err(unusable(role, path, "it is a directory".to_owned()));
     }
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        return Err(unusable("its directory does not exist"));
+        return Err(unusable(
+            role,
+            path,
+            "its directory does not exist".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -648,22 +668,70 @@ impl VmConfigBuilder {
         self
     }
 
-    /// Adds a virtio block disk.
+    /// Adds a disk.
     pub fn disk(mut self, disk: Disk) -> Self {
         self.disks.push(disk);
         self
     }
 
-    /// Adds a NAT network device with this MAC address, or a random locally
-    /// administered one for `None`.
-    pub fn nat_network(mut self, mac_address: Option<&str>) -> Self {
-        self.nat_networks.push(mac_address.map(str::to_owned));
+    /// Adds a network device.
+    pub fn network(mut self, network: Network) -> Self {
+        self.networks.push(network);
         self
+    }
+
+    /// Adds a NAT network device with this MAC address, or a random locally
+    /// administered one for `None` (shorthand for [`VmConfigBuilder::network`]).
+    pub fn nat_network(self, mac_address: Option<&str>) -> Self {
+        let network = match mac_address {
+            Some(mac) => Network::nat().mac_address(mac),
+            None => Network::nat(),
+        };
+        self.network(network)
     }
 
     /// Adds a virtio console serial port.
     pub fn serial_port(mut self, port: SerialPort) -> Self {
         self.serial_ports.push(port);
+        self
+    }
+
+    /// Adds a virtio console port (macOS 13).
+    pub fn console_port(mut self, port: ConsolePort) -> Self {
+        self.console_ports.push(port);
+        self
+    }
+
+    /// Shares directories with the guest over virtiofs (macOS 12).
+    pub fn directory_share(mut self, share: DirectoryShare) -> Self {
+        self.shares.push(share);
+        self
+    }
+
+    /// Shares Rosetta for Linux under `tag` (Apple silicon, macOS 13), so the guest
+    /// can run x86_64 Linux binaries.
+    pub fn rosetta(mut self, tag: impl Into<String>) -> Self {
+        self.rosetta_tag = Some(tag.into());
+        self
+    }
+
+    /// Adds a virtio entropy device (the guest's `/dev/hwrng`).
+    pub fn entropy(mut self, enabled: bool) -> Self {
+        self.entropy = enabled;
+        self
+    }
+
+    /// Adds a memory balloon device, so the host can reclaim guest memory at run time
+    /// ([`crate::VirtualMachine::set_memory_balloon_target`]).
+    pub fn memory_balloon(mut self, enabled: bool) -> Self {
+        self.memory_balloon = enabled;
+        self
+    }
+
+    /// Adds a virtio-vsock device ([`crate::VirtualMachine::vsock_connect`],
+    /// [`crate::VirtualMachine::vsock_listen`]).
+    pub fn vsock(mut self, enabled: bool) -> Self {
+        self.vsock = enabled;
         self
     }
 
@@ -755,29 +823,82 @@ impl VmConfigBuilder {
             (None, None) => return Err(Error::MissingBootLoader),
         };
 
+        let saved_state = self
+            .saved_state_path
+            .map(|path| {
+                check_creatable("saved-state file", &path)?;
+                CPath::new("saved-state path", &path)
+            })
+            .transpose()?;
+
+        // A saved state is bound to the machine identity: without a persisted one, a
+        // new process could never restore it.
+        let platform = match (self.platform, &saved_state) {
+            (Some(identifier), _) => Some(identifier),
+            (None, Some(saved)) if host::save_restore_supported() => Some(
+                MachineIdentifier::Persisted(machine_identifier_next_to(&saved.path)),
+            ),
+            (None, _) => None,
+        };
+        let platform = platform.map(validate_identifier).transpose()?;
+
         let disks = self
             .disks
             .into_iter()
             .map(|disk| {
                 check_file("disk image", &disk.path, !disk.read_only)?;
+                if disk.interface == StorageInterface::Nvme && platform.is_none() {
+                    return Err(Error::NvmeNeedsGenericPlatform { path: disk.path });
+                }
+                if let Some(identifier) = &disk.identifier {
+                    check_block_device_identifier(identifier)?;
+                }
                 Ok(ValidDisk {
                     path: CPath::new("disk image path", &disk.path)?,
                     read_only: disk.read_only,
                     caching: disk.caching,
                     sync: disk.sync,
+                    interface: disk.interface,
+                    identifier: disk
+                        .identifier
+                        .map(|id| c_string("block device identifier", id.as_bytes()))
+                        .transpose()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let nat_networks = self
-            .nat_networks
+        let has_identity = matches!(
+            platform,
+            Some(ValidIdentifier::Bytes(_) | ValidIdentifier::Persisted(_))
+        );
+        let networks = self
+            .networks
             .into_iter()
-            .map(|mac| {
-                mac.map(|mac| {
-                    let parsed: MacAddress = mac.parse()?;
-                    c_string("MAC address", parsed.to_string().as_bytes())
+            .enumerate()
+            .map(|(index, network)| {
+                let mac = match network.mac {
+                    MacChoice::Random => ValidMac::Random,
+                    MacChoice::Fixed(mac) => {
+                        let parsed: MacAddress = mac.parse()?;
+                        ValidMac::Fixed(c_string("MAC address", parsed.to_string().as_bytes())?)
+                    }
+                    MacChoice::Stable if has_identity => {
+                        ValidMac::Stable(u32::try_from(index).unwrap_or(u32::MAX))
+                    }
+                    MacChoice::Stable => return Err(Error::StableMacNeedsIdentity),
+                };
+                if let NetworkKind::FileHandle { socket, mtu } = &network.kind {
+                    check_datagram_socket(socket)?;
+                    if let Some(mtu) = *mtu {
+                        if !(1500..=65535).contains(&mtu) {
+                            return Err(Error::InvalidMtu { mtu });
+                        }
+                    }
+                }
+                Ok(ValidNetwork {
+                    kind: network.kind,
+                    mac,
                 })
-                .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
 
@@ -800,24 +921,53 @@ impl VmConfigBuilder {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let saved_state = self
-            .saved_state_path
-            .map(|path| {
-                check_creatable("saved-state file", &path)?;
-                CPath::new("saved-state path", &path)
+        let console_ports = self
+            .console_ports
+            .into_iter()
+            .map(|port| {
+                if port.name.is_empty() {
+                    return Err(Error::InvalidConsolePortName {
+                        name: port.name,
+                        reason: "is empty",
+                    });
+                }
+                Ok(ValidConsolePort {
+                    name: c_string("console port name", port.name.as_bytes())?,
+                    is_console: port.is_console,
+                    input: port.input,
+                    output: port.output,
+                })
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>>>()?;
 
-        // A saved state is bound to the machine identity: without a persisted one, a
-        // new process could never restore it.
-        let platform = match (self.platform, &saved_state) {
-            (Some(identifier), _) => Some(identifier),
-            (None, Some(saved)) if host::save_restore_supported() => Some(
-                MachineIdentifier::Persisted(machine_identifier_next_to(&saved.path)),
-            ),
-            (None, _) => None,
+        let mut tags = HashSet::new();
+        let mut claim_tag = |tag: &str| -> Result<()> {
+            check_share_tag(tag)?;
+            if !tags.insert(tag.to_owned()) {
+                return Err(Error::InvalidShareTag {
+                    tag: tag.to_owned(),
+                    reason: "is used by another share".into(),
+                });
+            }
+            Ok(())
         };
-        let platform = platform.map(validate_identifier).transpose()?;
+        let mut shares = Vec::with_capacity(self.shares.len());
+        for share in self.shares {
+            claim_tag(&share.tag)?;
+            shares.push(validate_share(share)?);
+        }
+        let rosetta_tag = match self.rosetta_tag {
+            None => None,
+            Some(tag) => {
+                match rosetta_availability() {
+                    RosettaAvailability::Installed => {}
+                    RosettaAvailability::NotInstalled => return Err(Error::RosettaNotInstalled),
+                    RosettaAvailability::NotSupported => return Err(Error::RosettaNotSupported),
+                }
+                claim_tag(&tag)?;
+                Some(c_string("Rosetta tag", tag.as_bytes())?)
+            }
+        };
 
         Ok(VmConfig {
             cpu_count: self.cpu_count,
@@ -825,8 +975,14 @@ impl VmConfigBuilder {
             boot_loader,
             platform,
             disks,
-            nat_networks,
+            networks,
             serial_ports,
+            console_ports,
+            shares,
+            rosetta_tag,
+            entropy: self.entropy,
+            memory_balloon: self.memory_balloon,
+            vsock: self.vsock,
             saved_state,
             timeouts: self.timeouts,
             on_graceful_timeout: self.on_graceful_timeout,
@@ -834,6 +990,41 @@ impl VmConfigBuilder {
             simulated_guest: self.simulated_guest,
         })
     }
+}
+
+fn validate_share(share: DirectoryShare) -> Result<ValidShare> {
+    if share.directories.is_empty() {
+        return Err(Error::InvalidShareTag {
+            tag: share.tag,
+            reason: "shares no directory".into(),
+        });
+    }
+    let mut names = Vec::new();
+    let mut seen = HashSet::new();
+    let mut paths = Vec::new();
+    let mut read_only = Vec::new();
+    for directory in &share.directories {
+        if let Some(name) = &directory.name {
+            check_share_name(&share.tag, name)?;
+            if !seen.insert(name.clone()) {
+                return Err(Error::InvalidShareName {
+                    tag: share.tag.clone(),
+                    name: name.clone(),
+                    reason: "appears twice",
+                });
+            }
+            names.push(c_string("shared directory name", name.as_bytes())?);
+        }
+        check_directory("shared directory", &directory.path)?;
+        paths.push(CPath::new("shared directory path", &directory.path)?);
+        read_only.push(directory.read_only);
+    }
+    Ok(ValidShare {
+        tag: c_string("share tag", share.tag.as_bytes())?,
+        names: (!share.single).then_some(names),
+        paths,
+        read_only,
+    })
 }
 
 /// Where a saved state's machine identity is kept when the caller chose none.
@@ -845,13 +1036,14 @@ pub(crate) fn machine_identifier_next_to(saved_state: &Path) -> PathBuf {
 
 fn validate_identifier(identifier: MachineIdentifier) -> Result<ValidIdentifier> {
     let max = sys::AVZ_MACHINE_IDENTIFIER_MAX as usize;
+    let size_error = |origin: String, length: u64| Error::InvalidMachineIdentifier {
+        origin,
+        reason: format!("{length} bytes is not an identifier (1..={max})"),
+    };
     match identifier {
         MachineIdentifier::Fresh => Ok(ValidIdentifier::Fresh),
         MachineIdentifier::Bytes(bytes) if bytes.is_empty() || bytes.len() > max => {
-            Err(Error::InvalidMachineIdentifier {
-                path: PathBuf::new(),
-                reason: format!("{} bytes is not an identifier (1..={max})", bytes.len()),
-            })
+            Err(size_error("given bytes".into(), bytes.len() as u64))
         }
         MachineIdentifier::Bytes(bytes) => Ok(ValidIdentifier::Bytes(bytes)),
         MachineIdentifier::Persisted(path) if path.exists() => {
@@ -861,10 +1053,7 @@ fn validate_identifier(identifier: MachineIdentifier) -> Result<ValidIdentifier>
                 .map(|m| m.len())
                 .unwrap_or(0);
             if length == 0 || length > max as u64 {
-                return Err(Error::InvalidMachineIdentifier {
-                    path,
-                    reason: format!("{length} bytes is not an identifier (1..={max})"),
-                });
+                return Err(size_error(path.display().to_string(), length));
             }
             Ok(ValidIdentifier::Persisted(path))
         }

@@ -256,13 +256,137 @@ pub enum Error {
         value: String,
     },
 
-    /// A persisted machine identifier is not usable.
-    #[error("invalid configuration: machine identifier file {path}: {reason}")]
+    /// A machine identifier is not usable.
+    #[error("invalid configuration: machine identifier ({origin}): {reason}")]
     InvalidMachineIdentifier {
-        /// The identifier file.
-        path: PathBuf,
+        /// Where it came from (its file, or "given bytes").
+        origin: String,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// An NVMe disk on a configuration without the generic platform.
+    #[error(
+        "invalid configuration: NVMe disk {path} needs the generic platform \
+         (VmConfigBuilder::generic_platform)"
+    )]
+    NvmeNeedsGenericPlatform {
+        /// The disk image.
+        path: PathBuf,
+    },
+
+    /// A block device identifier the guest could not see.
+    #[error("invalid configuration: block device identifier {value:?} {reason}")]
+    InvalidBlockDeviceIdentifier {
+        /// The identifier as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// `MacChoice::Stable` without a persisted machine identity to derive it from.
+    #[error(
+        "invalid configuration: a stable MAC address needs a persisted machine identity \
+         (generic_platform(MachineIdentifier::Persisted(..)) or a saved-state path)"
+    )]
+    StableMacNeedsIdentity,
+
+    /// A file-handle network attachment needs a datagram socket.
+    #[error("invalid configuration: the network socket is {reason}")]
+    NotADatagramSocket {
+        /// What the descriptor is instead.
+        reason: String,
+    },
+
+    /// An MTU outside 1500..=65535.
+    #[error("invalid configuration: MTU {mtu} is outside 1500..=65535")]
+    InvalidMtu {
+        /// The MTU as given.
+        mtu: u32,
+    },
+
+    /// A console port name the guest could not see.
+    #[error("invalid configuration: console port name {name:?} {reason}")]
+    InvalidConsolePortName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A virtiofs tag is not valid (or used twice).
+    #[error("invalid configuration: shared-directory tag {tag:?} {reason}")]
+    InvalidShareTag {
+        /// The tag as given.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The name of a directory in a multiple-directory share is not valid.
+    #[error("invalid configuration: directory name {name:?} under tag {tag:?} {reason}")]
+    InvalidShareName {
+        /// The share's tag.
+        tag: String,
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// Rosetta for Linux does not exist on this Mac.
+    #[error("Rosetta for Linux needs Apple silicon with macOS 13 or later")]
+    RosettaNotSupported,
+
+    /// Rosetta for Linux is supported but not installed.
+    #[error("Rosetta is not installed: run `softwareupdate --install-rosetta`")]
+    RosettaNotInstalled,
+
+    /// A runtime control for a device the configuration does not have.
+    #[error("this VM has no {device}: enable it in the configuration ({builder})")]
+    DeviceNotConfigured {
+        /// The device.
+        device: &'static str,
+        /// The builder method that adds it.
+        builder: &'static str,
+    },
+
+    /// A VM definition file is not valid.
+    #[error("{}: {}{reason}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Definition {
+        /// The file.
+        file: PathBuf,
+        /// The key (`disk[1].caching`), empty when the file as a whole is wrong.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The listener was removed or its VM destroyed.
+    #[error("the vsock listener on port {port} is closed (removed, or its VM destroyed)")]
+    VsockListenerClosed {
+        /// The host port.
+        port: u32,
+    },
+
+    /// A vsock port already has a listener of this VM.
+    #[error("vsock port {port} already has a listener: drop or remove it first")]
+    VsockPortInUse {
+        /// The host port.
+        port: u32,
+    },
+
+    /// A memory balloon target outside what the VM can use.
+    #[error(
+        "memory balloon target {requested} bytes is outside {min}..={max} (the configured memory)"
+    )]
+    BalloonTarget {
+        /// Requested size in bytes.
+        requested: u64,
+        /// Smallest allowed (the host's minimum memory size).
+        min: u64,
+        /// Largest allowed (the VM's configured memory).
+        max: u64,
     },
 }
 

@@ -35,6 +35,8 @@
 mod callback;
 mod cf;
 mod config;
+pub mod definition;
+mod devices;
 mod error;
 mod machine;
 mod native;
@@ -42,15 +44,22 @@ mod native;
 pub mod sim;
 mod state;
 mod sys;
+mod vsock;
 
 pub use config::{
-    CachingMode, Disk, EfiVariableStore, Limits, LinuxBootLoader, MacAddress, MachineIdentifier,
-    OnGracefulTimeout, SerialPort, SyncMode, Timeouts, VmConfig, VmConfigBuilder, is_supported,
-    save_restore_supported,
+    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
+    VmConfig, VmConfigBuilder, is_supported, save_restore_supported,
+};
+pub use definition::VmDefinition;
+pub use devices::{
+    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network,
+    RosettaAvailability, SerialPort, SharedDirectory, StorageInterface, SyncMode,
+    rosetta_availability,
 };
 pub use error::{Error, FrameworkError, Result, VZ_ERROR_DOMAIN, VzErrorCode};
 pub use machine::VirtualMachine;
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
+pub use vsock::{VsockListener, VsockStream};
 
 /// True when this build runs against the simulator rather than Virtualization.framework.
 pub const fn is_simulator() -> bool {

@@ -1,8 +1,9 @@
 //! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
 //! native wrappers.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, FrameworkError, Result, VzErrorCode};
 use crate::native::{AsyncOp, NativeVm};
 use crate::state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
+use crate::vsock::{VsockListener, VsockStream};
 
 /// What the observer maintains: the framework's state and the subscribers.
 struct Observed {
@@ -25,6 +27,9 @@ struct Shared {
     observed: Mutex<Observed>,
     changed: Condvar,
     saved_state: Option<PathBuf>,
+    /// Set by a forced shutdown waiting for its turn: a graceful wait in progress
+    /// stops waiting and forces the VM off itself.
+    force_stop_requested: AtomicBool,
 }
 
 impl Shared {
@@ -97,6 +102,12 @@ pub struct VirtualMachine {
     save_restore_check: std::result::Result<(), FrameworkError>,
     timeouts: Mutex<Timeouts>,
     on_graceful_timeout: OnGracefulTimeout,
+    memory_size: u64,
+    has_memory_balloon: bool,
+    has_vsock: bool,
+    /// Host ports with a listener of ours (a second listener would silently replace
+    /// the first in the framework).
+    vsock_ports: Arc<Mutex<HashSet<u32>>>,
 }
 
 /// Hints for the ways out of a refused operation.
@@ -133,6 +144,7 @@ impl VirtualMachine {
             }),
             changed: Condvar::new(),
             saved_state: config.saved_state.as_ref().map(|p| p.path.clone()),
+            force_stop_requested: AtomicBool::new(false),
         });
         let observer_shared = Arc::clone(&shared);
         let native = NativeVm::create(
@@ -153,6 +165,10 @@ impl VirtualMachine {
             save_restore_check,
             timeouts: Mutex::new(config.timeouts),
             on_graceful_timeout: config.on_graceful_timeout,
+            memory_size: config.memory_size(),
+            has_memory_balloon: config.has_memory_balloon(),
+            has_vsock: config.has_vsock(),
+            vsock_ports: Arc::default(),
         })
     }
 
@@ -224,8 +240,24 @@ impl VirtualMachine {
     /// | suspended | invalid state | no-op | discard the saved state |
     /// | transitional | invalid state | invalid state | forced stop |
     /// | error | forced stop where the framework allows | same | same |
+    ///
+    /// A forced shutdown (Halt or Poweroff) asked while a Powerdown is waiting for the
+    /// guest does not wait behind it: the Powerdown forces the VM off at once.
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
+        if policy != ShutdownPolicy::Powerdown {
+            // Under the state lock, so a waiter cannot miss the wake-up.
+            let _observed = lock(&self.shared.observed);
+            self.shared
+                .force_stop_requested
+                .store(true, Ordering::SeqCst);
+            self.shared.changed.notify_all();
+        }
         let _serialized = lock(&self.operation_lock);
+        if policy != ShutdownPolicy::Powerdown {
+            self.shared
+                .force_stop_requested
+                .store(false, Ordering::SeqCst);
+        }
         let operation = Operation::Shutdown(policy);
         let state = self.state();
         match (state, policy) {
@@ -386,10 +418,17 @@ impl VirtualMachine {
             return Err(Error::during(operation)(source));
         }
         let timeout = self.timeouts().graceful_shutdown;
+        let preempted = || self.shared.force_stop_requested.load(Ordering::SeqCst);
         match self.shared.wait_until(timeout, |state| {
-            state.is_stopped() || state == VmState::Error
+            state.is_stopped() || state == VmState::Error || preempted()
         }) {
             (VmState::Error, true) => self.refuse(operation, hint::CRASHED),
+            (state, true) if !state.is_stopped() => {
+                log::info!(
+                    "a forced shutdown was asked during the graceful one: forcing the VM off"
+                );
+                self.force_stop(operation)
+            }
             (_, true) => Ok(()),
             (_, false) => match self.on_graceful_timeout {
                 OnGracefulTimeout::ForceStop => {
@@ -455,10 +494,102 @@ impl VirtualMachine {
         }
     }
 
+    /// The memory balloon's target: how much memory the guest is asked to keep, in
+    /// bytes.
+    pub fn memory_balloon_target(&self) -> Result<u64> {
+        self.require(
+            self.has_memory_balloon,
+            "memory balloon",
+            "VmConfigBuilder::memory_balloon",
+        )?;
+        self.native
+            .balloon_target()
+            .map_err(Error::during(Operation::MemoryBalloon))
+    }
+
+    /// Asks the guest to shrink to (or grow back to) `bytes` of memory, between the
+    /// host's minimum memory size and the configured memory. The framework rounds it to
+    /// whole MiB.
+    pub fn set_memory_balloon_target(&self, bytes: u64) -> Result<()> {
+        self.require(
+            self.has_memory_balloon,
+            "memory balloon",
+            "VmConfigBuilder::memory_balloon",
+        )?;
+        let min = crate::Limits::host().min_memory_size.min(self.memory_size);
+        if !(min..=self.memory_size).contains(&bytes) {
+            return Err(Error::BalloonTarget {
+                requested: bytes,
+                min,
+                max: self.memory_size,
+            });
+        }
+        self.native
+            .set_balloon_target(bytes)
+            .map_err(Error::during(Operation::MemoryBalloon))
+    }
+
+    /// Connects to a port the guest listens on (a running VM with a vsock device).
+    pub fn vsock_connect(&self, port: u32) -> Result<VsockStream> {
+        self.require(self.has_vsock, "vsock device", "VmConfigBuilder::vsock")?;
+        let operation = Operation::VsockConnect(port);
+        let timeout = self.timeouts().vsock_connect;
+        match self.native.vsock_connect(port, timeout) {
+            Some(Ok(fd)) => Ok(VsockStream::new(fd, port)),
+            Some(Err(source)) => Err(Error::during(operation)(source)),
+            None => Err(self.timeout(
+                operation,
+                timeout,
+                "the guest did not answer; is it still booting?",
+            )),
+        }
+    }
+
+    /// Listens on host `port` for connections the guest opens (to `VMADDR_CID_HOST`).
+    pub fn vsock_listen(&self, port: u32) -> Result<VsockListener> {
+        self.require(self.has_vsock, "vsock device", "VmConfigBuilder::vsock")?;
+        if !lock(&self.vsock_ports).insert(port) {
+            return Err(Error::VsockPortInUse { port });
+        }
+        let (sender, receiver) = mpsc::channel();
+        let ports = Arc::clone(&self.vsock_ports);
+        // Freed with the native listener: then the port is free again.
+        let release_port = PortRelease { ports, port };
+        let accept = move |fd, guest_port, _host_port| {
+            let _keep = &release_port;
+            // A receiver that is gone closes the connection (the stream drops here).
+            let _ = sender.send(VsockStream::new(fd, guest_port));
+        };
+        self.native
+            .vsock_listen(port, Box::new(accept))
+            .map_err(Error::during(Operation::VsockListen(port)))?;
+        Ok(VsockListener::new(port, self.native.clone(), receiver))
+    }
+
+    fn require(&self, present: bool, device: &'static str, builder: &'static str) -> Result<()> {
+        if present {
+            Ok(())
+        } else {
+            Err(Error::DeviceNotConfigured { device, builder })
+        }
+    }
+
     /// The simulator's runtime controls for this VM (simulator targets only).
     #[cfg(applevz_simulator)]
     pub fn simulator(&self) -> crate::sim::SimulatorControl<'_> {
         crate::sim::SimulatorControl::new(&self.native)
+    }
+}
+
+/// Frees a vsock port in the VM's bookkeeping when the native listener goes away.
+struct PortRelease {
+    ports: Arc<Mutex<HashSet<u32>>>,
+    port: u32,
+}
+
+impl Drop for PortRelease {
+    fn drop(&mut self) {
+        lock(&self.ports).remove(&self.port);
     }
 }
 

@@ -1,14 +1,16 @@
 //! Safe wrappers over the raw C ABI: one method per native function, with the
 //! ownership rules of `include/applevz.h` applied once, here.
 
-use std::ffi::{CStr, c_void};
+use std::ffi::{CStr, c_char, c_void};
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::time::Duration;
 
 use crate::callback::{
-    self, CompletionSlot, ObserverFn, completion_trampoline, observer_release, observer_trampoline,
+    self, AcceptFn, CompletionSlot, ObserverFn, accept_trampoline, box_into_raw,
+    completion_trampoline, connect_trampoline, observer_trampoline, release_box,
 };
 use crate::cf::{CfError, CfHandle};
 use crate::error::FrameworkError;
@@ -60,6 +62,20 @@ pub(crate) mod host {
     pub(crate) fn save_restore_supported() -> bool {
         // SAFETY: no arguments; safe from any thread.
         unsafe { sys::avz_save_restore_supported() }
+    }
+
+    /// Whether the framework accepts `tag` for a virtio file-system device.
+    pub(crate) fn validate_directory_share_tag(tag: &CStr) -> Result<(), FrameworkError> {
+        call_with_error("the tag is invalid", |error| {
+            // SAFETY: borrowed NUL-terminated tag; valid out-param.
+            unsafe { sys::avz_validate_directory_share_tag(tag.as_ptr(), error) }
+        })
+    }
+
+    /// `VZLinuxRosettaDirectoryShare.availability` (raw `AVZ_ROSETTA_*`).
+    pub(crate) fn rosetta_availability() -> u32 {
+        // SAFETY: no arguments; safe from any thread.
+        unsafe { sys::avz_rosetta_availability() as u32 }
     }
 
     /// A new machine identifier's data representation.
@@ -168,22 +184,129 @@ impl NativeConfig {
         })
     }
 
-    pub(crate) fn add_virtio_block_device(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_storage_device(
         &mut self,
+        interface: u32,
         path: &CStr,
         read_only: bool,
         caching_mode: u32,
         sync_mode: u32,
+        block_device_identifier: Option<&CStr>,
     ) -> Result<(), FrameworkError> {
         call_with_error("adding a disk failed", |error| {
-            // SAFETY: live configuration; borrowed NUL-terminated path; valid out-param.
+            // SAFETY: live configuration; borrowed NUL-terminated strings (or NULL);
+            // valid out-param.
             unsafe {
-                sys::avz_config_add_virtio_block_device(
+                sys::avz_config_add_storage_device(
                     self.raw(),
+                    interface as i32,
                     path.as_ptr(),
                     read_only,
                     caching_mode as i32,
                     sync_mode as i32,
+                    block_device_identifier.map_or(ptr::null(), CStr::as_ptr),
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn add_file_handle_network_device(
+        &mut self,
+        socket: i32,
+        mac_address: Option<&CStr>,
+        mtu: u32,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a network device failed", |error| {
+            // SAFETY: live configuration; the socket is borrowed (the native side
+            // duplicates it); the address is NULL or borrowed; valid out-param.
+            unsafe {
+                sys::avz_config_add_file_handle_network_device(
+                    self.raw(),
+                    socket,
+                    mac_address.map_or(ptr::null(), CStr::as_ptr),
+                    mtu,
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn add_entropy_device(&mut self) -> Result<(), FrameworkError> {
+        call_with_error("adding the entropy device failed", |error| {
+            // SAFETY: live configuration; valid out-param.
+            unsafe { sys::avz_config_add_entropy_device(self.raw(), error) }
+        })
+    }
+
+    pub(crate) fn add_memory_balloon_device(&mut self) -> Result<(), FrameworkError> {
+        call_with_error("adding the memory balloon failed", |error| {
+            // SAFETY: live configuration; valid out-param.
+            unsafe { sys::avz_config_add_memory_balloon_device(self.raw(), error) }
+        })
+    }
+
+    pub(crate) fn add_socket_device(&mut self) -> Result<(), FrameworkError> {
+        call_with_error("adding the vsock device failed", |error| {
+            // SAFETY: live configuration; valid out-param.
+            unsafe { sys::avz_config_add_socket_device(self.raw(), error) }
+        })
+    }
+
+    /// `names` is `None` for a single-directory share.
+    pub(crate) fn add_directory_share(
+        &mut self,
+        tag: &CStr,
+        names: Option<&[&CStr]>,
+        paths: &[&CStr],
+        read_only: &[bool],
+    ) -> Result<(), FrameworkError> {
+        let name_ptrs: Option<Vec<*const c_char>> =
+            names.map(|n| n.iter().map(|c| c.as_ptr()).collect());
+        let path_ptrs: Vec<*const c_char> = paths.iter().map(|c| c.as_ptr()).collect();
+        call_with_error("adding a shared directory failed", |error| {
+            // SAFETY: live configuration; `tag` and every string behind the pointer
+            // arrays are borrowed and outlive the call; the arrays hold `paths.len()`
+            // entries each (the caller passes equal lengths); valid out-param.
+            unsafe {
+                sys::avz_config_add_directory_share(
+                    self.raw(),
+                    tag.as_ptr(),
+                    name_ptrs.as_ref().map_or(ptr::null(), |n| n.as_ptr()),
+                    path_ptrs.as_ptr(),
+                    read_only.as_ptr(),
+                    path_ptrs.len(),
+                    error,
+                )
+            }
+        })
+    }
+
+    pub(crate) fn add_rosetta_share(&mut self, tag: &CStr) -> Result<(), FrameworkError> {
+        call_with_error("adding the Rosetta share failed", |error| {
+            // SAFETY: live configuration; borrowed tag; valid out-param.
+            unsafe { sys::avz_config_add_rosetta_share(self.raw(), tag.as_ptr(), error) }
+        })
+    }
+
+    pub(crate) fn add_console_port(
+        &mut self,
+        name: &CStr,
+        is_console: bool,
+        read_fd: i32,
+        write_fd: i32,
+    ) -> Result<(), FrameworkError> {
+        call_with_error("adding a console port failed", |error| {
+            // SAFETY: live configuration; borrowed name; the descriptors are borrowed
+            // (the native side duplicates them); valid out-param.
+            unsafe {
+                sys::avz_config_add_console_port(
+                    self.raw(),
+                    name.as_ptr(),
+                    is_console,
+                    read_fd,
+                    write_fd,
                     error,
                 )
             }
@@ -268,12 +391,16 @@ impl NativeConfig {
                 guest.save_restore_unsupported,
             );
             sim::avz_sim_config_set_not_savable(config, guest.not_savable);
+            for port in &guest.guest_vsock_ports {
+                sim::avz_sim_config_add_guest_vsock_listener(config, *port);
+            }
         }
     }
 }
 
 /// A native VM. `Send + Sync` through [`CfHandle`]: the native side serializes every
 /// call on the VM's own queue.
+#[derive(Clone)]
 pub(crate) struct NativeVm {
     handle: CfHandle,
 }
@@ -296,18 +423,18 @@ impl NativeVm {
         config: &NativeConfig,
         observer: ObserverFn,
     ) -> Result<Self, FrameworkError> {
-        let context = callback::observer_into_raw(observer);
+        let context = box_into_raw::<ObserverFn>(observer);
         let mut vm: *mut sys::avz_vm = ptr::null_mut();
         call_with_error("creating the VM failed", |error| {
             // SAFETY: live configuration (borrowed); the observer context's ownership
-            // passes to the native side, which calls `observer_release` exactly once
+            // passes to the native side, which calls `release_box` exactly once
             // (also when creation fails); valid out-param.
             vm = unsafe {
                 sys::avz_vm_create(
                     config.raw(),
                     Some(observer_trampoline),
                     context,
-                    Some(observer_release),
+                    Some(release_box::<ObserverFn>),
                     error,
                 )
             };
@@ -391,6 +518,66 @@ impl NativeVm {
     pub(crate) fn can_stop(&self) -> bool {
         // SAFETY: live VM; not called from a callback.
         unsafe { sys::avz_vm_can_stop(self.raw()) }
+    }
+
+    /// The memory balloon's target size in bytes.
+    pub(crate) fn balloon_target(&self) -> Result<u64, FrameworkError> {
+        let mut bytes = 0u64;
+        call_with_error("reading the balloon target failed", |error| {
+            // SAFETY: live VM; valid out-params; not called from a callback.
+            unsafe { sys::avz_vm_balloon_target(self.raw(), &mut bytes, error) }
+        })?;
+        Ok(bytes)
+    }
+
+    /// Sets the memory balloon's target size in bytes.
+    pub(crate) fn set_balloon_target(&self, bytes: u64) -> Result<(), FrameworkError> {
+        call_with_error("setting the balloon target failed", |error| {
+            // SAFETY: live VM; valid out-param; not called from a callback.
+            unsafe { sys::avz_vm_set_balloon_target(self.raw(), bytes, error) }
+        })
+    }
+
+    /// Connects to guest vsock `port`; `None` when the wait timed out (a late
+    /// connection is closed when it arrives).
+    pub(crate) fn vsock_connect(
+        &self,
+        port: u32,
+        timeout: Duration,
+    ) -> Option<Result<OwnedFd, FrameworkError>> {
+        let (slot, context) = CompletionSlot::<OwnedFd>::new();
+        // SAFETY: live VM; `connect_trampoline` is called exactly once with `context`,
+        // which it then owns.
+        unsafe { sys::avz_vm_vsock_connect(self.raw(), port, Some(connect_trampoline), context) };
+        slot.wait(timeout)
+    }
+
+    /// Hands every guest connection to host `port` to `accept` until removed.
+    pub(crate) fn vsock_listen(&self, port: u32, accept: AcceptFn) -> Result<(), FrameworkError> {
+        let context = box_into_raw::<AcceptFn>(accept);
+        call_with_error("listening failed", |error| {
+            // SAFETY: live VM; the context's ownership passes to the native side, which
+            // calls `release_box::<AcceptFn>` exactly once (also on failure); valid
+            // out-param; not called from a callback.
+            unsafe {
+                sys::avz_vm_vsock_listen(
+                    self.raw(),
+                    port,
+                    Some(accept_trampoline),
+                    context,
+                    Some(release_box::<AcceptFn>),
+                    error,
+                )
+            }
+        })
+    }
+
+    /// Stops listening on host `port`.
+    pub(crate) fn vsock_remove_listener(&self, port: u32) -> Result<(), FrameworkError> {
+        call_with_error("removing the listener failed", |error| {
+            // SAFETY: live VM; valid out-param; not called from a callback.
+            unsafe { sys::avz_vm_vsock_remove_listener(self.raw(), port, error) }
+        })
     }
 
     /// The raw handle, for the simulator's runtime knobs.

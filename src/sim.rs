@@ -29,6 +29,35 @@ pub struct SimulatedGuest {
     pub save_restore_unsupported: bool,
     /// This configuration cannot be saved.
     pub not_savable: bool,
+    /// Guest vsock ports with an echo service listening.
+    pub guest_vsock_ports: Vec<u32>,
+}
+
+/// The simulated host's architecture (process-wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimulatedHost {
+    /// Apple silicon: save/restore and Rosetta available (the default).
+    #[default]
+    AppleSilicon,
+    /// An Intel Mac: no save/restore, no Rosetta.
+    Intel,
+}
+
+/// Makes the whole process simulate `host` (tests that change it should run serially
+/// and set it back).
+pub fn set_host(host: SimulatedHost) {
+    let raw = match host {
+        SimulatedHost::AppleSilicon => sim::AVZ_SIM_HOST_APPLE_SILICON,
+        SimulatedHost::Intel => sim::AVZ_SIM_HOST_INTEL,
+    };
+    // SAFETY: a plain value; the knob is an atomic on the native side.
+    unsafe { sim::avz_sim_set_host_architecture(raw as i32) }
+}
+
+/// Whether Rosetta is installed on the simulated Apple-silicon host (default: yes).
+pub fn set_rosetta_installed(installed: bool) {
+    // SAFETY: a plain value; the knob is an atomic on the native side.
+    unsafe { sim::avz_sim_set_rosetta_installed(installed) }
 }
 
 /// A native operation kind, for [`SimulatorControl::fail_next`].
@@ -91,6 +120,13 @@ impl<'vm> SimulatorControl<'vm> {
     pub fn guest_power_off(&self) {
         // SAFETY: the VM is alive for 'vm.
         unsafe { sim::avz_sim_vm_guest_power_off(self.vm.raw_for_simulator()) }
+    }
+
+    /// The guest opens a vsock connection to host `port`; a listener there accepts it
+    /// and first receives `hello from guest port <port>\n`, then an echo.
+    pub fn guest_vsock_connect(&self, port: u32) {
+        // SAFETY: the VM is alive for 'vm; plain value.
+        unsafe { sim::avz_sim_vm_guest_vsock_connect(self.vm.raw_for_simulator(), port) }
     }
 
     /// The VM fails now with `code` (`VZErrorDomain`).

@@ -130,6 +130,12 @@ pub enum Operation {
     Restore,
     /// `wait_for_state(state)`.
     WaitForState(VmState),
+    /// A vsock connection to this guest port.
+    VsockConnect(u32),
+    /// Listening for guest vsock connections on this host port.
+    VsockListen(u32),
+    /// Reading or setting the memory balloon's target.
+    MemoryBalloon,
 }
 
 impl fmt::Display for Operation {
@@ -143,6 +149,9 @@ impl fmt::Display for Operation {
             Self::Suspend => f.write_str("suspend"),
             Self::Restore => f.write_str("restore"),
             Self::WaitForState(state) => write!(f, "wait until {state}"),
+            Self::VsockConnect(port) => write!(f, "connect to guest vsock port {port}"),
+            Self::VsockListen(port) => write!(f, "listen on vsock port {port}"),
+            Self::MemoryBalloon => f.write_str("control the memory balloon"),
         }
     }
 }

@@ -237,7 +237,9 @@ fn machine_identifiers_persist_and_bad_ones_are_refused() {
         .build()
         .unwrap();
     match VirtualMachine::new(&config) {
-        Err(Error::InvalidMachineIdentifier { path, .. }) => assert_eq!(path, corrupt),
+        Err(Error::InvalidMachineIdentifier { origin, .. }) => {
+            assert_eq!(origin, corrupt.display().to_string())
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(

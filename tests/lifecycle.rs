@@ -897,3 +897,43 @@ fn a_late_completion_after_a_timeout_is_harmless() {
     drop(vm);
     leaks.finish();
 }
+
+#[test]
+#[serial]
+fn a_forced_shutdown_preempts_a_graceful_wait() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("preempt");
+    let guest = SimulatedGuest {
+        ignores_stop_request: true,
+        ..Default::default()
+    };
+    // The graceful wait would take a minute; Poweroff must not queue behind it.
+    let timeouts = Timeouts {
+        graceful_shutdown: LONG,
+        ..patient_timeouts()
+    };
+    let vm = Arc::new(
+        VirtualMachine::new(&builder(&dir, guest).timeouts(timeouts).build().unwrap()).unwrap(),
+    );
+    vm.start().unwrap();
+    let graceful = {
+        let vm = Arc::clone(&vm);
+        std::thread::spawn(move || vm.shutdown(ShutdownPolicy::Powerdown))
+    };
+    // Either order must end the same way; a short pause makes the interesting one
+    // (Poweroff while the graceful wait is under way) the likely one.
+    std::thread::sleep(ms(50));
+    let began = std::time::Instant::now();
+    vm.shutdown(ShutdownPolicy::Poweroff).expect("forced off");
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "did not wait for the graceful timeout"
+    );
+    assert!(
+        graceful.join().unwrap().is_ok(),
+        "the graceful shutdown ends with the VM off"
+    );
+    assert_eq!(vm.state(), VmState::Stopped);
+    drop(vm);
+    leaks.finish();
+}

@@ -45,6 +45,20 @@ void avz_sim_config_set_save_restore_unsupported(avz_config *config, bool unsupp
 /* This configuration cannot be saved (validateSaveRestoreSupport fails). */
 void avz_sim_config_set_not_savable(avz_config *config, bool not_savable);
 
+/* The simulated guest listens on vsock `port`: a host connection to it is accepted and
+ * the guest echoes back every byte it receives until the host closes its end. */
+void avz_sim_config_add_guest_vsock_listener(avz_config *config, uint32_t port);
+
+/* The simulated host (process-wide; defaults: Apple silicon, Rosetta installed). */
+#define AVZ_SIM_HOST_APPLE_SILICON 0
+#define AVZ_SIM_HOST_INTEL 1
+/* An Intel host has no Rosetta and no save/restore (avz_save_restore_supported is
+ * false and every configuration fails save/restore validation with code 10). */
+void avz_sim_set_host_architecture(int32_t architecture);
+/* On Apple silicon: whether Rosetta is installed (AVZ_ROSETTA_INSTALLED) or not
+ * (AVZ_ROSETTA_NOT_INSTALLED). */
+void avz_sim_set_rosetta_installed(bool installed);
+
 /* Runtime triggers on a VM (borrowed); safe from any thread but callbacks. */
 
 /* The next operation of kind `op` (AVZ_SIM_OP_*) fails with `code` (VZErrorDomain)
@@ -57,6 +71,11 @@ void avz_sim_vm_set_operation_delay_ms(avz_vm *vm, uint32_t ms);
 void avz_sim_vm_guest_power_off(avz_vm *vm);
 /* The VM fails now with `code`: -> Error, STOPPED_WITH_ERROR with that error. */
 void avz_sim_vm_crash(avz_vm *vm, int64_t code);
+
+/* The guest opens a vsock connection to host `port` (running VM only; ignored when
+ * nothing listens there). The guest's end writes "hello from guest port <port>\n" and
+ * then echoes every byte back. */
+void avz_sim_vm_guest_vsock_connect(avz_vm *vm, uint32_t port);
 
 /* Live simulator objects (configurations, VMs, errors, strings), process-wide. */
 int64_t avz_sim_live_objects(void);

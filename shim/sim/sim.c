@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #define EFI_MAGIC "AVZSIM-EFI-VARIABLE-STORE 1\n"
 #define STATE_MAGIC "AVZSIM-STATE 1\n"
 #define SERIAL_RUNNING_LINE "applevz-sim: guest is running\n"
+#define CONSOLE_READY_FORMAT "applevz-sim: console port %s is ready\n"
 #define ERRBUF 128
 
 /* ---------------------------------------------------------------------------------- */
@@ -142,12 +144,42 @@ static void fill_random(uint8_t *buffer, size_t size) {
 /* Host                                                                               */
 /* ---------------------------------------------------------------------------------- */
 
+/* The simulated host (avz_sim_set_host_architecture, avz_sim_set_rosetta_installed):
+ * plain process-wide atomics, read whenever a rule depends on them. */
+static atomic_int host_architecture = AVZ_SIM_HOST_APPLE_SILICON;
+static atomic_bool host_rosetta_installed = true;
+
+static bool host_is_intel(void) {
+    return atomic_load(&host_architecture) == AVZ_SIM_HOST_INTEL;
+}
+
+void avz_sim_set_host_architecture(int32_t architecture) {
+    if (architecture != AVZ_SIM_HOST_APPLE_SILICON && architecture != AVZ_SIM_HOST_INTEL) {
+        avz_sim_fatal("avz_sim_set_host_architecture: %" PRId32
+                      " is not an AVZ_SIM_HOST_* value",
+                      architecture);
+    }
+    atomic_store(&host_architecture, architecture);
+}
+
+void avz_sim_set_rosetta_installed(bool installed) {
+    atomic_store(&host_rosetta_installed, installed);
+}
+
 bool avz_is_supported(void) {
     return true;
 }
 
 bool avz_save_restore_supported(void) {
-    return true;
+    return !host_is_intel();
+}
+
+int32_t avz_rosetta_availability(void) {
+    if (host_is_intel()) {
+        return AVZ_ROSETTA_NOT_SUPPORTED;
+    }
+    return atomic_load(&host_rosetta_installed) ? AVZ_ROSETTA_INSTALLED
+                                                : AVZ_ROSETTA_NOT_INSTALLED;
 }
 
 void avz_get_limits(avz_limits *out) {
@@ -205,15 +237,39 @@ typedef struct sim_knobs {
 
 typedef struct sim_disk {
     char *path;
+    int32_t interface; /* AVZ_STORAGE_* */
     bool read_only;
     int32_t caching_mode;
     int32_t sync_mode;
+    char *identifier; /* virtio block only; NULL: none */
 } sim_disk;
+
+typedef struct sim_net {
+    uint8_t mac[6];
+    int fd;       /* file-handle attachment: our duplicate; -1: NAT */
+    uint32_t mtu; /* file-handle attachment: 1500...65535 */
+} sim_net;
 
 typedef struct sim_serial {
     int read_fd;  /* -1: none */
     int write_fd; /* -1: none */
 } sim_serial;
+
+typedef struct sim_share {
+    char *tag;
+    bool rosetta;      /* a Rosetta share: no directories */
+    size_t count;      /* directories */
+    char **names;      /* NULL: a single-directory share */
+    char **paths;
+    bool *read_only;
+} sim_share;
+
+typedef struct sim_console {
+    char *name;
+    bool is_console;
+    int read_fd;  /* -1: none */
+    int write_fd; /* -1: none */
+} sim_console;
 
 struct avz_config {
     avz_sim_object base;
@@ -231,10 +287,17 @@ struct avz_config {
 
     sim_disk *disks;
     size_t disk_count, disk_capacity;
-    uint8_t (*macs)[6];
-    size_t mac_count, mac_capacity;
+    sim_net *nets;
+    size_t net_count, net_capacity;
     sim_serial *serials;
     size_t serial_count, serial_capacity;
+    sim_share *shares;
+    size_t share_count, share_capacity;
+    sim_console *consoles;
+    size_t console_count, console_capacity;
+    size_t entropy_count, balloon_count, socket_count;
+    uint32_t *guest_ports; /* avz_sim_config_add_guest_vsock_listener */
+    size_t guest_port_count, guest_port_capacity;
 
     sim_knobs knobs;
 };
@@ -249,19 +312,47 @@ static void config_clear_boot_loader(avz_config *config) {
     config->boot = BOOT_NONE;
 }
 
+static void share_free_contents(sim_share *share) {
+    for (size_t i = 0; i < share->count; i++) {
+        if (share->names != NULL) {
+            free(share->names[i]);
+        }
+        free(share->paths[i]);
+    }
+    free(share->names);
+    free(share->paths);
+    free(share->read_only);
+    free(share->tag);
+}
+
 static void config_last_release(void *object) {
     avz_config *config = object;
     config_clear_boot_loader(config);
     for (size_t i = 0; i < config->disk_count; i++) {
         free(config->disks[i].path);
+        free(config->disks[i].identifier);
     }
     free(config->disks);
-    free(config->macs);
+    for (size_t i = 0; i < config->net_count; i++) {
+        close_fd(config->nets[i].fd);
+    }
+    free(config->nets);
     for (size_t i = 0; i < config->serial_count; i++) {
         close_fd(config->serials[i].read_fd);
         close_fd(config->serials[i].write_fd);
     }
     free(config->serials);
+    for (size_t i = 0; i < config->share_count; i++) {
+        share_free_contents(&config->shares[i]);
+    }
+    free(config->shares);
+    for (size_t i = 0; i < config->console_count; i++) {
+        free(config->consoles[i].name);
+        close_fd(config->consoles[i].read_fd);
+        close_fd(config->consoles[i].write_fd);
+    }
+    free(config->consoles);
+    free(config->guest_ports);
     avz_sim_object_free(&config->base);
 }
 
@@ -419,11 +510,19 @@ bool avz_config_set_generic_platform(avz_config *config, const uint8_t *machine_
     return true;
 }
 
-bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bool read_only,
-                                        int32_t caching_mode, int32_t sync_mode,
-                                        CFErrorRef *error) {
-    config_check(config, "avz_config_add_virtio_block_device");
+#define BLOCK_DEVICE_IDENTIFIER_MAX 20
+
+bool avz_config_add_storage_device(avz_config *config, int32_t interface, const char *path,
+                                   bool read_only, int32_t caching_mode, int32_t sync_mode,
+                                   const char *block_device_identifier, CFErrorRef *error) {
+    config_check(config, "avz_config_add_storage_device");
     char buf[ERRBUF];
+    if (interface != AVZ_STORAGE_VIRTIO_BLOCK && interface != AVZ_STORAGE_NVME) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: storage interface %" PRId32
+                            " is not virtio block (0) or NVMe (1).",
+                            interface);
+    }
     if (caching_mode < AVZ_CACHING_AUTOMATIC || caching_mode > AVZ_CACHING_CACHED) {
         return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
                             "Invalid virtual machine configuration: disk caching mode %" PRId32
@@ -435,6 +534,28 @@ bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bo
                             "Invalid virtual machine configuration: disk synchronization mode "
                             "%" PRId32 " is not full (1), fsync (2) or none (3).",
                             sync_mode);
+    }
+    /* NVMe has no block device identifier: the framework never sees it. */
+    const char *identifier = interface == AVZ_STORAGE_VIRTIO_BLOCK ? block_device_identifier
+                                                                    : NULL;
+    if (identifier != NULL) {
+        size_t length = strlen(identifier);
+        if (length > BLOCK_DEVICE_IDENTIFIER_MAX) {
+            return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                "Invalid virtual machine configuration: the block device "
+                                "identifier \"%s\" is %zu bytes long; at most %d are allowed.",
+                                identifier, length, BLOCK_DEVICE_IDENTIFIER_MAX);
+        }
+        for (size_t i = 0; i < length; i++) {
+            unsigned char c = (unsigned char)identifier[i];
+            if (c < 0x20 || c > 0x7E) {
+                return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                    "Invalid virtual machine configuration: the block device "
+                                    "identifier has a byte (0x%02X at offset %zu) that is "
+                                    "not printable ASCII.",
+                                    c, i);
+            }
+        }
     }
     if (path == NULL || path[0] == '\0') {
         return avz_sim_fail(error, POSIX, ENOENT,
@@ -462,9 +583,11 @@ bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bo
                   sizeof *config->disks);
     sim_disk *disk = &config->disks[config->disk_count++];
     disk->path = avz_sim_strdup(path);
+    disk->interface = interface;
     disk->read_only = read_only;
     disk->caching_mode = caching_mode;
     disk->sync_mode = sync_mode;
+    disk->identifier = avz_sim_strdup(identifier);
     return true;
 }
 
@@ -496,23 +619,249 @@ static bool parse_mac(const char *text, uint8_t mac[6]) {
     return true;
 }
 
-bool avz_config_add_nat_network_device(avz_config *config, const char *mac_address,
-                                       CFErrorRef *error) {
-    config_check(config, "avz_config_add_nat_network_device");
-    uint8_t mac[6];
+/* A MAC address as VZMACAddress takes it; NULL: a random locally administered unicast
+ * address. */
+static bool mac_from_text(const char *mac_address, uint8_t mac[6], CFErrorRef *error) {
     if (mac_address == NULL) {
-        /* A random locally administered unicast address. */
-        fill_random(mac, sizeof mac);
+        fill_random(mac, 6);
         mac[0] = (uint8_t)((mac[0] & 0xFC) | 0x02);
-    } else if (!parse_mac(mac_address, mac)) {
+        return true;
+    }
+    if (!parse_mac(mac_address, mac)) {
         return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
                             "Invalid virtual machine configuration: \"%s\" is not a MAC address "
                             "(expected six two-digit hexadecimal octets separated by ':').",
                             mac_address);
     }
-    array_reserve((void **)&config->macs, &config->mac_capacity, config->mac_count + 1,
-                  sizeof *config->macs);
-    memcpy(config->macs[config->mac_count++], mac, sizeof mac);
+    return true;
+}
+
+static void config_add_net(avz_config *config, const uint8_t mac[6], int fd, uint32_t mtu) {
+    array_reserve((void **)&config->nets, &config->net_capacity, config->net_count + 1,
+                  sizeof *config->nets);
+    sim_net *net = &config->nets[config->net_count++];
+    memcpy(net->mac, mac, sizeof net->mac);
+    net->fd = fd;
+    net->mtu = mtu;
+}
+
+bool avz_config_add_nat_network_device(avz_config *config, const char *mac_address,
+                                       CFErrorRef *error) {
+    config_check(config, "avz_config_add_nat_network_device");
+    uint8_t mac[6];
+    if (!mac_from_text(mac_address, mac, error)) {
+        return false;
+    }
+    config_add_net(config, mac, -1, 0);
+    return true;
+}
+
+#define MTU_DEFAULT 1500u
+#define MTU_MAX 65535u
+
+static int dup_cloexec(int fd);
+
+bool avz_config_add_file_handle_network_device(avz_config *config, int socket_fd,
+                                               const char *mac_address, uint32_t mtu,
+                                               CFErrorRef *error) {
+    config_check(config, "avz_config_add_file_handle_network_device");
+    char buf[ERRBUF];
+    int type = 0;
+    socklen_t type_size = sizeof type;
+    if (getsockopt(socket_fd, SOL_SOCKET, SO_TYPE, &type, &type_size) != 0) {
+        int e = errno;
+        return avz_sim_fail(error, POSIX, e,
+                            "Cannot use file descriptor %d for a network device: %s.",
+                            socket_fd, avz_sim_strerror(e, buf, sizeof buf));
+    }
+    if (type != SOCK_DGRAM) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: file descriptor %d is not "
+                            "a datagram socket (a file-handle network attachment needs one).",
+                            socket_fd);
+    }
+    uint8_t mac[6];
+    if (!mac_from_text(mac_address, mac, error)) {
+        return false;
+    }
+    if (mtu != 0 && (mtu < MTU_DEFAULT || mtu > MTU_MAX)) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: an MTU of %" PRIu32
+                            " is outside %u...%u.",
+                            mtu, MTU_DEFAULT, MTU_MAX);
+    }
+    int fd = dup_cloexec(socket_fd);
+    if (fd < 0) {
+        int e = errno;
+        return avz_sim_fail(error, POSIX, e,
+                            "Cannot use file descriptor %d for a network device: %s.",
+                            socket_fd, avz_sim_strerror(e, buf, sizeof buf));
+    }
+    config_add_net(config, mac, fd, mtu == 0 ? MTU_DEFAULT : mtu);
+    return true;
+}
+
+bool avz_config_add_entropy_device(avz_config *config, CFErrorRef *error) {
+    (void)error;
+    config_check(config, "avz_config_add_entropy_device")->entropy_count++;
+    return true;
+}
+
+bool avz_config_add_memory_balloon_device(avz_config *config, CFErrorRef *error) {
+    (void)error;
+    config_check(config, "avz_config_add_memory_balloon_device")->balloon_count++;
+    return true;
+}
+
+bool avz_config_add_socket_device(avz_config *config, CFErrorRef *error) {
+    (void)error;
+    config_check(config, "avz_config_add_socket_device")->socket_count++;
+    return true;
+}
+
+/* The virtio-fs tag limit (VZVirtioFileSystemDeviceConfiguration). */
+#define TAG_MAX 36
+
+bool avz_validate_directory_share_tag(const char *tag, CFErrorRef *error) {
+    if (tag == NULL || tag[0] == '\0') {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: the directory share tag is "
+                            "empty.");
+    }
+    size_t length = strlen(tag);
+    if (length > TAG_MAX) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: the directory share tag "
+                            "\"%s\" is %zu bytes long; at most %d are allowed.",
+                            tag, length, TAG_MAX);
+    }
+    return true;
+}
+
+/* A name in a multiple-directory share: one path component. */
+static bool check_share_name(const char *tag, const char *name, CFErrorRef *error) {
+    const char *prefix = "Invalid virtual machine configuration: in the directory share";
+    if (name == NULL || name[0] == '\0') {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "%s \"%s\", a directory name is empty.", prefix, tag);
+    }
+    if (strchr(name, '/') != NULL) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "%s \"%s\", the directory name \"%s\" contains '/'.", prefix, tag,
+                            name);
+    }
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "%s \"%s\", \"%s\" cannot be a directory name.", prefix, tag, name);
+    }
+    return true;
+}
+
+/* A shared directory must exist and be a directory. */
+static bool check_share_directory(const char *path, CFErrorRef *error) {
+    char buf[ERRBUF];
+    if (path == NULL || path[0] == '\0') {
+        return avz_sim_fail(error, POSIX, ENOENT,
+                            "Cannot share a directory: no path was given.");
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int e = errno;
+        return avz_sim_fail(error, POSIX, e, "Cannot share the directory %s: %s.", path,
+                            avz_sim_strerror(e, buf, sizeof buf));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return avz_sim_fail(error, POSIX, ENOTDIR,
+                            "Cannot share the directory %s: it is not a directory.", path);
+    }
+    return true;
+}
+
+static sim_share *config_add_share(avz_config *config, const char *tag) {
+    array_reserve((void **)&config->shares, &config->share_capacity, config->share_count + 1,
+                  sizeof *config->shares);
+    sim_share *share = &config->shares[config->share_count++];
+    memset(share, 0, sizeof *share);
+    share->tag = avz_sim_strdup(tag);
+    return share;
+}
+
+bool avz_config_add_directory_share(avz_config *config, const char *tag,
+                                    const char *const *names, const char *const *paths,
+                                    const bool *read_only, size_t count, CFErrorRef *error) {
+    config_check(config, "avz_config_add_directory_share");
+    if (!avz_validate_directory_share_tag(tag, error)) {
+        return false;
+    }
+    if (count == 0) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: the directory share \"%s\" "
+                            "shares no directory.",
+                            tag);
+    }
+    if (names == NULL && count != 1) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: the directory share \"%s\" "
+                            "shares %zu directories without names (only a single directory "
+                            "can go without a name).",
+                            tag, count);
+    }
+    REQUIRE(paths, "avz_config_add_directory_share");
+    REQUIRE(read_only, "avz_config_add_directory_share");
+    if (names != NULL) {
+        for (size_t i = 0; i < count; i++) {
+            if (!check_share_name(tag, names[i], error)) {
+                return false;
+            }
+            for (size_t j = 0; j < i; j++) {
+                if (strcmp(names[i], names[j]) == 0) {
+                    return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                        "Invalid virtual machine configuration: in the "
+                                        "directory share \"%s\", the name \"%s\" is used "
+                                        "twice.",
+                                        tag, names[i]);
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!check_share_directory(paths[i], error)) {
+            return false;
+        }
+    }
+    sim_share *share = config_add_share(config, tag);
+    share->count = count;
+    share->paths = avz_sim_alloc(sizeof *share->paths * count);
+    share->read_only = avz_sim_alloc(sizeof *share->read_only * count);
+    if (names != NULL) {
+        share->names = avz_sim_alloc(sizeof *share->names * count);
+    }
+    for (size_t i = 0; i < count; i++) {
+        share->paths[i] = avz_sim_strdup(paths[i]);
+        share->read_only[i] = read_only[i];
+        if (names != NULL) {
+            share->names[i] = avz_sim_strdup(names[i]);
+        }
+    }
+    return true;
+}
+
+bool avz_config_add_rosetta_share(avz_config *config, const char *tag, CFErrorRef *error) {
+    config_check(config, "avz_config_add_rosetta_share");
+    if (!avz_validate_directory_share_tag(tag, error)) {
+        return false;
+    }
+    switch (avz_rosetta_availability()) {
+    case AVZ_ROSETTA_NOT_SUPPORTED:
+        return avz_sim_fail(error, VZ, AVZ_ERROR_NOT_SUPPORTED,
+                            "Rosetta for Linux needs Apple silicon and macOS 13.");
+    case AVZ_ROSETTA_NOT_INSTALLED:
+        return avz_sim_fail(error, VZ, AVZ_ERROR_NOT_SUPPORTED,
+                            "Rosetta is not installed (softwareupdate --install-rosetta).");
+    default:
+        break;
+    }
+    config_add_share(config, tag)->rosetta = true;
     return true;
 }
 
@@ -546,27 +895,58 @@ static int dup_cloexec(int fd) {
     return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
+/* Duplicates a read and a write descriptor (-1: none) for a port named `what`. */
+static bool dup_port_fds(const char *what, int read_fd, int write_fd, int *r, int *w,
+                         CFErrorRef *error) {
+    char buf[ERRBUF];
+    *r = *w = -1;
+    if (read_fd != -1 && (*r = dup_cloexec(read_fd)) < 0) {
+        int e = errno;
+        return avz_sim_fail(error, POSIX, e,
+                            "Cannot use file descriptor %d for reading from the %s: %s.",
+                            read_fd, what, avz_sim_strerror(e, buf, sizeof buf));
+    }
+    if (write_fd != -1 && (*w = dup_cloexec(write_fd)) < 0) {
+        int e = errno;
+        close_fd(*r);
+        *r = -1;
+        return avz_sim_fail(error, POSIX, e,
+                            "Cannot use file descriptor %d for writing to the %s: %s.",
+                            write_fd, what, avz_sim_strerror(e, buf, sizeof buf));
+    }
+    return true;
+}
+
 bool avz_config_add_serial_port_fds(avz_config *config, int read_fd, int write_fd,
                                     CFErrorRef *error) {
     config_check(config, "avz_config_add_serial_port_fds");
-    char buf[ERRBUF];
-    int r = -1, w = -1;
-    if (read_fd != -1 && (r = dup_cloexec(read_fd)) < 0) {
-        int e = errno;
-        return avz_sim_fail(error, POSIX, e,
-                            "Cannot use file descriptor %d for reading from the serial port: "
-                            "%s.",
-                            read_fd, avz_sim_strerror(e, buf, sizeof buf));
-    }
-    if (write_fd != -1 && (w = dup_cloexec(write_fd)) < 0) {
-        int e = errno;
-        close_fd(r);
-        return avz_sim_fail(error, POSIX, e,
-                            "Cannot use file descriptor %d for writing to the serial port: "
-                            "%s.",
-                            write_fd, avz_sim_strerror(e, buf, sizeof buf));
+    int r, w;
+    if (!dup_port_fds("serial port", read_fd, write_fd, &r, &w, error)) {
+        return false;
     }
     config_add_serial(config, r, w);
+    return true;
+}
+
+bool avz_config_add_console_port(avz_config *config, const char *name, bool is_console,
+                                 int read_fd, int write_fd, CFErrorRef *error) {
+    config_check(config, "avz_config_add_console_port");
+    if (name == NULL || name[0] == '\0') {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: a console port needs a "
+                            "name.");
+    }
+    int r, w;
+    if (!dup_port_fds("console port", read_fd, write_fd, &r, &w, error)) {
+        return false;
+    }
+    array_reserve((void **)&config->consoles, &config->console_capacity,
+                  config->console_count + 1, sizeof *config->consoles);
+    sim_console *console = &config->consoles[config->console_count++];
+    console->name = avz_sim_strdup(name);
+    console->is_console = is_console;
+    console->read_fd = r;
+    console->write_fd = w;
     return true;
 }
 
@@ -607,6 +987,38 @@ static bool config_validate(const avz_config *config, CFErrorRef *error) {
                             " bytes is not a multiple of 1 MiB (%" PRIu64 " bytes).",
                             config->memory_size, MIB);
     }
+    if (!config->has_platform) {
+        for (size_t i = 0; i < config->disk_count; i++) {
+            if (config->disks[i].interface == AVZ_STORAGE_NVME) {
+                return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                    "Invalid virtual machine configuration: the NVMe disk %s "
+                                    "needs the generic platform.",
+                                    config->disks[i].path);
+            }
+        }
+    }
+    if (config->balloon_count > 1) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: %zu memory balloon devices "
+                            "(at most one is allowed).",
+                            config->balloon_count);
+    }
+    if (config->socket_count > 1) {
+        return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                            "Invalid virtual machine configuration: %zu socket devices (at most "
+                            "one is allowed).",
+                            config->socket_count);
+    }
+    for (size_t i = 0; i < config->share_count; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(config->shares[i].tag, config->shares[j].tag) == 0) {
+                return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                    "Invalid virtual machine configuration: two directory "
+                                    "sharing devices use the tag \"%s\".",
+                                    config->shares[i].tag);
+            }
+        }
+    }
     return true;
 }
 
@@ -624,7 +1036,7 @@ static CFErrorRef save_restore_unsupported_error(const char *what) {
 
 bool avz_config_validate_save_restore(avz_config *config, CFErrorRef *error) {
     config_check(config, "avz_config_validate_save_restore");
-    if (config->knobs.save_restore_unsupported) {
+    if (config->knobs.save_restore_unsupported || host_is_intel()) {
         if (error != NULL) {
             *error = save_restore_unsupported_error("save or restore virtual machine state");
         }
@@ -676,6 +1088,7 @@ static uint64_t config_fingerprint(const avz_config *config) {
     h = fnv_u64(h, config->disk_count);
     for (size_t i = 0; i < config->disk_count; i++) {
         h = fnv_string(h, config->disks[i].path);
+        h = fnv_u64(h, (uint64_t)config->disks[i].interface);
     }
     h = fnv_bytes(h, config->machine_identifier, MACHINE_ID_SIZE);
     return h;
@@ -719,6 +1132,13 @@ void avz_sim_config_set_not_savable(avz_config *config, bool not_savable) {
     config_check(config, "avz_sim_config_set_not_savable")->knobs.not_savable = not_savable;
 }
 
+void avz_sim_config_add_guest_vsock_listener(avz_config *config, uint32_t port) {
+    config_check(config, "avz_sim_config_add_guest_vsock_listener");
+    array_reserve((void **)&config->guest_ports, &config->guest_port_capacity,
+                  config->guest_port_count + 1, sizeof *config->guest_ports);
+    config->guest_ports[config->guest_port_count++] = port;
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* Virtual machine: data                                                              */
 /* ---------------------------------------------------------------------------------- */
@@ -731,7 +1151,11 @@ enum task_kind {
     TASK_POWER_OFF, /* avz_sim_vm_guest_power_off */
     TASK_CRASH,     /* avz_sim_vm_crash */
     TASK_FAIL_NEXT, /* avz_sim_vm_fail_next */
-    TASK_SET_OPERATION_DELAY /* avz_sim_vm_set_operation_delay_ms */
+    TASK_SET_OPERATION_DELAY, /* avz_sim_vm_set_operation_delay_ms */
+    TASK_VSOCK_CONNECT,       /* avz_vm_vsock_connect; holds one VM reference */
+    TASK_GUEST_VSOCK_CONNECT, /* avz_sim_vm_guest_vsock_connect */
+    TASK_LISTENER_RELEASE     /* a listener dropped by a synchronous call made on the
+                                 worker: its release runs after the current callback */
 };
 
 enum timer_kind {
@@ -741,7 +1165,22 @@ enum timer_kind {
     TIMER_STOP_REQUEST    /* the guest acts on a stop request */
 };
 
-enum sync_kind { SYNC_STATE, SYNC_REQUEST_STOP };
+enum sync_kind {
+    SYNC_STATE,
+    SYNC_REQUEST_STOP,
+    SYNC_BALLOON_GET,
+    SYNC_BALLOON_SET,
+    SYNC_VSOCK_LISTEN,
+    SYNC_VSOCK_REMOVE
+};
+
+/* A host vsock listener (avz_vm_vsock_listen). */
+typedef struct sim_listener {
+    uint32_t port;
+    avz_accept_fn accept;
+    void *context;
+    avz_context_release_fn release;
+} sim_listener;
 
 typedef struct sync_call {
     enum sync_kind kind;
@@ -749,6 +1188,10 @@ typedef struct sync_call {
     int32_t state;
     bool ok;
     CFErrorRef error;
+    uint64_t bytes;         /* balloon: in (set) and out */
+    sim_listener listener;  /* listen: the new listener; remove: its port */
+    bool dropped;           /* listen/remove: `released` must be released */
+    sim_listener released;  /* the replaced or removed listener (or the refused one) */
 } sync_call;
 
 typedef struct sim_task {
@@ -756,9 +1199,12 @@ typedef struct sim_task {
     enum task_kind kind;
     int32_t op;
     avz_completion_fn completion;
+    avz_connect_fn connect;
     void *context;
     char *path;
     int64_t code;
+    uint32_t port;
+    avz_context_release_fn release;
     sync_call *sync;
 } sim_task;
 
@@ -797,6 +1243,14 @@ struct avz_vm {
     size_t fd_count;
     int *output_fds; /* the serial outputs among them */
     size_t output_count;
+    int *console_fds;     /* the console port outputs among them */
+    char **console_lines; /* what each console port output gets when the guest boots */
+    size_t console_count;
+    bool has_balloon;
+    bool has_socket_device;
+    uint64_t memory_size;
+    uint32_t *guest_ports; /* where the simulated guest listens */
+    size_t guest_port_count;
 
     /* Guarded by mutex. */
     pthread_mutex_t mutex;
@@ -814,6 +1268,10 @@ struct avz_vm {
     int64_t fail_code[OP_KINDS];
     bool guest_booted; /* reached Running since it was last stopped */
     uint64_t power_off_timer, crash_timer, stop_request_timer;
+    uint64_t balloon_target;
+    sim_listener *listeners; /* host vsock listeners, at most one per port */
+    size_t listener_count, listener_capacity;
+    uint32_t guest_connections; /* source ports handed out so far */
 };
 
 static void vm_last_release(void *object);
@@ -860,15 +1318,26 @@ static const char *state_phrase(int32_t state) {
 /* Outbox: callbacks collected under the mutex, delivered after it is released        */
 /* ---------------------------------------------------------------------------------- */
 
-enum outbox_kind { OUT_OBSERVER, OUT_COMPLETION };
+enum outbox_kind {
+    OUT_OBSERVER,
+    OUT_COMPLETION,
+    OUT_CONNECT, /* a vsock connect completion */
+    OUT_ACCEPT,  /* a host listener accepts a guest connection */
+    OUT_RELEASE  /* a dropped listener's release */
+};
 
 typedef struct outbox_item {
     enum outbox_kind kind;
     int32_t state;
     int32_t event;
-    CFErrorRef error; /* observer: released after the call; completion: handed over */
+    CFErrorRef error; /* observer: released after the call; completions: handed over */
     avz_completion_fn completion;
+    avz_connect_fn connect;
+    avz_accept_fn accept;
+    avz_context_release_fn release;
     void *context;
+    int fd; /* connect, accept: handed over */
+    uint32_t guest_port, host_port;
 } outbox_item;
 
 #define OUTBOX_CAPACITY 16
@@ -886,6 +1355,7 @@ static outbox_item *outbox_push(outbox *out) {
     }
     outbox_item *item = &out->items[out->count++];
     memset(item, 0, sizeof *item);
+    item->fd = -1;
     return item;
 }
 
@@ -906,20 +1376,51 @@ static void outbox_deliver(avz_vm *vm, outbox *out) {
             (void)write_all(vm->output_fds[i], SERIAL_RUNNING_LINE,
                             sizeof SERIAL_RUNNING_LINE - 1);
         }
+        for (size_t i = 0; i < vm->console_count; i++) {
+            (void)write_all(vm->console_fds[i], vm->console_lines[i],
+                            strlen(vm->console_lines[i]));
+        }
     }
     for (size_t i = 0; i < out->count; i++) {
         outbox_item *item = &out->items[i];
-        if (item->kind == OUT_OBSERVER) {
+        switch (item->kind) {
+        case OUT_OBSERVER:
             if (vm->observer != NULL && !vm_is_dying(vm)) {
                 vm->observer(vm->observer_context, item->state, item->event, item->error);
             }
             if (item->error != NULL) {
                 CFRelease(item->error);
             }
-        } else if (item->completion != NULL) {
-            item->completion(item->context, item->error);
-        } else if (item->error != NULL) {
-            CFRelease(item->error);
+            break;
+        case OUT_COMPLETION:
+            if (item->completion != NULL) {
+                item->completion(item->context, item->error);
+            } else if (item->error != NULL) {
+                CFRelease(item->error);
+            }
+            break;
+        case OUT_CONNECT:
+            if (item->connect != NULL) {
+                item->connect(item->context, item->fd, item->error);
+            } else {
+                close_fd(item->fd);
+                if (item->error != NULL) {
+                    CFRelease(item->error);
+                }
+            }
+            break;
+        case OUT_ACCEPT:
+            /* Like observer events, nothing is accepted once the last reference is gone
+             * (the listener is released when the worker frees the VM). */
+            if (!vm_is_dying(vm)) {
+                item->accept(item->context, item->fd, item->guest_port, item->host_port);
+            } else {
+                close_fd(item->fd);
+            }
+            break;
+        case OUT_RELEASE:
+            item->release(item->context);
+            break;
         }
     }
     for (unsigned i = 0; i < out->vm_releases; i++) {
@@ -1082,6 +1583,8 @@ static void enter_running(avz_vm *vm, outbox *out) {
 static void guest_gone(avz_vm *vm) {
     disarm_guest_timers(vm);
     vm->guest_booted = false;
+    /* The next guest starts with all of its memory. */
+    vm->balloon_target = vm->memory_size;
 }
 
 static void guest_power_off(avz_vm *vm, outbox *out) {
@@ -1248,8 +1751,184 @@ static CFErrorRef restore_check(avz_vm *vm, const char *path) {
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* vsock: the simulated guest's end of a connection                                   */
+/* ---------------------------------------------------------------------------------- */
+
+#ifdef MSG_NOSIGNAL
+#define SEND_FLAGS MSG_NOSIGNAL
+#else
+#define SEND_FLAGS 0
+#endif
+
+typedef struct guest_conn {
+    int fd;
+    size_t greeting_size;
+    char greeting[64];
+} guest_conn;
+
+static bool send_all(int fd, const char *data, size_t size) {
+    while (size > 0) {
+        ssize_t n = send(fd, data, size, SEND_FLAGS);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        data += n;
+        size -= (size_t)n;
+    }
+    return true;
+}
+
+/* The guest's end: the greeting, then every byte back until the host closes its end (or
+ * the connection fails). Owns `arg`; never touches a VM. */
+static void *guest_conn_main(void *arg) {
+    guest_conn *conn = arg;
+    char buffer[4096];
+    bool ok = send_all(conn->fd, conn->greeting, conn->greeting_size);
+    while (ok) {
+        ssize_t n = recv(conn->fd, buffer, sizeof buffer, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        ok = send_all(conn->fd, buffer, (size_t)n);
+    }
+    close(conn->fd);
+    free(conn);
+    return NULL;
+}
+
+static int socketpair_cloexec(int fds[2]) {
+#ifdef SOCK_CLOEXEC
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
+#else
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {
+        return -1;
+    }
+    (void)fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    (void)fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+#endif
+}
+
+/* Opens a connected stream socket pair and serves one end as the guest on a detached
+ * thread (greeting first, then an echo). Returns the host's end, or -1 with an errno
+ * value in *error_number. Runs on a worker, whose signals are all blocked: the thread
+ * inherits that mask. */
+static int guest_conn_open(const char *greeting, int *error_number) {
+    int fds[2];
+    if (socketpair_cloexec(fds) != 0) {
+        *error_number = errno;
+        return -1;
+    }
+    guest_conn *conn = avz_sim_alloc(sizeof *conn);
+    conn->fd = fds[1];
+    if (greeting != NULL) {
+        conn->greeting_size = strlen(greeting);
+        if (conn->greeting_size >= sizeof conn->greeting) {
+            avz_sim_fatal("internal error: vsock greeting too long");
+        }
+        memcpy(conn->greeting, greeting, conn->greeting_size);
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    int rc = pthread_create(&thread, &attr, guest_conn_main, conn);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        free(conn);
+        *error_number = rc;
+        return -1;
+    }
+    return fds[0];
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* Virtual machine: the worker's handlers (mutex held)                                */
 /* ---------------------------------------------------------------------------------- */
+
+static bool guest_listens(const avz_vm *vm, uint32_t port) {
+    for (size_t i = 0; i < vm->guest_port_count; i++) {
+        if (vm->guest_ports[i] == port) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static sim_listener *find_listener(avz_vm *vm, uint32_t port) {
+    for (size_t i = 0; i < vm->listener_count; i++) {
+        if (vm->listeners[i].port == port) {
+            return &vm->listeners[i];
+        }
+    }
+    return NULL;
+}
+
+/* avz_vm_vsock_connect (the task owns one VM reference, handed to the completion). */
+static void handle_vsock_connect(avz_vm *vm, outbox *out, const sim_task *task) {
+    char buf[ERRBUF];
+    const char *prefix = "Cannot connect to vsock port";
+    CFErrorRef error = NULL;
+    int fd = -1;
+    if (!vm->has_socket_device) {
+        error = avz_sim_error_create(VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+                                     "%s %" PRIu32 ": the virtual machine has no socket device.",
+                                     prefix, task->port);
+    } else if (vm->state != AVZ_STATE_RUNNING) {
+        error = avz_sim_error_create(VZ, AVZ_ERROR_INVALID_STATE,
+                                     "%s %" PRIu32 ": the virtual machine is %s, not running.",
+                                     prefix, task->port, state_phrase(vm->state));
+    } else if (!guest_listens(vm, task->port)) {
+        error = avz_sim_error_create(POSIX, ECONNRESET,
+                                     "%s %" PRIu32 ": the guest does not listen on it "
+                                     "(connection reset).",
+                                     prefix, task->port);
+    } else {
+        int e = 0;
+        fd = guest_conn_open(NULL, &e);
+        if (fd < 0) {
+            error = avz_sim_error_create(POSIX, e, "%s %" PRIu32 ": %s.", prefix, task->port,
+                                         avz_sim_strerror(e, buf, sizeof buf));
+        }
+    }
+    outbox_item *item = outbox_push(out);
+    item->kind = OUT_CONNECT;
+    item->connect = task->connect;
+    item->context = task->context;
+    item->fd = fd;
+    item->error = error;
+    out->vm_releases++;
+}
+
+/* avz_sim_vm_guest_vsock_connect: ignored unless running with a listener on `port`. */
+static void handle_guest_vsock_connect(avz_vm *vm, outbox *out, uint32_t port) {
+    sim_listener *listener = find_listener(vm, port);
+    if (vm->state != AVZ_STATE_RUNNING || listener == NULL) {
+        return;
+    }
+    char greeting[64];
+    snprintf(greeting, sizeof greeting, "hello from guest port %" PRIu32 "\n", port);
+    int e = 0;
+    int fd = guest_conn_open(greeting, &e);
+    if (fd < 0) {
+        return; /* nobody to tell: the guest's connect failed */
+    }
+    outbox_item *item = outbox_push(out);
+    item->kind = OUT_ACCEPT;
+    item->accept = listener->accept;
+    item->context = listener->context;
+    item->fd = fd;
+    item->guest_port = 1024u + vm->guest_connections++;
+    item->host_port = port;
+}
 
 /* A new asynchronous operation (it owns the task's VM reference). */
 static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
@@ -1307,7 +1986,7 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
         return;
 
     case AVZ_SIM_OP_SAVE:
-        if (knobs->save_restore_unsupported) {
+        if (knobs->save_restore_unsupported || host_is_intel()) {
             op_complete(out, op,
                         save_restore_unsupported_error("save the virtual machine state"));
         } else if (state != AVZ_STATE_PAUSED) {
@@ -1327,7 +2006,7 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
         return;
 
     case AVZ_SIM_OP_RESTORE:
-        if (knobs->save_restore_unsupported) {
+        if (knobs->save_restore_unsupported || host_is_intel()) {
             op_complete(out, op,
                         save_restore_unsupported_error("restore the virtual machine state"));
         } else if (state != AVZ_STATE_STOPPED) {
@@ -1441,32 +2120,118 @@ static void handle_timer(avz_vm *vm, outbox *out, const sim_timer *timer) {
     }
 }
 
+/* Balloon target: read or set (rounded down to a MiB, clamped to the host's minimum
+ * memory size and the configured memory size). */
+static void handle_balloon(avz_vm *vm, sync_call *call) {
+    const char *what = call->kind == SYNC_BALLOON_SET ? "set" : "read";
+    if (!vm->has_balloon) {
+        call->ok = false;
+        call->error = avz_sim_error_create(
+            VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+            "Cannot %s the memory balloon target: the virtual machine has no memory balloon "
+            "device.",
+            what);
+        return;
+    }
+    if (vm->state != AVZ_STATE_RUNNING && vm->state != AVZ_STATE_PAUSED) {
+        call->ok = false;
+        call->error = avz_sim_error_create(
+            VZ, AVZ_ERROR_INVALID_STATE,
+            "Cannot %s the memory balloon target: the virtual machine is %s, not running or "
+            "paused.",
+            what, state_phrase(vm->state));
+        return;
+    }
+    if (call->kind == SYNC_BALLOON_SET) {
+        avz_limits limits;
+        avz_get_limits(&limits);
+        uint64_t target = call->bytes - call->bytes % MIB;
+        if (target < limits.min_memory_size) {
+            target = limits.min_memory_size;
+        }
+        if (target > vm->memory_size) {
+            target = vm->memory_size;
+        }
+        vm->balloon_target = target;
+    }
+    call->bytes = vm->balloon_target;
+    call->ok = true;
+}
+
+/* Host vsock listeners: install (replacing) or remove one. A dropped listener goes back
+ * to the caller in call->released, to be released outside the mutex. */
+static void handle_listener(avz_vm *vm, sync_call *call) {
+    bool listen = call->kind == SYNC_VSOCK_LISTEN;
+    if (!vm->has_socket_device) {
+        call->ok = false;
+        call->error = avz_sim_error_create(
+            VZ, AVZ_ERROR_INVALID_CONFIGURATION,
+            "Cannot %s vsock port %" PRIu32 ": the virtual machine has no socket device.",
+            listen ? "listen on" : "stop listening on", call->listener.port);
+        if (listen) {
+            call->dropped = true; /* the refused listener itself */
+            call->released = call->listener;
+        }
+        return;
+    }
+    call->ok = true;
+    sim_listener *existing = find_listener(vm, call->listener.port);
+    if (existing != NULL) {
+        call->dropped = true;
+        call->released = *existing;
+        if (listen) {
+            *existing = call->listener;
+        } else {
+            *existing = vm->listeners[--vm->listener_count];
+        }
+    } else if (listen) {
+        array_reserve((void **)&vm->listeners, &vm->listener_capacity,
+                      vm->listener_count + 1, sizeof *vm->listeners);
+        vm->listeners[vm->listener_count++] = call->listener;
+    }
+}
+
+/* requestStopWithError:. */
+static void handle_request_stop(avz_vm *vm, sync_call *call) {
+    if (vm->state != AVZ_STATE_RUNNING) {
+        call->ok = false;
+        call->error = avz_sim_error_create(
+            VZ, AVZ_ERROR_INVALID_STATE,
+            "Cannot request the guest to stop: the virtual machine is %s, not running.",
+            state_phrase(vm->state));
+    } else if (vm->fail_next[AVZ_SIM_OP_REQUEST_STOP]) {
+        vm->fail_next[AVZ_SIM_OP_REQUEST_STOP] = false;
+        int64_t code = vm->fail_code[AVZ_SIM_OP_REQUEST_STOP];
+        call->ok = false;
+        call->error = avz_sim_error_create(
+            VZ, (CFIndex)code,
+            "The stop request failed (failure injected by the simulator, code %" PRId64 ").",
+            code);
+    } else {
+        call->ok = true;
+        if (!vm->knobs.ignores_stop_request && vm->stop_request_timer == 0) {
+            vm->stop_request_timer = timer_add(vm, vm->knobs.stop_delay_ms, TIMER_STOP_REQUEST);
+        }
+    }
+}
+
 /* A synchronous call; marks it done and wakes its caller. */
 static void handle_sync(avz_vm *vm, sync_call *call) {
     call->state = vm->state;
-    if (call->kind == SYNC_REQUEST_STOP) {
-        if (vm->state != AVZ_STATE_RUNNING) {
-            call->ok = false;
-            call->error = avz_sim_error_create(
-                VZ, AVZ_ERROR_INVALID_STATE,
-                "Cannot request the guest to stop: the virtual machine is %s, not running.",
-                state_phrase(vm->state));
-        } else if (vm->fail_next[AVZ_SIM_OP_REQUEST_STOP]) {
-            vm->fail_next[AVZ_SIM_OP_REQUEST_STOP] = false;
-            int64_t code = vm->fail_code[AVZ_SIM_OP_REQUEST_STOP];
-            call->ok = false;
-            call->error = avz_sim_error_create(
-                VZ, (CFIndex)code,
-                "The stop request failed (failure injected by the simulator, code %" PRId64
-                ").",
-                code);
-        } else {
-            call->ok = true;
-            if (!vm->knobs.ignores_stop_request && vm->stop_request_timer == 0) {
-                vm->stop_request_timer =
-                    timer_add(vm, vm->knobs.stop_delay_ms, TIMER_STOP_REQUEST);
-            }
-        }
+    switch (call->kind) {
+    case SYNC_STATE:
+        break;
+    case SYNC_REQUEST_STOP:
+        handle_request_stop(vm, call);
+        break;
+    case SYNC_BALLOON_GET:
+    case SYNC_BALLOON_SET:
+        handle_balloon(vm, call);
+        break;
+    case SYNC_VSOCK_LISTEN:
+    case SYNC_VSOCK_REMOVE:
+        handle_listener(vm, call);
+        break;
     }
     call->done = true;
     pthread_cond_broadcast(&vm->sync_done);
@@ -1501,12 +2266,41 @@ static void handle_task(avz_vm *vm, outbox *out, sim_task *task) {
     case TASK_SET_OPERATION_DELAY:
         vm->knobs.operation_delay_ms = (uint32_t)task->code;
         break;
+    case TASK_VSOCK_CONNECT:
+        handle_vsock_connect(vm, out, task);
+        break;
+    case TASK_GUEST_VSOCK_CONNECT:
+        handle_guest_vsock_connect(vm, out, task->port);
+        break;
+    case TASK_LISTENER_RELEASE: {
+        outbox_item *item = outbox_push(out);
+        item->kind = OUT_RELEASE;
+        item->release = task->release;
+        item->context = task->context;
+        break;
+    }
     }
 }
 
 /* ---------------------------------------------------------------------------------- */
 /* Virtual machine: the worker thread and its lifetime                                */
 /* ---------------------------------------------------------------------------------- */
+
+/* Closes the VM's descriptors and frees what avz_vm_create copied from the
+ * configuration. */
+static void vm_free_resources(avz_vm *vm) {
+    for (size_t i = 0; i < vm->fd_count; i++) {
+        close_fd(vm->fds[i]);
+    }
+    free(vm->fds);
+    free(vm->output_fds);
+    free(vm->console_fds);
+    for (size_t i = 0; i < vm->console_count; i++) {
+        free(vm->console_lines[i]);
+    }
+    free(vm->console_lines);
+    free(vm->guest_ports);
+}
 
 /* Frees the VM; runs on its worker once it is dying. */
 static void vm_free(avz_vm *vm) {
@@ -1520,17 +2314,23 @@ static void vm_free(avz_vm *vm) {
     while (vm->tasks != NULL) {
         sim_task *task = vm->tasks;
         vm->tasks = task->next;
+        if (task->kind == TASK_LISTENER_RELEASE) {
+            task->release(task->context);
+        }
         free(task->path);
         free(task);
     }
     if (vm->op != NULL || vm->stop_op != NULL) {
         avz_sim_fatal("internal error: VM destroyed with an operation in flight");
     }
-    for (size_t i = 0; i < vm->fd_count; i++) {
-        close_fd(vm->fds[i]);
+    /* Every listener still installed is released exactly once. */
+    for (size_t i = 0; i < vm->listener_count; i++) {
+        if (vm->listeners[i].release != NULL) {
+            vm->listeners[i].release(vm->listeners[i].context);
+        }
     }
-    free(vm->fds);
-    free(vm->output_fds);
+    free(vm->listeners);
+    vm_free_resources(vm);
     /* Last: by the time the owner hears about it, the descriptors are closed. */
     if (vm->observer_release != NULL) {
         vm->observer_release(vm->observer_context);
@@ -1650,8 +2450,22 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
     vm->observer_context = observer_context;
     vm->observer_release = observer_release;
     vm->state = AVZ_STATE_STOPPED;
-    vm->fds = avz_sim_alloc(sizeof *vm->fds * (config->serial_count * 2 + 1));
+    vm->has_balloon = config->balloon_count > 0;
+    vm->has_socket_device = config->socket_count > 0;
+    vm->memory_size = config->memory_size;
+    vm->balloon_target = config->memory_size;
+    vm->guest_port_count = config->guest_port_count;
+    vm->guest_ports = avz_sim_alloc(sizeof *vm->guest_ports * (config->guest_port_count + 1));
+    if (config->guest_port_count > 0) {
+        memcpy(vm->guest_ports, config->guest_ports,
+               sizeof *vm->guest_ports * config->guest_port_count);
+    }
+    vm->fds = avz_sim_alloc(sizeof *vm->fds * (config->serial_count * 2 +
+                                               config->console_count * 2 +
+                                               config->net_count + 1));
     vm->output_fds = avz_sim_alloc(sizeof *vm->output_fds * (config->serial_count + 1));
+    vm->console_fds = avz_sim_alloc(sizeof *vm->console_fds * (config->console_count + 1));
+    vm->console_lines = avz_sim_alloc(sizeof *vm->console_lines * (config->console_count + 1));
     for (size_t i = 0; i < config->serial_count; i++) {
         const sim_serial *serial = &config->serials[i];
         int fds[2] = {serial->read_fd, serial->write_fd};
@@ -1670,6 +2484,47 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
             }
             vm_add_fd(vm, fd, j == 1);
         }
+    }
+    for (size_t i = 0; i < config->console_count; i++) {
+        const sim_console *console = &config->consoles[i];
+        int fds[2] = {console->read_fd, console->write_fd};
+        for (int j = 0; j < 2; j++) {
+            if (fds[j] < 0) {
+                continue;
+            }
+            int fd = dup_cloexec(fds[j]);
+            if (fd < 0) {
+                int e = errno;
+                avz_sim_fail(error, POSIX, e,
+                             "Cannot create the virtual machine: duplicating a console port "
+                             "descriptor failed: %s.",
+                             avz_sim_strerror(e, buf, sizeof buf));
+                goto fail_fds;
+            }
+            vm_add_fd(vm, fd, false);
+            if (j == 1) {
+                size_t size = sizeof CONSOLE_READY_FORMAT + strlen(console->name);
+                char *line = avz_sim_alloc(size);
+                snprintf(line, size, CONSOLE_READY_FORMAT, console->name);
+                vm->console_fds[vm->console_count] = fd;
+                vm->console_lines[vm->console_count++] = line;
+            }
+        }
+    }
+    for (size_t i = 0; i < config->net_count; i++) {
+        if (config->nets[i].fd < 0) {
+            continue;
+        }
+        int fd = dup_cloexec(config->nets[i].fd);
+        if (fd < 0) {
+            int e = errno;
+            avz_sim_fail(error, POSIX, e,
+                         "Cannot create the virtual machine: duplicating a network device "
+                         "descriptor failed: %s.",
+                         avz_sim_strerror(e, buf, sizeof buf));
+            goto fail_fds;
+        }
+        vm_add_fd(vm, fd, false);
     }
 
     pthread_mutex_init(&vm->mutex, NULL);
@@ -1697,22 +2552,14 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
         pthread_cond_destroy(&vm->wake);
         pthread_cond_destroy(&vm->sync_done);
         pthread_mutex_destroy(&vm->mutex);
-        for (size_t i = 0; i < vm->fd_count; i++) {
-            close_fd(vm->fds[i]);
-        }
-        free(vm->fds);
-        free(vm->output_fds);
+        vm_free_resources(vm);
         avz_sim_object_free(&vm->base);
         goto fail;
     }
     return vm;
 
 fail_fds:
-    for (size_t i = 0; i < vm->fd_count; i++) {
-        close_fd(vm->fds[i]);
-    }
-    free(vm->fds);
-    free(vm->output_fds);
+    vm_free_resources(vm);
     free(vm);
 fail:
     if (observer_release != NULL) {
@@ -1766,18 +2613,13 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
     vm_submit(vm, AVZ_SIM_OP_RESTORE, path, completion, context, "avz_vm_restore_state");
 }
 
+static bool sync_result(sync_call *call, CFErrorRef *error);
+
 bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error) {
     vm_check(vm, "avz_vm_request_stop");
     sync_call call = {.kind = SYNC_REQUEST_STOP};
     vm_sync(vm, &call);
-    if (!call.ok) {
-        if (error != NULL) {
-            *error = call.error;
-        } else {
-            CFRelease(call.error);
-        }
-    }
-    return call.ok;
+    return sync_result(&call, error);
 }
 
 static int32_t vm_read_state(avz_vm *vm, const char *function) {
@@ -1813,6 +2655,93 @@ bool avz_vm_can_request_stop(avz_vm *vm) {
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* Virtual machine: runtime devices                                                   */
+/* ---------------------------------------------------------------------------------- */
+
+/* Hands a failed synchronous call's error to the caller. Returns call->ok. */
+static bool sync_result(sync_call *call, CFErrorRef *error) {
+    if (!call->ok) {
+        if (error != NULL) {
+            *error = call->error;
+        } else {
+            CFRelease(call->error);
+        }
+    }
+    return call->ok;
+}
+
+bool avz_vm_balloon_target(avz_vm *vm, uint64_t *bytes, CFErrorRef *error) {
+    vm_check(vm, "avz_vm_balloon_target");
+    REQUIRE(bytes, "avz_vm_balloon_target");
+    sync_call call = {.kind = SYNC_BALLOON_GET};
+    vm_sync(vm, &call);
+    if (call.ok) {
+        *bytes = call.bytes;
+    }
+    return sync_result(&call, error);
+}
+
+bool avz_vm_set_balloon_target(avz_vm *vm, uint64_t bytes, CFErrorRef *error) {
+    vm_check(vm, "avz_vm_set_balloon_target");
+    sync_call call = {.kind = SYNC_BALLOON_SET, .bytes = bytes};
+    vm_sync(vm, &call);
+    return sync_result(&call, error);
+}
+
+void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion,
+                          void *context) {
+    vm_check(vm, "avz_vm_vsock_connect");
+    sim_task *task = avz_sim_alloc(sizeof *task);
+    task->kind = TASK_VSOCK_CONNECT;
+    task->connect = completion;
+    task->context = context;
+    task->port = port;
+    CFRetain(vm); /* held until the completion ran */
+    vm_post(vm, task);
+}
+
+/* Releases the listener a synchronous call dropped. Called on the worker (from a
+ * callback) the release is queued instead, so that it runs after the current callback
+ * returns — which may be that very listener's accept. */
+static void release_dropped(avz_vm *vm, const sync_call *call, bool now) {
+    if (!call->dropped || call->released.release == NULL) {
+        return;
+    }
+    if (now || current_worker_vm != vm) {
+        call->released.release(call->released.context);
+        return;
+    }
+    sim_task *task = avz_sim_alloc(sizeof *task);
+    task->kind = TASK_LISTENER_RELEASE;
+    task->release = call->released.release;
+    task->context = call->released.context;
+    vm_post(vm, task);
+}
+
+bool avz_vm_vsock_listen(avz_vm *vm, uint32_t port, avz_accept_fn accept, void *context,
+                         avz_context_release_fn release, CFErrorRef *error) {
+    vm_check(vm, "avz_vm_vsock_listen");
+    REQUIRE(accept, "avz_vm_vsock_listen");
+    sync_call call = {.kind = SYNC_VSOCK_LISTEN,
+                      .listener = {.port = port,
+                                   .accept = accept,
+                                   .context = context,
+                                   .release = release}};
+    vm_sync(vm, &call);
+    /* A refused listener was never installed: release it before returning. */
+    release_dropped(vm, &call, !call.ok);
+    return sync_result(&call, error);
+}
+
+bool avz_vm_vsock_remove_listener(avz_vm *vm, uint32_t port, CFErrorRef *error) {
+    vm_check(vm, "avz_vm_vsock_remove_listener");
+    sync_call call = {.kind = SYNC_VSOCK_REMOVE, .listener = {.port = port}};
+    vm_sync(vm, &call);
+    release_dropped(vm, &call, false);
+    return sync_result(&call, error);
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* Virtual machine: simulator triggers                                                */
 /* ---------------------------------------------------------------------------------- */
 
@@ -1843,4 +2772,12 @@ void avz_sim_vm_guest_power_off(avz_vm *vm) {
 
 void avz_sim_vm_crash(avz_vm *vm, int64_t code) {
     vm_trigger(vm, TASK_CRASH, 0, code, "avz_sim_vm_crash");
+}
+
+void avz_sim_vm_guest_vsock_connect(avz_vm *vm, uint32_t port) {
+    vm_check(vm, "avz_sim_vm_guest_vsock_connect");
+    sim_task *task = avz_sim_alloc(sizeof *task);
+    task->kind = TASK_GUEST_VSOCK_CONNECT;
+    task->port = port;
+    vm_post(vm, task);
 }

@@ -33,6 +33,11 @@ pub const AVZ_SYNC_NONE: u32 = 3;
 pub const AVZ_EVENT_STATE_CHANGED: u32 = 0;
 pub const AVZ_EVENT_GUEST_STOPPED: u32 = 1;
 pub const AVZ_EVENT_STOPPED_WITH_ERROR: u32 = 2;
+pub const AVZ_STORAGE_VIRTIO_BLOCK: u32 = 0;
+pub const AVZ_STORAGE_NVME: u32 = 1;
+pub const AVZ_ROSETTA_NOT_SUPPORTED: u32 = 0;
+pub const AVZ_ROSETTA_NOT_INSTALLED: u32 = 1;
+pub const AVZ_ROSETTA_INSTALLED: u32 = 2;
 pub const AVZ_MACHINE_IDENTIFIER_MAX: u32 = 4096;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -118,12 +123,14 @@ unsafe extern "C" {
     ) -> bool;
 }
 unsafe extern "C" {
-    pub fn avz_config_add_virtio_block_device(
+    pub fn avz_config_add_storage_device(
         config: *mut avz_config,
+        interface: i32,
         path: *const ::std::os::raw::c_char,
         read_only: bool,
         caching_mode: i32,
         sync_mode: i32,
+        block_device_identifier: *const ::std::os::raw::c_char,
         error: *mut CFErrorRef,
     ) -> bool;
 }
@@ -131,6 +138,70 @@ unsafe extern "C" {
     pub fn avz_config_add_nat_network_device(
         config: *mut avz_config,
         mac_address: *const ::std::os::raw::c_char,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_file_handle_network_device(
+        config: *mut avz_config,
+        socket_fd: ::std::os::raw::c_int,
+        mac_address: *const ::std::os::raw::c_char,
+        mtu: u32,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_entropy_device(
+        config: *mut avz_config,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_memory_balloon_device(
+        config: *mut avz_config,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_socket_device(
+        config: *mut avz_config,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_validate_directory_share_tag(
+        tag: *const ::std::os::raw::c_char,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_directory_share(
+        config: *mut avz_config,
+        tag: *const ::std::os::raw::c_char,
+        names: *const *const ::std::os::raw::c_char,
+        paths: *const *const ::std::os::raw::c_char,
+        read_only: *const bool,
+        count: usize,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_rosetta_availability() -> i32;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_rosetta_share(
+        config: *mut avz_config,
+        tag: *const ::std::os::raw::c_char,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_config_add_console_port(
+        config: *mut avz_config,
+        name: *const ::std::os::raw::c_char,
+        is_console: bool,
+        read_fd: ::std::os::raw::c_int,
+        write_fd: ::std::os::raw::c_int,
         error: *mut CFErrorRef,
     ) -> bool;
 }
@@ -232,4 +303,58 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn avz_vm_can_request_stop(vm: *mut avz_vm) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_vm_balloon_target(
+        vm: *mut avz_vm,
+        bytes: *mut u64,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_vm_set_balloon_target(
+        vm: *mut avz_vm,
+        bytes: u64,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+pub type avz_connect_fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        context: *mut ::std::os::raw::c_void,
+        fd: ::std::os::raw::c_int,
+        error: CFErrorRef,
+    ),
+>;
+unsafe extern "C" {
+    pub fn avz_vm_vsock_connect(
+        vm: *mut avz_vm,
+        port: u32,
+        completion: avz_connect_fn,
+        context: *mut ::std::os::raw::c_void,
+    );
+}
+pub type avz_accept_fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        context: *mut ::std::os::raw::c_void,
+        fd: ::std::os::raw::c_int,
+        guest_port: u32,
+        host_port: u32,
+    ),
+>;
+unsafe extern "C" {
+    pub fn avz_vm_vsock_listen(
+        vm: *mut avz_vm,
+        port: u32,
+        accept: avz_accept_fn,
+        context: *mut ::std::os::raw::c_void,
+        release: avz_context_release_fn,
+        error: *mut CFErrorRef,
+    ) -> bool;
+}
+unsafe extern "C" {
+    pub fn avz_vm_vsock_remove_listener(
+        vm: *mut avz_vm,
+        port: u32,
+        error: *mut CFErrorRef,
+    ) -> bool;
 }

@@ -9,6 +9,8 @@ pub const AVZ_SIM_OP_RESUME: u32 = 3;
 pub const AVZ_SIM_OP_SAVE: u32 = 4;
 pub const AVZ_SIM_OP_RESTORE: u32 = 5;
 pub const AVZ_SIM_OP_REQUEST_STOP: u32 = 6;
+pub const AVZ_SIM_HOST_APPLE_SILICON: u32 = 0;
+pub const AVZ_SIM_HOST_INTEL: u32 = 1;
 unsafe extern "C" {
     pub fn avz_sim_config_set_boot_delay_ms(config: *mut avz_config, ms: u32);
 }
@@ -44,6 +46,15 @@ unsafe extern "C" {
     pub fn avz_sim_config_set_not_savable(config: *mut avz_config, not_savable: bool);
 }
 unsafe extern "C" {
+    pub fn avz_sim_config_add_guest_vsock_listener(config: *mut avz_config, port: u32);
+}
+unsafe extern "C" {
+    pub fn avz_sim_set_host_architecture(architecture: i32);
+}
+unsafe extern "C" {
+    pub fn avz_sim_set_rosetta_installed(installed: bool);
+}
+unsafe extern "C" {
     pub fn avz_sim_vm_fail_next(vm: *mut avz_vm, op: i32, code: i64);
 }
 unsafe extern "C" {
@@ -54,6 +65,9 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn avz_sim_vm_crash(vm: *mut avz_vm, code: i64);
+}
+unsafe extern "C" {
+    pub fn avz_sim_vm_guest_vsock_connect(vm: *mut avz_vm, port: u32);
 }
 unsafe extern "C" {
     pub fn avz_sim_live_objects() -> i64;

@@ -95,6 +95,7 @@ pub fn patient_timeouts() -> Timeouts {
         save: PATIENCE,
         restore: PATIENCE,
         graceful_shutdown: PATIENCE,
+        vsock_connect: PATIENCE,
     }
 }
 

@@ -1,0 +1,186 @@
+//! virtio-vsock at run time: connections from the host to guest ports, and listeners
+//! for connections the guest opens.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use crate::callback::lock;
+use crate::error::{Error, Result};
+use crate::native::NativeVm;
+
+/// A connected vsock stream. It owns its descriptor and closes it exactly once, when
+/// dropped; it can be moved to and used from any thread.
+#[derive(Debug)]
+pub struct VsockStream {
+    // Every vsock descriptor the framework hands out is a connected stream socket; the
+    // std type gives the usual reads, writes, timeouts and shutdown on it.
+    socket: UnixStream,
+    guest_port: u32,
+}
+
+impl VsockStream {
+    pub(crate) fn new(fd: OwnedFd, guest_port: u32) -> Self {
+        Self {
+            socket: UnixStream::from(fd),
+            guest_port,
+        }
+    }
+
+    /// The guest's port of this connection.
+    pub fn guest_port(&self) -> u32 {
+        self.guest_port
+    }
+
+    /// Sets a read timeout (`None`: block).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_read_timeout(timeout)
+    }
+
+    /// Sets a write timeout (`None`: block).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_write_timeout(timeout)
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.socket.shutdown(how)
+    }
+
+    /// A second handle on the same connection (a duplicated descriptor).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+            guest_port: self.guest_port,
+        })
+    }
+}
+
+impl Read for VsockStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl Write for VsockStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
+    }
+}
+
+/// Reads and writes through a shared reference, as `&UnixStream` does, so one thread
+/// can read while another writes.
+impl Read for &VsockStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
+    }
+}
+
+impl Write for &VsockStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&self.socket).flush()
+    }
+}
+
+impl AsFd for VsockStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for VsockStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl From<VsockStream> for OwnedFd {
+    fn from(stream: VsockStream) -> Self {
+        stream.socket.into()
+    }
+}
+
+/// Accepts the connections the guest opens to one host port. Dropping it (or
+/// [`VsockListener::remove`]) stops listening. While it exists it keeps the native VM
+/// object alive, so drop it before expecting the VM's resources back.
+pub struct VsockListener {
+    port: u32,
+    vm: NativeVm,
+    connections: Mutex<Receiver<VsockStream>>,
+    removed: bool,
+}
+
+impl VsockListener {
+    pub(crate) fn new(port: u32, vm: NativeVm, connections: Receiver<VsockStream>) -> Self {
+        Self {
+            port,
+            vm,
+            connections: Mutex::new(connections),
+            removed: false,
+        }
+    }
+
+    /// The host port.
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Waits for the next connection.
+    pub fn accept(&self) -> Result<VsockStream> {
+        lock(&self.connections)
+            .recv()
+            .map_err(|_| Error::VsockListenerClosed { port: self.port })
+    }
+
+    /// Waits up to `timeout` for the next connection; `Ok(None)` when none came.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<VsockStream>> {
+        match lock(&self.connections).recv_timeout(timeout) {
+            Ok(stream) => Ok(Some(stream)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::VsockListenerClosed { port: self.port })
+            }
+        }
+    }
+
+    /// Stops listening; connections not yet accepted are closed.
+    pub fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        self.vm
+            .vsock_remove_listener(self.port)
+            .map_err(Error::during(crate::Operation::VsockListen(self.port)))
+    }
+}
+
+impl Drop for VsockListener {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(error) = self.vm.vsock_remove_listener(self.port) {
+                log::warn!(
+                    "could not stop listening on vsock port {}: {error}",
+                    self.port
+                );
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for VsockListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VsockListener")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
