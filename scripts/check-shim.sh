@@ -10,16 +10,26 @@
 #    output and no error that is not one of them; and to PASS (no diagnostics) on
 #    every `CHECK-PASS: <target> [args]` line, which shows the mistake is the only
 #    fault.
+# 3. Symbol completeness, which -fsyntax-only cannot see: compiles shim/applevz.m to a
+#    Mach-O object (-c) for every target and requires, with llvm-nm, an exported
+#    (`external`, not `private external`) text symbol _avz_NAME for every function
+#    avz_NAME that include/applevz.h declares (names taken from the header as
+#    preprocessed for that target, so comments do not count), and no exported _avz_
+#    symbol the header does not declare (a stale ABI function). Then checks the check:
+#    the shim compiled with one function renamed (-D) must be reported.
 #
-# Flags come from shim/check/clang-flags (shared with tests/shim_compile.rs).
-# Usage: scripts/check-shim.sh            (CLANG=clang-19 by default)
-#        CLANG=/path/to/clang scripts/check-shim.sh
+# Flags come from shim/check/clang-flags (shared with tests/shim_compile.rs); the
+# object compile drops -fsyntax-only from them.
+# Usage: scripts/check-shim.sh            (CLANG=clang-19, LLVM_NM=llvm-nm-19 by default)
+#        CLANG=/path/to/clang LLVM_NM=/path/to/llvm-nm scripts/check-shim.sh
 # Exits 0 when every check gave the expected result, 1 otherwise, 2 when clang is
-# missing.
+# missing. Without llvm-nm (Debian package llvm-19) step 3 is skipped with a message,
+# except when CI=true, where that is a failure.
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
 CLANG=${CLANG:-clang-19}
+NM=${LLVM_NM:-llvm-nm-19}
 
 if ! command -v "$CLANG" >/dev/null 2>&1; then
     echo "check-shim: $CLANG not found (apt-get install clang-19, or set CLANG)" >&2
@@ -35,7 +45,8 @@ echo "check-shim: flags: ${FLAGS[*]}"
 failures=0
 checks=0
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+work=$(mktemp -d)
+trap 'rm -f "$out"; rm -rf "$work"' EXIT
 
 # compile TARGET FILE [EXTRA ARGS...]: runs clang, leaves its output in $out, and
 # returns clang's exit status.
@@ -129,6 +140,82 @@ for file in "${mistakes[@]}"; do
         fi
     done
 done
+
+# ---- 3. every declared function is defined and exported -------------------------------
+mapfile -t OBJ_FLAGS < <(printf '%s\n' "${FLAGS[@]}" | grep -vx -- '-fsyntax-only')
+
+# declared TARGET: the avz_ functions include/applevz.h declares for TARGET, one a line.
+# Preprocessing drops comments; a declaration is `avz_NAME (`, which no typedef matches.
+declared() {
+    "$CLANG" -target "$1" "${OBJ_FLAGS[@]}" -E -P include/applevz.h 2>/dev/null |
+        grep -o '\bavz_[A-Za-z0-9_]*[[:space:]]*(' | sed 's/[[:space:]]*($//' | sort -u
+}
+
+# defined OBJECT: the exported text symbols _avz_NAME of a Mach-O object, as avz_NAME.
+# llvm-nm's darwin format (-m) tells `external` from `private external` (hidden).
+defined() {
+    "$NM" -m --defined-only "$1" |
+        sed -n 's/^.*(__TEXT,__text) external _\(avz_[A-Za-z0-9_]*\)$/\1/p' | sort -u
+}
+
+# symbols TARGET OBJECT [EXTRA CLANG ARGS...]: compiles the shim to OBJECT and compares.
+# Sets $declared_count, $missing and $extra; returns 1 when the header or the compile
+# gave nothing usable (details in $out).
+symbols() {
+    local target=$1 object=$2
+    shift 2
+    declared "$target" >"$work/declared"
+    declared_count=$(wc -l <"$work/declared")
+    if [ "$declared_count" -eq 0 ]; then
+        echo "found no avz_ function declarations in include/applevz.h" >"$out"
+        return 1
+    fi
+    if ! "$CLANG" -target "$target" "${OBJ_FLAGS[@]}" "$@" -c -o "$object" shim/applevz.m \
+        >"$out" 2>&1 || [ -s "$out" ]; then
+        return 1
+    fi
+    defined "$object" >"$work/defined"
+    missing=$(comm -23 "$work/declared" "$work/defined" | tr '\n' ' ')
+    extra=$(comm -13 "$work/declared" "$work/defined" | tr '\n' ' ')
+}
+
+if ! command -v "$NM" >/dev/null 2>&1; then
+    echo "SKIP  symbol completeness: $NM not found (apt-get install llvm-19, or set LLVM_NM)"
+    if [ "${CI:-}" = true ]; then
+        : >"$out"
+        fail "symbol completeness: CI must run it ($NM not found)"
+    fi
+else
+    echo "check-shim: $("$NM" --version | grep -m 1 -i version)"
+    for target in "${TARGETS[@]}"; do
+        label="shim/applevz.m object for $target"
+        if ! symbols "$target" "$work/$target.o"; then
+            fail "$label (expected a clean compile and the header's declarations)"
+        elif [ -n "$missing" ] || [ -n "$extra" ]; then
+            {
+                [ -z "$missing" ] || echo "declared in include/applevz.h, not defined and exported: $missing"
+                [ -z "$extra" ] || echo "exported, not declared in include/applevz.h: $extra"
+            } >"$out"
+            fail "$label: the exported avz_ functions differ from the header's"
+        else
+            pass "$label defines and exports all $declared_count avz_ functions of include/applevz.h, and no other"
+        fi
+    done
+
+    # The check itself: rename one definition (and its declaration, consistently, so
+    # the file still compiles cleanly) and the check must report it both ways.
+    target=${TARGETS[0]}
+    probe=avz_vm_vsock_remove_listener
+    label="symbol check with $probe renamed (-D$probe=avz_check_renamed), $target"
+    if ! symbols "$target" "$work/renamed.o" "-D$probe=avz_check_renamed"; then
+        fail "$label (expected a clean compile)"
+    elif [ "$missing" = "$probe " ] && [ "$extra" = "avz_check_renamed " ]; then
+        pass "$label is caught: missing $probe, extra avz_check_renamed"
+    else
+        echo "missing: '$missing' extra: '$extra'" >"$out"
+        fail "$label was not reported as expected"
+    fi
+fi
 
 echo "check-shim: $checks checks, $((checks - failures)) as expected, $failures unexpected"
 [ "$failures" -eq 0 ]

@@ -17,20 +17,26 @@
  *    queue's own address as value). avz_is_on_queue() tests it with
  *    dispatch_get_specific; dispatch_get_specific also sees through queues targeting
  *    this one.
- * 3. Synchronous ABI functions (avz_vm_state, avz_vm_can_*, avz_vm_request_stop) use
- *    -[AVZMachine syncOnQueue:]: the block runs inline when the caller is already on
- *    the VM's queue and via dispatch_sync otherwise. Apart from that and the first
- *    hop onto a brand-new queue in -initWithConfiguration:..., nothing in this file
- *    calls dispatch_sync onto a VM's queue, so a caller that is already on the queue
- *    (a completion or observer callback) cannot deadlock.
- * 4. Asynchronous ABI functions (start, stop, pause, resume, save, restore) always
- *    dispatch_async onto the queue and return at once. Their completion (an
- *    AVZCompletion) is called exactly once, on the queue, never inside the ABI call
- *    itself: also when the shim refuses the operation (wrong state: code 4 for start,
- *    stop, pause and resume, checked with the framework's canStart/canStop/canPause/
- *    canResume; not supported on this Mac: code 10), when the framework raises an
- *    Objective-C exception (code 1), when it calls the handler twice (the first call
- *    counts), and when it releases the handler without calling it (code 1).
+ * 3. Synchronous ABI functions (avz_vm_state, avz_vm_can_*, avz_vm_request_stop,
+ *    avz_vm_balloon_target, avz_vm_set_balloon_target, avz_vm_vsock_listen,
+ *    avz_vm_vsock_remove_listener) use -[AVZMachine syncOnQueue:]: the block runs
+ *    inline when the caller is already on the VM's queue and via dispatch_sync
+ *    otherwise. Apart from that and the first hop onto a brand-new queue in
+ *    -initWithConfiguration:..., nothing in this file calls dispatch_sync onto a VM's
+ *    queue, so a caller that is already on the queue (a completion or observer
+ *    callback) cannot deadlock.
+ * 4. Asynchronous ABI functions (start, stop, pause, resume, save, restore,
+ *    vsock connect) always dispatch_async onto the queue and return at once. Their
+ *    completion (an AVZCompletion) is called exactly once, on the queue, never inside
+ *    the ABI call itself: also when the shim refuses the operation (wrong state: code
+ *    4 for start, stop, pause and resume, checked with the framework's canStart/
+ *    canStop/canPause/canResume; code 3 for a vsock connect to a VM that is not
+ *    running, code 2 without a socket device; not supported on this Mac: code 10),
+ *    when the framework raises an Objective-C exception (code 1), when it calls the
+ *    handler twice (the first call counts; a later connection's descriptor is
+ *    closed), and when it releases the handler without calling it (code 1). A vsock
+ *    connection's descriptor is duplicated (F_DUPFD_CLOEXEC) and the connection
+ *    object closed at once: the callee owns the duplicate.
  * 5. Framework callbacks (completion handlers, delegate methods, key-value
  *    notifications) are documented to arrive on the queue. If one ever arrives
  *    elsewhere, -performOnQueue: forwards it with dispatch_async, so observer and
@@ -38,12 +44,22 @@
  * 6. Callbacks into Rust must not block and must not call the synchronous functions
  *    (they would run inline, see 3, but that is not part of the contract). The shim
  *    itself never blocks its queue and never waits for its own completions.
- * 7. Lifetime: every AVZCompletion holds its AVZMachine strongly, so a VM lives until
+ * 7. Host vsock listeners (AVZListener: the VZVirtioSocketListener's delegate, kept
+ *    alive by the machine's listener table since the framework holds delegates weakly)
+ *    accept every guest connection (the delegate answers YES), duplicate its
+ *    descriptor, hand it to the accept function on the queue and close the connection
+ *    object. The table is read and written on the queue only. Each listener's context
+ *    is released exactly once, on the queue: when it is removed or replaced (from a
+ *    callback, in a work item of its own, so never inside its own accept call), at
+ *    teardown (see 8), or, when it could not be installed, before avz_vm_vsock_listen
+ *    returns false. No accept call starts after the release.
+ * 8. Lifetime: every AVZCompletion holds its AVZMachine strongly, so a VM lives until
  *    each of its completions ran. When the last reference goes, -dealloc (on whatever
  *    thread dropped it, the queue included) never blocks and never touches the
  *    framework object inline: it dispatches one block onto the queue that removes the
- *    key-value observation, clears the delegate, calls the observer's release function
- *    exactly once and drops the last reference to the VZVirtualMachine, so the
+ *    key-value observation, clears the delegate, releases the contexts of the vsock
+ *    listeners still installed, then calls the observer's release function exactly
+ *    once, and drops the last reference to the VZVirtualMachine, so the
  *    framework object is detached and destroyed on its queue, outside any of its own
  *    callouts. From the moment -dealloc begins no observer call can start (the
  *    delegate's reference to the machine is weak and reads nil). Only a machine whose
@@ -69,22 +85,31 @@
  * object (VZErrorDomain, with a description of what failed).
  *
  * Availability: the deployment target may be as old as macOS 12 (arm64 or x86_64).
- * Everything newer is behind @available, and save/restore additionally behind
- * #if defined(__arm64__) because the SDK declares it only for Apple silicon. An
- * unavailable feature answers VZErrorDomain code 10 (AVZ_ERROR_NOT_SUPPORTED)
- * "... is not supported on this Mac (needs ...)" instead of failing to build or
- * trapping at run time.
+ * Everything newer is behind @available (virtio-fs 12, block device identifier 12.3,
+ * console ports, network MTU and Rosetta 13, NVMe and save/restore 14), and
+ * save/restore and Rosetta additionally behind #if defined(__arm64__) because the SDK
+ * declares them only for Apple silicon. An unavailable feature answers VZErrorDomain
+ * code 10 (AVZ_ERROR_NOT_SUPPORTED) "... is not supported on this Mac (needs ...)"
+ * instead of failing to build or trapping at run time.
  *
  * Checked off a Mac (scripts/check-shim.sh): that this file compiles with zero
  * diagnostics for arm64/x86_64 and macOS 11/12/14 deployment targets against
- * hand-written declarations. Only a Mac can show the run-time facts this file relies
- * on: that key-value notifications for `state` and delegate calls arrive on the VM's
- * queue, that `state` already shows an operation's outcome when its completion handler
- * runs (or by the end of the framework's work item, see ORDER OF EVENTS), in which order
- * the framework updates `state` and calls guestDidStopVirtualMachine: /
- * virtualMachine:didStopWithError:, that canStart/canStop/canPause/canResume are exactly
- * the framework's own refusal conditions, and the error codes it reports for save and
- * restore refused in the wrong state (documented as 3 and 4).
+ * hand-written declarations, and that its object defines and exports every function
+ * include/applevz.h declares (and no other avz_ function). Only a Mac can show the
+ * run-time facts this file relies on: that key-value notifications for `state` and
+ * delegate calls arrive on the VM's queue, that `state` already shows an operation's
+ * outcome when its completion handler runs (or by the end of the framework's work item,
+ * see ORDER OF EVENTS), in which order the framework updates `state` and calls
+ * guestDidStopVirtualMachine: / virtualMachine:didStopWithError:, that
+ * canStart/canStop/canPause/canResume are exactly the framework's own refusal
+ * conditions, and the error codes it reports for save and restore refused in the wrong
+ * state (documented as 3 and 4). Likewise for the devices: on which queue the framework
+ * calls connectToPort:'s handler and the socket listener's delegate, what connectToPort:
+ * reports when nothing listens on the guest port (and whether it calls the handler at
+ * all), the codes of the framework's validation errors (block device identifier, tag,
+ * directory name, MTU), what initWithError: reports when Rosetta is not installed, and
+ * that a file-handle network attachment and console ports work over the duplicated
+ * descriptors.
  */
 
 #import <Foundation/Foundation.h>
@@ -94,6 +119,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "../include/applevz.h"
 
@@ -161,6 +188,31 @@ static NSError *avz_not_supported(NSString *feature, NSString *needs)
 static NSError *avz_or(NSError *_Nullable frameworkError, NSInteger code, NSString *description)
 {
     return frameworkError != nil ? frameworkError : avz_error(code, description);
+}
+
+/* `frameworkError` as VZErrorDomain code `code`: kept when it already is one, otherwise
+ * wrapped ("<what>: <its description>", the original as the underlying error), so the
+ * ABI's documented code holds whatever the framework chose. */
+static NSError *avz_as_code(NSError *_Nullable frameworkError, NSInteger code, NSString *what)
+{
+    if (frameworkError == nil) {
+        return avz_error(code, what);
+    }
+    if ([frameworkError.domain isEqualToString:VZErrorDomain] && frameworkError.code == code) {
+        return frameworkError;
+    }
+    return avz_error_with(code,
+                          [NSString stringWithFormat:@"%@: %@", what,
+                                                     frameworkError.localizedDescription],
+                          frameworkError, nil);
+}
+
+/* An error in NSPOSIXErrorDomain (errno `code`) with a description. */
+static NSError *avz_posix_error(int code, NSString *description)
+{
+    return [NSError errorWithDomain:NSPOSIXErrorDomain
+                               code:code
+                           userInfo:@{NSLocalizedDescriptionKey : description}];
 }
 
 /* Runs `body` in an autorelease pool and turns its result into the ABI's convention:
@@ -234,9 +286,23 @@ static NSURL *_Nullable avz_existing_file_url(const char *_Nullable path, NSStri
     return url;
 }
 
+/* A borrowed NUL-terminated UTF-8 string. NULL or invalid UTF-8: nil and a VZErrorDomain
+ * error with code `code` naming `what`. */
+static NSString *_Nullable avz_string(const char *_Nullable text, NSString *what, NSInteger code,
+                                      NSError *_Nullable *_Nonnull error)
+{
+    NSString *string = text != NULL ? [NSString stringWithUTF8String:text] : nil;
+    if (string == nil) {
+        *error = avz_error(code, [NSString stringWithFormat:@"the %@ is missing or not valid UTF-8",
+                                                            what]);
+    }
+    return string;
+}
+
 /* A duplicate of `fd` (borrowed) as a file handle that closes the duplicate when it is
- * deallocated. fd == -1 means "this direction is not used": nil without an error. */
-static NSFileHandle *_Nullable avz_duplicate_handle(int fd, NSString *direction,
+ * deallocated; `purpose` ("reading from the serial port") names it in errors.
+ * fd == -1 means "this direction is not used": nil without an error. */
+static NSFileHandle *_Nullable avz_duplicate_handle(int fd, NSString *purpose,
                                                    NSError *_Nullable *_Nonnull error)
 {
     if (fd == -1) {
@@ -245,16 +311,135 @@ static NSFileHandle *_Nullable avz_duplicate_handle(int fd, NSString *direction,
     int duplicate = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (duplicate < 0) {
         int code = fd < 0 ? EBADF : errno;
-        NSString *description =
-            [NSString stringWithFormat:@"cannot use descriptor %d for the serial port's %@ "
-                                       @"direction: %s",
-                                       fd, direction, strerror(code)];
-        *error = [NSError errorWithDomain:NSPOSIXErrorDomain
-                                     code:code
-                                 userInfo:@{NSLocalizedDescriptionKey : description}];
+        *error = avz_posix_error(code, [NSString stringWithFormat:@"cannot use descriptor %d for "
+                                                                  @"%@: %s",
+                                                                  fd, purpose, strerror(code)]);
         return nil;
     }
     return [[NSFileHandle alloc] initWithFileDescriptor:duplicate closeOnDealloc:YES];
+}
+
+/* A VZMACAddress from "xx:xx:xx:xx:xx:xx" (borrowed), or a random locally administered
+ * one for NULL. A bad address is a configuration error (code 2). */
+static VZMACAddress *_Nullable avz_mac_address(const char *_Nullable mac_address,
+                                               NSError *_Nullable *_Nonnull error)
+{
+    if (mac_address == NULL) {
+        return [VZMACAddress randomLocallyAdministeredAddress];
+    }
+    NSString *string = [NSString stringWithUTF8String:mac_address];
+    VZMACAddress *address = string != nil ? [[VZMACAddress alloc] initWithString:string] : nil;
+    if (address == nil) {
+        *error = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                           [NSString stringWithFormat:@"\"%s\" is not a MAC address (expected "
+                                                      @"xx:xx:xx:xx:xx:xx)",
+                                                      mac_address]);
+    }
+    return address;
+}
+
+/* A VZDiskImageStorageDeviceAttachment for a disk image at `path` (borrowed). Modes other
+ * than automatic caching and full synchronization need macOS 12. */
+static VZDiskImageStorageDeviceAttachment *_Nullable avz_disk_attachment(
+    const char *_Nullable path, bool read_only, int32_t caching_mode, int32_t sync_mode,
+    NSError *_Nullable *_Nonnull error)
+{
+    if (caching_mode < AVZ_CACHING_AUTOMATIC || caching_mode > AVZ_CACHING_CACHED) {
+        *error = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                           [NSString stringWithFormat:@"unknown disk caching mode %d", caching_mode]);
+        return nil;
+    }
+    if (sync_mode < AVZ_SYNC_FULL || sync_mode > AVZ_SYNC_NONE) {
+        *error = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                           [NSString stringWithFormat:@"unknown disk synchronization mode %d",
+                                                      sync_mode]);
+        return nil;
+    }
+    NSError *failure = nil;
+    NSURL *url = avz_path_url(path, @"disk image", AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+    if (url == nil) {
+        *error = (NSError *_Nonnull)failure;
+        return nil;
+    }
+    VZDiskImageStorageDeviceAttachment *attachment = nil;
+    if (@available(macOS 12, *)) {
+        attachment = [[VZDiskImageStorageDeviceAttachment alloc]
+                    initWithURL:url
+                       readOnly:read_only
+                    cachingMode:(VZDiskImageCachingMode)caching_mode
+            synchronizationMode:(VZDiskImageSynchronizationMode)sync_mode
+                          error:&failure];
+    } else {
+        if (caching_mode != AVZ_CACHING_AUTOMATIC || sync_mode != AVZ_SYNC_FULL) {
+            *error = avz_not_supported(@"A disk caching or synchronization mode other than "
+                                       @"automatic/full",
+                                       @"macOS 12");
+            return nil;
+        }
+        attachment = [[VZDiskImageStorageDeviceAttachment alloc] initWithURL:url
+                                                                    readOnly:read_only
+                                                                       error:&failure];
+    }
+    if (attachment == nil) {
+        *error = avz_or(failure, AVZ_ERROR_INVALID_DISK_IMAGE,
+                        [NSString stringWithFormat:@"cannot attach the disk image %@", url.path]);
+    }
+    return attachment;
+}
+
+/* A virtio-fs tag (borrowed) checked with +[VZVirtioFileSystemDeviceConfiguration
+ * validateTag:error:]; an invalid one is a configuration error (code 2). */
+static NSString *_Nullable avz_share_tag(const char *_Nullable tag,
+                                         NSError *_Nullable *_Nonnull error)
+    API_AVAILABLE(macos(12.0))
+{
+    NSString *string = avz_string(tag, @"directory share tag", AVZ_ERROR_INVALID_CONFIGURATION,
+                                  error);
+    if (string == nil) {
+        return nil;
+    }
+    NSError *invalid = nil;
+    if (![VZVirtioFileSystemDeviceConfiguration validateTag:string error:&invalid]) {
+        *error = avz_as_code(invalid, AVZ_ERROR_INVALID_CONFIGURATION,
+                             [NSString stringWithFormat:@"the directory share tag \"%@\" is not "
+                                                        @"valid",
+                                                        string]);
+        return nil;
+    }
+    return string;
+}
+
+/* A VZSharedDirectory for `path` (borrowed), which must be an existing directory
+ * (following symbolic links). Otherwise a file-system error (NSPOSIXErrorDomain): the
+ * framework itself would only complain when the VM starts. */
+static VZSharedDirectory *_Nullable avz_shared_directory(const char *_Nullable path,
+                                                         bool read_only,
+                                                         NSError *_Nullable *_Nonnull error)
+    API_AVAILABLE(macos(12.0))
+{
+    NSString *string = path != NULL ? [NSString stringWithUTF8String:path] : nil;
+    if (string == nil || string.length == 0) {
+        *error = avz_posix_error(ENOENT, @"cannot share a directory: the path is missing, empty "
+                                         @"or not valid UTF-8");
+        return nil;
+    }
+    if (access(path, F_OK) != 0) {
+        int code = errno;
+        *error = avz_posix_error(code, [NSString stringWithFormat:@"cannot share the directory "
+                                                                  @"%@: %s",
+                                                                  string, strerror(code)]);
+        return nil;
+    }
+    BOOL isDirectory = NO;
+    if (![NSFileManager.defaultManager fileExistsAtPath:string isDirectory:&isDirectory] ||
+        !isDirectory) {
+        *error = avz_posix_error(ENOTDIR, [NSString stringWithFormat:@"cannot share the directory "
+                                                                     @"%@: it is not a directory",
+                                                                     string]);
+        return nil;
+    }
+    return [[VZSharedDirectory alloc] initWithURL:[NSURL fileURLWithPath:string isDirectory:YES]
+                                         readOnly:read_only];
 }
 
 static uint32_t avz_clamp_u32(NSUInteger value)
@@ -274,9 +459,23 @@ static uint32_t avz_clamp_u32(NSUInteger value)
 @property (nonatomic, readonly) NSMutableArray<VZStorageDeviceConfiguration *> *storageDevices;
 @property (nonatomic, readonly) NSMutableArray<VZNetworkDeviceConfiguration *> *networkDevices;
 @property (nonatomic, readonly) NSMutableArray<VZSerialPortConfiguration *> *serialPorts;
+- (void)addEntropyDevice:(VZEntropyDeviceConfiguration *)device;
+- (void)addMemoryBalloonDevice:(VZMemoryBalloonDeviceConfiguration *)device;
+- (void)addSocketDevice:(VZSocketDeviceConfiguration *)device;
+- (void)addDirectorySharingDevice:(VZDirectorySharingDeviceConfiguration *)device
+    API_AVAILABLE(macos(12.0));
+- (void)addConsoleDevice:(VZConsoleDeviceConfiguration *)device API_AVAILABLE(macos(13.0));
 @end
 
-@implementation AVZConfiguration
+@implementation AVZConfiguration {
+    NSMutableArray<VZEntropyDeviceConfiguration *> *_entropyDevices;
+    NSMutableArray<VZMemoryBalloonDeviceConfiguration *> *_memoryBalloonDevices;
+    NSMutableArray<VZSocketDeviceConfiguration *> *_socketDevices;
+    /* Element types newer than macOS 11/12: kept untyped here, typed where they are
+     * added and assigned (behind @available). */
+    NSMutableArray *_directorySharingDevices; /* VZDirectorySharingDeviceConfiguration, 12 */
+    NSMutableArray *_consoleDevices;          /* VZConsoleDeviceConfiguration, 13 */
+}
 
 - (instancetype)init
 {
@@ -286,8 +485,43 @@ static uint32_t avz_clamp_u32(NSUInteger value)
         _storageDevices = [NSMutableArray array];
         _networkDevices = [NSMutableArray array];
         _serialPorts = [NSMutableArray array];
+        _entropyDevices = [NSMutableArray array];
+        _memoryBalloonDevices = [NSMutableArray array];
+        _socketDevices = [NSMutableArray array];
+        _directorySharingDevices = [NSMutableArray array];
+        _consoleDevices = [NSMutableArray array];
     }
     return self;
+}
+
+- (void)addEntropyDevice:(VZEntropyDeviceConfiguration *)device
+{
+    [_entropyDevices addObject:device];
+    _configuration.entropyDevices = [_entropyDevices copy];
+}
+
+- (void)addMemoryBalloonDevice:(VZMemoryBalloonDeviceConfiguration *)device
+{
+    [_memoryBalloonDevices addObject:device];
+    _configuration.memoryBalloonDevices = [_memoryBalloonDevices copy];
+}
+
+- (void)addSocketDevice:(VZSocketDeviceConfiguration *)device
+{
+    [_socketDevices addObject:device];
+    _configuration.socketDevices = [_socketDevices copy];
+}
+
+- (void)addDirectorySharingDevice:(VZDirectorySharingDeviceConfiguration *)device
+{
+    [_directorySharingDevices addObject:device];
+    _configuration.directorySharingDevices = [_directorySharingDevices copy];
+}
+
+- (void)addConsoleDevice:(VZConsoleDeviceConfiguration *)device
+{
+    [_consoleDevices addObject:device];
+    _configuration.consoleDevices = [_consoleDevices copy];
 }
 
 - (void)addStorageDevice:(VZStorageDeviceConfiguration *)device
@@ -335,6 +569,11 @@ static bool avz_config_run(avz_config *_Nullable config, CFErrorRef _Nullable *_
 /* ================================================================================== */
 
 typedef void (^AVZCompletionBlock)(NSError *_Nullable error);
+
+/* Hands an operation's outcome to its C completion: `error` (borrowed here; the block
+ * passes it on +1) and, for a vsock connection, the descriptor that now belongs to the
+ * callee (-1 otherwise). Called exactly once, on the VM's queue (see AVZCompletion). */
+typedef void (^AVZDeliverBlock)(NSError *_Nullable error, int descriptor);
 
 static BOOL avz_is_on_queue(dispatch_queue_t queue)
 {
@@ -401,7 +640,7 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
                                                 avz_state_name(state)]);
 }
 
-@class AVZMachine;
+@class AVZMachine, AVZListener;
 
 /* The VZVirtualMachine's delegate and the observer of its `state`. The framework holds
  * its delegate weakly; the AVZMachine keeps this object alive. Its reference to the
@@ -418,10 +657,27 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (instancetype)initWithEvent:(int32_t)event error:(nullable NSError *)error;
 @end
 
+/* A host vsock listener (avz_vm_vsock_listen): the VZVirtioSocketListener set on the
+ * socket device, its delegate (this object: the framework's reference is weak, the
+ * machine's listener table keeps it alive) and the owner of the caller's accept function
+ * and context. The context is released exactly once, by -releaseContext, on the queue
+ * (or before it was ever installed); no accept call starts after that. */
+@interface AVZListener : NSObject <VZVirtioSocketListenerDelegate>
+@property (nonatomic, readonly) VZVirtioSocketListener *socketListener;
+- (instancetype)initWithQueue:(dispatch_queue_t)queue
+                       accept:(avz_accept_fn)accept
+                      context:(nullable void *)context
+                      release:(nullable avz_context_release_fn)release;
+/* On the queue (also for a listener never installed): no accept call from now on;
+ * calls the release function, only the first time. */
+- (void)releaseContext;
+@end
+
 /* An avz_vm: the queue, the VZVirtualMachine, its delegate and the observer. */
 @interface AVZMachine : NSObject
 /* The VM, for blocks running on the queue. Never nil once init succeeded. */
 @property (nonatomic, readonly) VZVirtualMachine *vm;
+@property (nonatomic, readonly) dispatch_queue_t queue;
 - (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
                                       observer:(nullable avz_state_observer_fn)observer
                                observerContext:(nullable void *)observerContext
@@ -440,17 +696,107 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (void)stateDidChange;
 /* Any thread: a delegate stop event (AVZ_EVENT_GUEST_STOPPED / _STOPPED_WITH_ERROR). */
 - (void)stopEvent:(int32_t)event error:(nullable NSError *)error;
+/* Any thread: whether the caller runs on the VM's queue. */
+- (BOOL)isOnQueue;
+/* On the queue: installs `listener` for `port` (nil: removes it) in the listener table
+ * and returns the listener it replaces, which the caller releases. */
+- (nullable AVZListener *)exchangeListener:(nullable AVZListener *)listener forPort:(uint32_t)port;
 @end
 
 /* One asynchronous operation's completion. Called exactly once, on the VM's queue, after
  * the observer was told the state the operation left behind; also when the framework
  * drops the handler without calling it. Keeps the machine alive until then. */
 @interface AVZCompletion : NSObject
-- (instancetype)initWithMachine:(AVZMachine *)machine
-                       function:(nullable avz_completion_fn)function
-                        context:(nullable void *)context;
+- (instancetype)initWithMachine:(AVZMachine *)machine deliver:(AVZDeliverBlock)deliver;
 /* Any thread, any number of times: only the first call counts. */
 - (void)completeWithError:(nullable NSError *)error;
+/* The same with a descriptor the completion takes over (vsock connect; -1 for none): a
+ * call that does not count closes its descriptor. */
+- (void)completeWithError:(nullable NSError *)error descriptor:(int)descriptor;
+@end
+
+@implementation AVZListener {
+    dispatch_queue_t _queue;
+    avz_accept_fn _Nullable _accept; /* NULL once released */
+    void *_Nullable _context;
+    avz_context_release_fn _Nullable _release;
+    BOOL _released; /* queue only */
+}
+
+- (instancetype)initWithQueue:(dispatch_queue_t)queue
+                       accept:(avz_accept_fn)accept
+                      context:(nullable void *)context
+                      release:(nullable avz_context_release_fn)release
+{
+    self = [super init];
+    if (self != nil) {
+        _queue = queue;
+        _accept = accept;
+        _context = context;
+        _release = release;
+        _socketListener = [[VZVirtioSocketListener alloc] init];
+        _socketListener.delegate = self;
+    }
+    return self;
+}
+
+- (void)releaseContext
+{
+    if (_released) {
+        return;
+    }
+    _released = YES;
+    avz_context_release_fn release = _release;
+    _release = NULL;
+    _accept = NULL;
+    if (release != NULL) {
+        release(_context);
+    }
+}
+
+/* On the queue: hands `fd` to the accept function, or closes it once released. */
+- (void)deliverDescriptor:(int)fd guestPort:(uint32_t)guestPort hostPort:(uint32_t)hostPort
+{
+    avz_accept_fn accept = _accept;
+    if (_released || accept == NULL) {
+        close(fd);
+        return;
+    }
+    accept(_context, fd, guestPort, hostPort);
+}
+
+/* The framework asks whether to accept a guest connection (documented to be called on
+ * the VM's queue; forwarded there otherwise). The connection object owns its descriptor
+ * and closes it when it goes: the callee gets a duplicate, then the object is closed. */
+- (BOOL)listener:(VZVirtioSocketListener *)listener
+    shouldAcceptNewConnection:(VZVirtioSocketConnection *)connection
+             fromSocketDevice:(VZVirtioSocketDevice *)socketDevice
+{
+    (void)listener;
+    (void)socketDevice;
+    BOOL onQueue = avz_is_on_queue(_queue);
+    if (onQueue && _released) {
+        return NO; /* removed or replaced: refuse rather than accept and drop */
+    }
+    int fd = fcntl(connection.fileDescriptor, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        return NO;
+    }
+    uint32_t guestPort = connection.sourcePort;
+    uint32_t hostPort = connection.destinationPort;
+    if (onQueue) {
+        [self deliverDescriptor:fd guestPort:guestPort hostPort:hostPort];
+    } else {
+        dispatch_async(_queue, ^{
+            @autoreleasepool {
+                [self deliverDescriptor:fd guestPort:guestPort hostPort:hostPort];
+            }
+        });
+    }
+    [connection close];
+    return YES;
+}
+
 @end
 
 @implementation AVZMachineDelegate
@@ -516,6 +862,8 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     avz_context_release_fn _Nullable _observerRelease;
     NSInteger _reportedState;                     /* queue only: last state reported */
     NSMutableArray<AVZStopEvent *> *_pendingStops; /* queue only: see -stopEvent:error: */
+    /* queue only: host vsock listeners by port (avz_vm_vsock_listen) */
+    NSMutableDictionary<NSNumber *, AVZListener *> *_listeners;
 }
 
 - (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
@@ -539,6 +887,7 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     _observerRelease = observerRelease;
     _reportedState = AVZ_STATE_STOPPED;
     _pendingStops = [NSMutableArray array];
+    _listeners = [NSMutableDictionary dictionary];
 
     dispatch_queue_attr_t attributes = dispatch_queue_attr_make_with_autorelease_frequency(
         DISPATCH_QUEUE_SERIAL, DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM);
@@ -624,10 +973,20 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
      * inside one of the framework's callouts (a completion, a key-value notification),
      * where the framework object must not be detached or destroyed. Never blocks. */
     AVZMachineDelegate *delegate = _delegate;
+    /* Nobody else can reach the table any more: safe to read here on any thread. */
+    NSArray<AVZListener *> *listeners = _listeners.allValues;
+    _listeners = [NSMutableDictionary dictionary];
     dispatch_async(_queue, ^{
         @autoreleasepool {
             [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
             vm.delegate = nil;
+            /* The listeners still installed: each context exactly once (removal and
+             * replacement released the others), before the observer's, as the simulator
+             * does. On the queue, so no accept call is running; none starts afterwards
+             * (-releaseContext). */
+            for (NSUInteger i = 0; i < listeners.count; i++) {
+                [listeners[i] releaseContext];
+            }
             /* After the last observer call (see above): the context is no longer in use. */
             if (release != NULL) {
                 release(context);
@@ -640,6 +999,28 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (VZVirtualMachine *)vm
 {
     return (VZVirtualMachine *_Nonnull)_vm;
+}
+
+- (dispatch_queue_t)queue
+{
+    return _queue;
+}
+
+- (BOOL)isOnQueue
+{
+    return avz_is_on_queue(_queue);
+}
+
+- (nullable AVZListener *)exchangeListener:(nullable AVZListener *)listener forPort:(uint32_t)port
+{
+    NSNumber *key = [NSNumber numberWithUnsignedInt:port];
+    AVZListener *previous = _listeners[key];
+    if (listener != nil) {
+        _listeners[key] = listener;
+    } else {
+        [_listeners removeObjectForKey:key];
+    }
+    return previous;
 }
 
 - (void)syncOnQueue:(__attribute__((noescape)) dispatch_block_t)block
@@ -753,28 +1134,29 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 
 @implementation AVZCompletion {
     AVZMachine *_machine; /* strong: the VM lives until each of its completions ran */
-    avz_completion_fn _Nullable _function;
-    void *_Nullable _context;
+    AVZDeliverBlock _Nullable _deliver; /* nil once called */
     BOOL _called; /* queue only */
 }
 
-- (instancetype)initWithMachine:(AVZMachine *)machine
-                       function:(nullable avz_completion_fn)function
-                        context:(nullable void *)context
+- (instancetype)initWithMachine:(AVZMachine *)machine deliver:(AVZDeliverBlock)deliver
 {
     self = [super init];
     if (self != nil) {
         _machine = machine;
-        _function = function;
-        _context = context;
+        _deliver = deliver;
     }
     return self;
 }
 
 - (void)completeWithError:(nullable NSError *)error
 {
+    [self completeWithError:error descriptor:-1];
+}
+
+- (void)completeWithError:(nullable NSError *)error descriptor:(int)descriptor
+{
     [_machine performOnQueue:^{
-        [self finishWithError:error mayWait:YES];
+        [self finishWithError:error descriptor:descriptor mayWait:YES];
     }];
 }
 
@@ -783,43 +1165,46 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
  * -reportCurrentState reports it if the framework's own notification has not come yet.
  * A state still transitional may mean the framework updates `state` right after calling
  * the handler: wait once for the end of its current work on the queue. */
-- (void)finishWithError:(nullable NSError *)error mayWait:(BOOL)mayWait
+- (void)finishWithError:(nullable NSError *)error descriptor:(int)descriptor mayWait:(BOOL)mayWait
 {
     if (_called) {
+        if (descriptor >= 0) {
+            close(descriptor); /* a second outcome: nobody takes its descriptor */
+        }
         return;
     }
     AVZMachine *machine = _machine;
     NSInteger state = [machine reportCurrentState];
     if (mayWait && avz_state_is_transitional(state)) {
         [machine asyncOnQueue:^{
-            [self finishWithError:error mayWait:NO];
+            [self finishWithError:error descriptor:descriptor mayWait:NO];
         }];
         return;
     }
     _called = YES;
-    avz_completion_fn function = _function;
-    void *context = _context;
-    _function = NULL;
-    if (function != NULL) {
-        function(context, error != nil ? (__bridge_retained CFErrorRef)error : NULL);
+    AVZDeliverBlock deliver = _deliver;
+    _deliver = nil;
+    if (deliver != nil) {
+        deliver(error, descriptor);
+    } else if (descriptor >= 0) {
+        close(descriptor);
     }
 }
 
 - (void)dealloc
 {
-    if (_called || _function == NULL) {
+    if (_called || _deliver == nil) {
         return;
     }
     /* The framework released the handler without calling it: the completion is still
      * due exactly once. Never capture `self` here. */
-    avz_completion_fn function = _function;
-    void *context = _context;
+    AVZDeliverBlock deliver = _deliver;
     AVZMachine *machine = _machine;
     NSError *error = avz_error(AVZ_ERROR_INTERNAL,
                                @"the framework dropped the operation without completing it");
     [machine performOnQueue:^{
         [machine reportCurrentState];
-        function(context, (__bridge_retained CFErrorRef)error);
+        deliver(error, -1);
     }];
 }
 
@@ -829,6 +1214,45 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 static AVZMachine *_Nullable avz_machine(avz_vm *_Nullable vm)
 {
     return (__bridge AVZMachine *)(void *)vm;
+}
+
+/* The delivery of an avz_completion_fn: the error leaves +1. */
+static AVZDeliverBlock avz_completion_delivery(avz_completion_fn _Nullable function,
+                                               void *_Nullable context)
+{
+    return ^(NSError *_Nullable error, int descriptor) {
+        if (descriptor >= 0) {
+            close(descriptor); /* never set for these operations */
+        }
+        if (function != NULL) {
+            function(context, error != nil ? (__bridge_retained CFErrorRef)error : NULL);
+        }
+    };
+}
+
+/* The delivery of an avz_connect_fn: a connected descriptor (owned by the callee) and no
+ * error, or -1 and a +1 error. */
+static AVZDeliverBlock avz_connect_delivery(avz_connect_fn _Nullable function,
+                                            void *_Nullable context)
+{
+    return ^(NSError *_Nullable error, int descriptor) {
+        NSError *failure = error;
+        if (failure == nil && descriptor < 0) {
+            failure = avz_error(AVZ_ERROR_INTERNAL, @"the vsock connection failed without an "
+                                                    @"error from the framework");
+        }
+        if (failure != nil && descriptor >= 0) {
+            close(descriptor);
+            descriptor = -1;
+        }
+        if (function == NULL) {
+            if (descriptor >= 0) {
+                close(descriptor);
+            }
+            return;
+        }
+        function(context, descriptor, failure != nil ? (__bridge_retained CFErrorRef)failure : NULL);
+    };
 }
 
 /* The common shape of the asynchronous ABI functions: returns at once; `operation` runs
@@ -849,9 +1273,9 @@ static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable compl
             }
             return;
         }
-        AVZCompletion *pending = [[AVZCompletion alloc] initWithMachine:machine
-                                                               function:completion
-                                                                context:context];
+        AVZCompletion *pending =
+            [[AVZCompletion alloc] initWithMachine:machine
+                                           deliver:avz_completion_delivery(completion, context)];
         AVZCompletionBlock done = ^(NSError *_Nullable error) {
             [pending completeWithError:error];
         };
@@ -878,6 +1302,99 @@ static bool avz_vm_read_bool(avz_vm *_Nullable vm,
         value = getter(machine.vm);
     }];
     return value;
+}
+
+/* The synchronous runtime-device functions: hops onto the VM's queue (inline when the
+ * caller is already on it), runs `body` there with the framework's exceptions caught
+ * (one must not unwind through dispatch_sync), and applies the ABI's error convention. */
+typedef NSError *_Nullable (^AVZSyncBody)(AVZMachine *machine, VZVirtualMachine *virtualMachine);
+
+static bool avz_vm_sync(avz_vm *_Nullable vm, CFErrorRef _Nullable *_Nullable error, NSString *what,
+                        __attribute__((noescape)) AVZSyncBody body)
+{
+    return avz_run(error, ^NSError *_Nullable {
+        AVZMachine *machine = avz_machine(vm);
+        if (machine == nil) {
+            return avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
+        }
+        __block NSError *failure = nil;
+        [machine syncOnQueue:^{
+            @try {
+                failure = body(machine, machine.vm);
+            } @catch (NSException *exception) {
+                failure = avz_exception_error(exception, what);
+            }
+        }];
+        return failure;
+    });
+}
+
+/* On the queue: the VM's virtio socket device, or nil (and *error, code 2) without one. */
+static VZVirtioSocketDevice *_Nullable avz_socket_device(VZVirtualMachine *virtualMachine,
+                                                         NSString *what, uint32_t port,
+                                                         NSError *_Nullable *_Nonnull error)
+{
+    NSArray<VZSocketDevice *> *devices = virtualMachine.socketDevices;
+    for (NSUInteger i = 0; i < devices.count; i++) {
+        if ([devices[i] isKindOfClass:[VZVirtioSocketDevice class]]) {
+            return (VZVirtioSocketDevice *)devices[i];
+        }
+    }
+    *error = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                       [NSString stringWithFormat:@"Cannot %@ vsock port %u: the virtual machine "
+                                                  @"has no socket device",
+                                                  what, port]);
+    return nil;
+}
+
+/* On the queue: the VM's traditional memory balloon when the VM is running or paused;
+ * otherwise nil and *error (code 2 without a balloon, code 3 in another state). */
+static VZVirtioTraditionalMemoryBalloonDevice *_Nullable avz_balloon_device(
+    VZVirtualMachine *virtualMachine, NSString *what, NSError *_Nullable *_Nonnull error)
+{
+    VZVirtioTraditionalMemoryBalloonDevice *balloon = nil;
+    NSArray<VZMemoryBalloonDevice *> *devices = virtualMachine.memoryBalloonDevices;
+    for (NSUInteger i = 0; i < devices.count && balloon == nil; i++) {
+        if ([devices[i] isKindOfClass:[VZVirtioTraditionalMemoryBalloonDevice class]]) {
+            balloon = (VZVirtioTraditionalMemoryBalloonDevice *)devices[i];
+        }
+    }
+    if (balloon == nil) {
+        *error = avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                           [NSString stringWithFormat:@"Cannot %@ the memory balloon target: the "
+                                                      @"virtual machine has no memory balloon "
+                                                      @"device",
+                                                      what]);
+        return nil;
+    }
+    NSInteger state = virtualMachine.state;
+    if (state != AVZ_STATE_RUNNING && state != AVZ_STATE_PAUSED) {
+        *error = avz_error(AVZ_ERROR_INVALID_STATE,
+                           [NSString stringWithFormat:@"Cannot %@ the memory balloon target: the "
+                                                      @"virtual machine is %@, not running or "
+                                                      @"paused",
+                                                      what, avz_state_name(state)]);
+        return nil;
+    }
+    return balloon;
+}
+
+/* On the queue: releases a listener taken out of the table. Called from a callback (the
+ * caller was already on the queue before the synchronous hop) the release waits for a
+ * work item of its own, so that it never runs inside that listener's own accept call. */
+static void avz_release_listener(AVZMachine *machine, AVZListener *_Nullable listener,
+                                 BOOL callerOnQueue)
+{
+    if (listener == nil) {
+        return;
+    }
+    if (callerOnQueue) {
+        [machine asyncOnQueue:^{
+            [listener releaseContext];
+        }];
+    } else {
+        [listener releaseContext];
+    }
 }
 
 NS_ASSUME_NONNULL_END
@@ -1076,49 +1593,67 @@ bool avz_config_set_generic_platform(avz_config *config, const uint8_t *machine_
     });
 }
 
-bool avz_config_add_virtio_block_device(avz_config *config, const char *path, bool read_only,
-                                        int32_t caching_mode, int32_t sync_mode,
-                                        CFErrorRef *error)
+bool avz_config_add_storage_device(avz_config *config, int32_t interface, const char *path,
+                                   bool read_only, int32_t caching_mode, int32_t sync_mode,
+                                   const char *block_device_identifier, CFErrorRef *error)
 {
     return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
-        if (caching_mode < AVZ_CACHING_AUTOMATIC || caching_mode > AVZ_CACHING_CACHED) {
+        if (interface != AVZ_STORAGE_VIRTIO_BLOCK && interface != AVZ_STORAGE_NVME) {
             return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
-                             [NSString stringWithFormat:@"unknown disk caching mode %d",
-                                                        caching_mode]);
+                             [NSString stringWithFormat:@"storage interface %d is not virtio "
+                                                        @"block (0) or NVMe (1)",
+                                                        interface]);
         }
-        if (sync_mode < AVZ_SYNC_FULL || sync_mode > AVZ_SYNC_NONE) {
-            return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
-                             [NSString stringWithFormat:@"unknown disk synchronization mode %d",
-                                                        sync_mode]);
+        if (interface == AVZ_STORAGE_NVME) {
+            if (@available(macOS 14, *)) {
+            } else {
+                return avz_not_supported(@"An NVMe storage device", @"macOS 14");
+            }
         }
         NSError *failure = nil;
-        NSURL *url = avz_path_url(path, @"disk image", AVZ_ERROR_INVALID_CONFIGURATION, &failure);
-        if (url == nil) {
+        /* The identifier names a virtio block device; NVMe has none and ignores it. */
+        NSString *identifier = nil;
+        if (interface == AVZ_STORAGE_VIRTIO_BLOCK && block_device_identifier != NULL) {
+            if (@available(macOS 12.3, *)) {
+                identifier = avz_string(block_device_identifier, @"block device identifier",
+                                        AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+                if (identifier == nil) {
+                    return failure;
+                }
+                NSError *invalid = nil;
+                if (![VZVirtioBlockDeviceConfiguration validateBlockDeviceIdentifier:identifier
+                                                                               error:&invalid]) {
+                    return avz_as_code(invalid, AVZ_ERROR_INVALID_CONFIGURATION,
+                                       [NSString stringWithFormat:@"the block device identifier "
+                                                                  @"\"%@\" is not valid (at "
+                                                                  @"most 20 ASCII bytes)",
+                                                                  identifier]);
+                }
+            } else {
+                return avz_not_supported(@"A block device identifier", @"macOS 12.3");
+            }
+        }
+        VZDiskImageStorageDeviceAttachment *attachment =
+            avz_disk_attachment(path, read_only, caching_mode, sync_mode, &failure);
+        if (attachment == nil) {
             return failure;
         }
-        VZDiskImageStorageDeviceAttachment *attachment = nil;
-        if (@available(macOS 12, *)) {
-            attachment = [[VZDiskImageStorageDeviceAttachment alloc]
-                        initWithURL:url
-                           readOnly:read_only
-                        cachingMode:(VZDiskImageCachingMode)caching_mode
-                synchronizationMode:(VZDiskImageSynchronizationMode)sync_mode
-                              error:&failure];
-        } else {
-            if (caching_mode != AVZ_CACHING_AUTOMATIC || sync_mode != AVZ_SYNC_FULL) {
-                return avz_not_supported(@"A disk caching or synchronization mode other than "
-                                         @"automatic/full",
-                                         @"macOS 12");
+        if (interface == AVZ_STORAGE_NVME) {
+            if (@available(macOS 14, *)) {
+                [c addStorageDevice:[[VZNVMExpressControllerDeviceConfiguration alloc]
+                                        initWithAttachment:attachment]];
+                return nil;
             }
-            attachment = [[VZDiskImageStorageDeviceAttachment alloc] initWithURL:url
-                                                                        readOnly:read_only
-                                                                           error:&failure];
+            return avz_not_supported(@"An NVMe storage device", @"macOS 14");
         }
-        if (attachment == nil) {
-            return avz_or(failure, AVZ_ERROR_INVALID_DISK_IMAGE,
-                          [NSString stringWithFormat:@"cannot attach the disk image %@", url.path]);
+        VZVirtioBlockDeviceConfiguration *device =
+            [[VZVirtioBlockDeviceConfiguration alloc] initWithAttachment:attachment];
+        if (identifier != nil) {
+            if (@available(macOS 12.3, *)) {
+                device.blockDeviceIdentifier = identifier;
+            }
         }
-        [c addStorageDevice:[[VZVirtioBlockDeviceConfiguration alloc] initWithAttachment:attachment]];
+        [c addStorageDevice:device];
         return nil;
     });
 }
@@ -1127,24 +1662,311 @@ bool avz_config_add_nat_network_device(avz_config *config, const char *mac_addre
                                        CFErrorRef *error)
 {
     return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
-        VZMACAddress *address = nil;
-        if (mac_address != NULL) {
-            NSString *string = [NSString stringWithUTF8String:mac_address];
-            address = string != nil ? [[VZMACAddress alloc] initWithString:string] : nil;
-            if (address == nil) {
-                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
-                                 [NSString stringWithFormat:@"\"%s\" is not a MAC address "
-                                                            @"(expected xx:xx:xx:xx:xx:xx)",
-                                                            mac_address]);
-            }
-        } else {
-            address = [VZMACAddress randomLocallyAdministeredAddress];
+        NSError *failure = nil;
+        VZMACAddress *address = avz_mac_address(mac_address, &failure);
+        if (address == nil) {
+            return failure;
         }
         VZVirtioNetworkDeviceConfiguration *device = [[VZVirtioNetworkDeviceConfiguration alloc] init];
         device.MACAddress = address;
         device.attachment = [[VZNATNetworkDeviceAttachment alloc] init];
         [c addNetworkDevice:device];
         return nil;
+    });
+}
+
+/* The framework's MTU range for a file-handle attachment (its default is the minimum). */
+#define AVZ_MTU_MIN 1500u
+#define AVZ_MTU_MAX 65535u
+
+bool avz_config_add_file_handle_network_device(avz_config *config, int socket_fd,
+                                               const char *mac_address, uint32_t mtu,
+                                               CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        /* The framework wants a connected datagram socket and would only find out later
+         * (or raise): check the descriptor now, as the simulator does. */
+        int type = 0;
+        socklen_t size = sizeof type;
+        if (socket_fd < 0 || getsockopt(socket_fd, SOL_SOCKET, SO_TYPE, &type, &size) != 0) {
+            int code = socket_fd < 0 ? EBADF : errno;
+            return avz_posix_error(code, [NSString stringWithFormat:@"cannot use descriptor %d "
+                                                                    @"for a network device: %s",
+                                                                    socket_fd, strerror(code)]);
+        }
+        if (type != SOCK_DGRAM) {
+            return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                             [NSString stringWithFormat:@"descriptor %d is not a datagram socket "
+                                                        @"(a file-handle network attachment "
+                                                        @"needs a connected SOCK_DGRAM socket)",
+                                                        socket_fd]);
+        }
+        NSError *failure = nil;
+        VZMACAddress *address = avz_mac_address(mac_address, &failure);
+        if (address == nil) {
+            return failure;
+        }
+        if (mtu != 0) {
+            if (@available(macOS 13, *)) {
+                if (mtu < AVZ_MTU_MIN || mtu > AVZ_MTU_MAX) {
+                    return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                     [NSString stringWithFormat:@"an MTU of %u is outside "
+                                                                @"%u...%u",
+                                                                mtu, AVZ_MTU_MIN, AVZ_MTU_MAX]);
+                }
+            } else {
+                return avz_not_supported(@"Setting a network device's MTU", @"macOS 13");
+            }
+        }
+        /* The attachment's handle owns a duplicate: the caller keeps its descriptor. */
+        NSFileHandle *handle = avz_duplicate_handle(socket_fd, @"a network device", &failure);
+        if (handle == nil) {
+            return failure;
+        }
+        VZFileHandleNetworkDeviceAttachment *attachment =
+            [[VZFileHandleNetworkDeviceAttachment alloc] initWithFileHandle:handle];
+        if (mtu != 0) {
+            if (@available(macOS 13, *)) {
+                attachment.maximumTransmissionUnit = (NSInteger)mtu;
+            }
+        }
+        VZVirtioNetworkDeviceConfiguration *device = [[VZVirtioNetworkDeviceConfiguration alloc] init];
+        device.MACAddress = address;
+        device.attachment = attachment;
+        [c addNetworkDevice:device];
+        return nil;
+    });
+}
+
+bool avz_config_add_entropy_device(avz_config *config, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        [c addEntropyDevice:[[VZVirtioEntropyDeviceConfiguration alloc] init]];
+        return nil;
+    });
+}
+
+bool avz_config_add_memory_balloon_device(avz_config *config, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        [c addMemoryBalloonDevice:[[VZVirtioTraditionalMemoryBalloonDeviceConfiguration alloc] init]];
+        return nil;
+    });
+}
+
+bool avz_config_add_socket_device(avz_config *config, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        [c addSocketDevice:[[VZVirtioSocketDeviceConfiguration alloc] init]];
+        return nil;
+    });
+}
+
+bool avz_validate_directory_share_tag(const char *tag, CFErrorRef *error)
+{
+    return avz_run(error, ^NSError *_Nullable {
+        if (@available(macOS 12, *)) {
+            NSError *failure = nil;
+            return avz_share_tag(tag, &failure) != nil ? nil : failure;
+        }
+        return avz_not_supported(@"Directory sharing (virtio-fs)", @"macOS 12");
+    });
+}
+
+bool avz_config_add_directory_share(avz_config *config, const char *tag,
+                                    const char *const *names, const char *const *paths,
+                                    const bool *read_only, size_t count, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        if (@available(macOS 12, *)) {
+            NSError *failure = nil;
+            NSString *tagString = avz_share_tag(tag, &failure);
+            if (tagString == nil) {
+                return failure;
+            }
+            if (count == 0) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                 [NSString stringWithFormat:@"the directory share \"%@\" shares "
+                                                            @"no directory",
+                                                            tagString]);
+            }
+            if (names == NULL && count != 1) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                 [NSString stringWithFormat:@"the directory share \"%@\" shares "
+                                                            @"%zu directories without names "
+                                                            @"(only a single directory can go "
+                                                            @"without a name)",
+                                                            tagString, count]);
+            }
+            if (paths == NULL || read_only == NULL) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                 [NSString stringWithFormat:@"the directory share \"%@\" has no "
+                                                            @"paths or no read-only flags",
+                                                            tagString]);
+            }
+            /* Names first (a name error is a configuration error whatever the paths),
+             * with the framework's own rules: -initWithDirectories: raises on a bad one. */
+            NSMutableArray<NSString *> *directoryNames = [NSMutableArray array];
+            if (names != NULL) {
+                for (size_t i = 0; i < count; i++) {
+                    NSString *name = avz_string(names[i], @"directory name",
+                                                AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+                    if (name == nil) {
+                        return failure;
+                    }
+                    NSError *invalid = nil;
+                    if (![VZMultipleDirectoryShare validateName:name error:&invalid]) {
+                        return avz_as_code(invalid, AVZ_ERROR_INVALID_CONFIGURATION,
+                                           [NSString stringWithFormat:@"in the directory share "
+                                                                      @"\"%@\", \"%@\" is not a "
+                                                                      @"valid directory name",
+                                                                      tagString, name]);
+                    }
+                    for (NSUInteger j = 0; j < directoryNames.count; j++) {
+                        if ([directoryNames[j] isEqualToString:name]) {
+                            return avz_error(AVZ_ERROR_INVALID_CONFIGURATION,
+                                             [NSString stringWithFormat:@"in the directory share "
+                                                                        @"\"%@\", the name "
+                                                                        @"\"%@\" is used twice",
+                                                                        tagString, name]);
+                        }
+                    }
+                    [directoryNames addObject:name];
+                }
+            }
+            NSMutableArray<VZSharedDirectory *> *directories = [NSMutableArray array];
+            for (size_t i = 0; i < count; i++) {
+                VZSharedDirectory *directory =
+                    avz_shared_directory(paths[i], read_only[i], &failure);
+                if (directory == nil) {
+                    return failure;
+                }
+                [directories addObject:directory];
+            }
+            VZDirectoryShare *share = nil;
+            if (names == NULL) {
+                share = [[VZSingleDirectoryShare alloc] initWithDirectory:directories[0]];
+            } else {
+                NSMutableDictionary<NSString *, VZSharedDirectory *> *byName =
+                    [NSMutableDictionary dictionary];
+                for (NSUInteger i = 0; i < directories.count; i++) {
+                    byName[directoryNames[i]] = directories[i];
+                }
+                share = [[VZMultipleDirectoryShare alloc] initWithDirectories:byName];
+            }
+            VZVirtioFileSystemDeviceConfiguration *device =
+                [[VZVirtioFileSystemDeviceConfiguration alloc] initWithTag:tagString];
+            device.share = share;
+            [c addDirectorySharingDevice:device];
+            return nil;
+        }
+        return avz_not_supported(@"Directory sharing (virtio-fs)", @"macOS 12");
+    });
+}
+
+int32_t avz_rosetta_availability(void)
+{
+#if defined(__arm64__)
+    if (@available(macOS 13, *)) {
+        @autoreleasepool {
+            @try {
+                switch (VZLinuxRosettaDirectoryShare.availability) {
+                case VZLinuxRosettaAvailabilityInstalled:
+                    return AVZ_ROSETTA_INSTALLED;
+                case VZLinuxRosettaAvailabilityNotInstalled:
+                    return AVZ_ROSETTA_NOT_INSTALLED;
+                case VZLinuxRosettaAvailabilityNotSupported:
+                    break;
+                }
+            } @catch (NSException *exception) {
+                (void)exception; /* treated as "not supported" */
+            }
+        }
+    }
+#endif
+    /* Intel Macs, macOS before 13, and values this file does not know. */
+    return AVZ_ROSETTA_NOT_SUPPORTED;
+}
+
+bool avz_config_add_rosetta_share(avz_config *config, const char *tag, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+#if defined(__arm64__)
+        if (@available(macOS 13, *)) {
+            NSError *failure = nil;
+            NSString *tagString = avz_share_tag(tag, &failure);
+            if (tagString == nil) {
+                return failure;
+            }
+            VZLinuxRosettaAvailability availability = VZLinuxRosettaDirectoryShare.availability;
+            if (availability == VZLinuxRosettaAvailabilityNotSupported) {
+                return avz_not_supported(@"Rosetta for Linux",
+                                         @"a host system that provides Rosetta for Linux");
+            }
+            /* Not installed: the framework's own error (the ABI passes it through). */
+            VZLinuxRosettaDirectoryShare *share =
+                [[VZLinuxRosettaDirectoryShare alloc] initWithError:&failure];
+            if (share == nil) {
+                return avz_or(failure, AVZ_ERROR_NOT_SUPPORTED,
+                              availability == VZLinuxRosettaAvailabilityNotInstalled
+                                  ? @"Rosetta for Linux is not installed (softwareupdate "
+                                    @"--install-rosetta)"
+                                  : @"cannot share Rosetta for Linux");
+            }
+            VZVirtioFileSystemDeviceConfiguration *device =
+                [[VZVirtioFileSystemDeviceConfiguration alloc] initWithTag:tagString];
+            device.share = share;
+            [c addDirectorySharingDevice:device];
+            return nil;
+        }
+        return avz_not_supported(@"Rosetta for Linux", @"macOS 13");
+#else
+        (void)c;
+        (void)tag;
+        return avz_not_supported(@"Rosetta for Linux", @"Apple silicon and macOS 13");
+#endif
+    });
+}
+
+bool avz_config_add_console_port(avz_config *config, const char *name, bool is_console,
+                                 int read_fd, int write_fd, CFErrorRef *error)
+{
+    return avz_config_run(config, error, ^NSError *_Nullable(AVZConfiguration *c) {
+        if (@available(macOS 13, *)) {
+            NSError *failure = nil;
+            NSString *portName = avz_string(name, @"console port name",
+                                            AVZ_ERROR_INVALID_CONFIGURATION, &failure);
+            if (portName == nil) {
+                return failure;
+            }
+            if (portName.length == 0) {
+                return avz_error(AVZ_ERROR_INVALID_CONFIGURATION, @"a console port needs a name");
+            }
+            /* Duplicates, as for avz_config_add_serial_port_fds. */
+            NSFileHandle *reading =
+                avz_duplicate_handle(read_fd, @"reading from the console port", &failure);
+            if (reading == nil && failure != nil) {
+                return failure;
+            }
+            NSFileHandle *writing =
+                avz_duplicate_handle(write_fd, @"writing to the console port", &failure);
+            if (writing == nil && failure != nil) {
+                return failure; /* `reading` closes its duplicate as it goes away */
+            }
+            VZVirtioConsolePortConfiguration *port = [[VZVirtioConsolePortConfiguration alloc] init];
+            port.name = portName;
+            port.isConsole = is_console;
+            port.attachment =
+                [[VZFileHandleSerialPortAttachment alloc] initWithFileHandleForReading:reading
+                                                                  fileHandleForWriting:writing];
+            VZVirtioConsoleDeviceConfiguration *device =
+                [[VZVirtioConsoleDeviceConfiguration alloc] init];
+            device.ports[0] = port;
+            [c addConsoleDevice:device];
+            return nil;
+        }
+        return avz_not_supported(@"A named console port (VZVirtioConsoleDeviceConfiguration)",
+                                 @"macOS 13");
     });
 }
 
@@ -1183,11 +2005,11 @@ bool avz_config_add_serial_port_fds(avz_config *config, int read_fd, int write_f
          * handles close them when the attachment (shared by this configuration and
          * every VM made from it) goes away. */
         NSError *failure = nil;
-        NSFileHandle *reading = avz_duplicate_handle(read_fd, @"read", &failure);
+        NSFileHandle *reading = avz_duplicate_handle(read_fd, @"reading from the serial port", &failure);
         if (reading == nil && failure != nil) {
             return failure;
         }
-        NSFileHandle *writing = avz_duplicate_handle(write_fd, @"write", &failure);
+        NSFileHandle *writing = avz_duplicate_handle(write_fd, @"writing to the serial port", &failure);
         if (writing == nil && failure != nil) {
             return failure; /* `reading` closes its duplicate as it goes away */
         }
@@ -1462,4 +2284,186 @@ bool avz_vm_can_request_stop(avz_vm *vm)
     return avz_vm_read_bool(vm, ^BOOL(VZVirtualMachine *virtualMachine) {
         return virtualMachine.canRequestStop;
     });
+}
+
+/* ================================================================================== */
+/* Runtime devices                                                                    */
+/* ================================================================================== */
+
+bool avz_vm_balloon_target(avz_vm *vm, uint64_t *bytes, CFErrorRef *error)
+{
+    return avz_vm_sync(vm, error, @"read the memory balloon target",
+                       ^NSError *_Nullable(AVZMachine *machine, VZVirtualMachine *virtualMachine) {
+                           (void)machine;
+                           NSError *failure = nil;
+                           VZVirtioTraditionalMemoryBalloonDevice *balloon =
+                               avz_balloon_device(virtualMachine, @"read", &failure);
+                           if (balloon == nil) {
+                               return failure;
+                           }
+                           uint64_t target = balloon.targetVirtualMachineMemorySize;
+                           if (bytes != NULL) {
+                               *bytes = target;
+                           }
+                           return nil;
+                       });
+}
+
+bool avz_vm_set_balloon_target(avz_vm *vm, uint64_t bytes, CFErrorRef *error)
+{
+    return avz_vm_sync(vm, error, @"set the memory balloon target",
+                       ^NSError *_Nullable(AVZMachine *machine, VZVirtualMachine *virtualMachine) {
+                           (void)machine;
+                           NSError *failure = nil;
+                           VZVirtioTraditionalMemoryBalloonDevice *balloon =
+                               avz_balloon_device(virtualMachine, @"set", &failure);
+                           if (balloon == nil) {
+                               return failure;
+                           }
+                           /* The framework rounds down to a MiB and clamps. */
+                           balloon.targetVirtualMachineMemorySize = bytes;
+                           return nil;
+                       });
+}
+
+void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion, void *context)
+{
+    @autoreleasepool {
+        AVZMachine *machine = avz_machine(vm);
+        if (machine == nil) {
+            /* No queue to complete on: a programming error, reported at once. */
+            if (completion != NULL) {
+                NSError *error = avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
+                completion(context, -1, (__bridge_retained CFErrorRef)error);
+            }
+            return;
+        }
+        /* Exactly once, on the queue, through the same machinery as start/stop/...; the
+         * completion keeps the machine alive until it ran. */
+        AVZCompletion *pending =
+            [[AVZCompletion alloc] initWithMachine:machine
+                                           deliver:avz_connect_delivery(completion, context)];
+        [machine asyncOnQueue:^{
+            @try {
+                VZVirtualMachine *virtualMachine = machine.vm;
+                NSError *failure = nil;
+                VZVirtioSocketDevice *device =
+                    avz_socket_device(virtualMachine, @"connect to", port, &failure);
+                if (device == nil) {
+                    [pending completeWithError:failure];
+                    return;
+                }
+                NSInteger state = virtualMachine.state;
+                if (state != AVZ_STATE_RUNNING) {
+                    NSString *why = [NSString stringWithFormat:@"Cannot connect to vsock port %u: "
+                                                               @"the virtual machine is %@, not "
+                                                               @"running",
+                                                               port, avz_state_name(state)];
+                    [pending completeWithError:avz_error(AVZ_ERROR_INVALID_STATE, why)];
+                    return;
+                }
+                [device connectToPort:port
+                    completionHandler:^(VZVirtioSocketConnection *_Nullable connection,
+                                        NSError *_Nullable frameworkError) {
+                        if (connection == nil) {
+                            [pending completeWithError:avz_or(frameworkError, AVZ_ERROR_INTERNAL,
+                                                              [NSString stringWithFormat:
+                                                                            @"cannot connect to "
+                                                                            @"vsock port %u",
+                                                                            port])];
+                            return;
+                        }
+                        /* The connection object closes its descriptor when it goes: the
+                         * callee gets a duplicate, then the object is closed. */
+                        int fd = fcntl(connection.fileDescriptor, F_DUPFD_CLOEXEC, 0);
+                        int code = fd < 0 ? errno : 0;
+                        [connection close];
+                        if (fd < 0) {
+                            [pending completeWithError:
+                                         avz_posix_error(code,
+                                                         [NSString stringWithFormat:
+                                                                       @"cannot use the connection "
+                                                                       @"to vsock port %u: %s",
+                                                                       port, strerror(code)])];
+                            return;
+                        }
+                        [pending completeWithError:nil descriptor:fd];
+                    }];
+            } @catch (NSException *exception) {
+                [pending completeWithError:avz_exception_error(exception, @"vsock connect")];
+            }
+        }];
+    }
+}
+
+bool avz_vm_vsock_listen(avz_vm *vm, uint32_t port, avz_accept_fn accept, void *context,
+                         avz_context_release_fn release, CFErrorRef *error)
+{
+    AVZMachine *machine = avz_machine(vm);
+    if (machine == nil || accept == NULL) {
+        /* Never installed: the context is released before returning false. */
+        if (release != NULL) {
+            release(context);
+        }
+        return avz_run(error, ^NSError *_Nullable {
+            return avz_error(AVZ_ERROR_INTERNAL, machine == nil
+                                                     ? @"no virtual machine (NULL avz_vm)"
+                                                     : @"no accept function (NULL avz_accept_fn)");
+        });
+    }
+    BOOL callerOnQueue = [machine isOnQueue];
+    return avz_vm_sync(vm, error, @"vsock listen",
+                       ^NSError *_Nullable(AVZMachine *m, VZVirtualMachine *virtualMachine) {
+                           AVZListener *listener = nil; /* owns the context once made */
+                           NSError *failure = nil;
+                           @try {
+                               VZVirtioSocketDevice *device = avz_socket_device(
+                                   virtualMachine, @"listen on", port, &failure);
+                               if (device != nil) {
+                                   listener = [[AVZListener alloc] initWithQueue:m.queue
+                                                                          accept:accept
+                                                                         context:context
+                                                                         release:release];
+                                   [device setSocketListener:listener.socketListener
+                                                     forPort:port];
+                                   /* The framework replaced any listener on this port: so
+                                    * does the table; the one replaced is released once. */
+                                   avz_release_listener(
+                                       m, [m exchangeListener:listener forPort:port],
+                                       callerOnQueue);
+                                   return nil;
+                               }
+                           } @catch (NSException *exception) {
+                               failure = avz_exception_error(exception, @"vsock listen");
+                           }
+                           /* Not installed: the context is released before this function
+                            * returns false (by the listener once it holds it). */
+                           if (listener != nil) {
+                               [listener releaseContext];
+                           } else if (release != NULL) {
+                               release(context);
+                           }
+                           return failure;
+                       });
+}
+
+bool avz_vm_vsock_remove_listener(avz_vm *vm, uint32_t port, CFErrorRef *error)
+{
+    AVZMachine *machine = avz_machine(vm);
+    BOOL callerOnQueue = machine != nil && [machine isOnQueue];
+    return avz_vm_sync(vm, error, @"vsock remove listener",
+                       ^NSError *_Nullable(AVZMachine *m, VZVirtualMachine *virtualMachine) {
+                           NSError *failure = nil;
+                           VZVirtioSocketDevice *device = avz_socket_device(
+                               virtualMachine, @"stop listening on", port, &failure);
+                           if (device == nil) {
+                               return failure;
+                           }
+                           /* Nothing listening on `port` is not an error (nor for the
+                            * framework). */
+                           [device removeSocketListenerForPort:port];
+                           avz_release_listener(m, [m exchangeListener:nil forPort:port],
+                                                callerOnQueue);
+                           return nil;
+                       });
 }

@@ -8,7 +8,16 @@
 //! with every `CHECK-DIAG:` text and no other error, and compile cleanly on its
 //! `CHECK-PASS:` lines. Flags come from `shim/check/clang-flags`.
 //!
-//! Without clang each test prints why it was skipped and passes; CI installs clang-19.
+//! Symbol completeness, which `-fsyntax-only` cannot see: for each target the shim is
+//! compiled to a Mach-O object (the same flags without `-fsyntax-only`) and llvm-nm
+//! (`$LLVM_NM`, default `llvm-nm-19`, Debian package `llvm-19`) must list an exported
+//! (`external`, not `private external`) text symbol `_avz_NAME` for every function
+//! `avz_NAME` declared in `include/applevz.h` (as preprocessed for that target, so
+//! comments do not count), and no exported `_avz_` symbol the header does not declare.
+//! One more test shows the check reports a function renamed with `-D`.
+//!
+//! Without clang (or, for the symbol tests, llvm-nm) each test prints why it was
+//! skipped and passes; CI installs clang-19 and llvm-19.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +53,21 @@ fn clang() -> Option<String> {
     }
 }
 
+/// The llvm-nm to use, or `None` (after saying so on stderr) when it is not installed.
+fn llvm_nm() -> Option<String> {
+    let nm = std::env::var("LLVM_NM")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| "llvm-nm-19".to_string());
+    match Command::new(&nm).arg("--version").output() {
+        Ok(output) if output.status.success() => Some(nm),
+        _ => {
+            eprintln!("skipped: {nm} not installed (apt-get install llvm-19)");
+            None
+        }
+    }
+}
+
 struct Outcome {
     success: bool,
     diagnostics: String,
@@ -74,6 +98,165 @@ fn compile(clang: &str, target: &str, file: &Path, extra: &[String]) -> Outcome 
         success: output.status.success(),
         diagnostics,
     }
+}
+
+/// The flags for compiling to an object: `shim/check/clang-flags` without `-fsyntax-only`.
+fn object_flags() -> Vec<String> {
+    lines_of("shim/check/clang-flags")
+        .into_iter()
+        .filter(|flag| flag != "-fsyntax-only")
+        .collect()
+}
+
+/// The `avz_` functions `include/applevz.h` declares for `target`, sorted: every
+/// identifier `avz_NAME` followed by `(` in the preprocessed header (no comments left;
+/// typedef names are followed by `)` or `;`).
+fn declared_functions(clang: &str, target: &str) -> Vec<String> {
+    let output = Command::new(clang)
+        .current_dir(root())
+        .arg("-target")
+        .arg(target)
+        .args(object_flags())
+        .args(["-E", "-P", "include/applevz.h"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
+    assert!(
+        output.status.success(),
+        "cannot preprocess include/applevz.h for {target}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut names = Vec::new();
+    let mut at = 0;
+    while let Some(found) = text[at..].find("avz_") {
+        let start = at + found;
+        let mut end = start;
+        while end < bytes.len() && is_ident(bytes[end]) {
+            end += 1;
+        }
+        at = end;
+        if start > 0 && is_ident(bytes[start - 1]) {
+            continue; // part of a longer identifier
+        }
+        let rest = text[end..].trim_start();
+        if rest.starts_with('(') {
+            names.push(text[start..end].to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The exported text symbols `_avz_NAME` of a Mach-O object, as `avz_NAME`, sorted.
+/// llvm-nm's darwin format tells `external` from `private external` (hidden).
+fn exported_functions(nm: &str, object: &Path) -> Vec<String> {
+    let output = Command::new(nm)
+        .args(["-m", "--defined-only"])
+        .arg(object)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {nm}: {e}"));
+    assert!(
+        output.status.success(),
+        "{nm} failed on {}:\n{}",
+        object.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (_, symbol) = line.split_once("(__TEXT,__text) external _")?;
+            symbol
+                .starts_with("avz_")
+                .then(|| symbol.trim().to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// What the symbol check found: (declared but not exported, exported but not declared,
+/// how many the header declares).
+struct SymbolReport {
+    missing: Vec<String>,
+    extra: Vec<String>,
+    declared: usize,
+}
+
+/// Compiles the shim to an object for `target` (with `extra` clang arguments) and
+/// compares its exported `avz_` functions with the header's declarations.
+fn symbol_report(clang: &str, nm: &str, target: &str, extra: &[String]) -> SymbolReport {
+    let declared = declared_functions(clang, target);
+    assert!(
+        !declared.is_empty(),
+        "found no avz_ function declarations in include/applevz.h for {target}"
+    );
+    let tag = if extra.is_empty() { "" } else { "-probe" };
+    let object = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "applevz-shim-{target}{tag}-{}.o",
+        std::process::id()
+    ));
+    let output = Command::new(clang)
+        .current_dir(root())
+        .arg("-target")
+        .arg(target)
+        .args(object_flags())
+        .args(extra)
+        .arg("-c")
+        .arg("-o")
+        .arg(&object)
+        .arg("shim/applevz.m")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
+    let mut diagnostics = String::from_utf8_lossy(&output.stderr).into_owned();
+    diagnostics.push_str(&String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success() && diagnostics.trim().is_empty(),
+        "shim/applevz.m must compile to an object for {target} {extra:?} with no diagnostics:\n{diagnostics}"
+    );
+    let exported = exported_functions(nm, &object);
+    let _ = std::fs::remove_file(&object);
+    SymbolReport {
+        missing: declared
+            .iter()
+            .filter(|name| !exported.contains(name))
+            .cloned()
+            .collect(),
+        extra: exported
+            .iter()
+            .filter(|name| !declared.contains(name))
+            .cloned()
+            .collect(),
+        declared: declared.len(),
+    }
+}
+
+fn check_symbols(target: &str) {
+    assert!(
+        lines_of("shim/check/targets").iter().any(|t| t == target),
+        "{target} is not listed in shim/check/targets"
+    );
+    let Some(clang) = clang() else { return };
+    let Some(nm) = llvm_nm() else { return };
+    let report = symbol_report(&clang, &nm, target, &[]);
+    assert!(
+        report.missing.is_empty(),
+        "declared in include/applevz.h but not defined and exported by shim/applevz.m for \
+         {target}: {:?}",
+        report.missing
+    );
+    assert!(
+        report.extra.is_empty(),
+        "exported by shim/applevz.m for {target} but not declared in include/applevz.h: {:?}",
+        report.extra
+    );
+    eprintln!(
+        "shim/applevz.m for {target} exports all {} avz_ functions of the header",
+        report.declared
+    );
 }
 
 fn check_shim(target: &str) {
@@ -249,4 +432,50 @@ fn mistake_c_unguarded_availability_is_rejected() {
 #[test]
 fn mistake_d_save_restore_on_intel_is_rejected() {
     check_mistake("d_save_restore_on_intel.m");
+}
+
+#[test]
+fn shim_exports_every_header_function_for_arm64_macos14() {
+    check_symbols("arm64-apple-macos14");
+}
+
+#[test]
+fn shim_exports_every_header_function_for_arm64_macos12() {
+    check_symbols("arm64-apple-macos12");
+}
+
+#[test]
+fn shim_exports_every_header_function_for_x86_64_macos12() {
+    check_symbols("x86_64-apple-macos12");
+}
+
+#[test]
+fn shim_exports_every_header_function_for_x86_64_macos11() {
+    check_symbols("x86_64-apple-macos11");
+}
+
+/// The symbol check itself: with one function renamed by the preprocessor (declaration
+/// and definition alike, so the shim still compiles cleanly) it must report the name
+/// as missing and the new one as undeclared.
+#[test]
+fn symbol_check_reports_a_renamed_function() {
+    let Some(clang) = clang() else { return };
+    let Some(nm) = llvm_nm() else { return };
+    let probe = "avz_vm_vsock_remove_listener";
+    let report = symbol_report(
+        &clang,
+        &nm,
+        "arm64-apple-macos14",
+        &[format!("-D{probe}=avz_check_renamed")],
+    );
+    assert_eq!(
+        report.missing,
+        [probe],
+        "the renamed function must be missing"
+    );
+    assert_eq!(
+        report.extra,
+        ["avz_check_renamed"],
+        "the new name must be reported as not declared"
+    );
 }

@@ -34,7 +34,10 @@ typedef unsigned long NSUInteger;
 #define NS_DESIGNATED_INITIALIZER __attribute__((objc_designated_initializer))
 #define NS_FORMAT_FUNCTION(F, A) __attribute__((format(__NSString__, F, A)))
 #define NS_SWIFT_NAME(_name)
-#define API_AVAILABLE_MACOS(v) __attribute__((availability(macos, introduced = v)))
+/* API_AVAILABLE(macos(N)) as the real SDK spells it (<os/availability.h>), for
+ * macOS only: API_AVAILABLE(macos(12.0)) -> availability(macos, introduced = 12.0). */
+#define API_AVAILABLE(platform_version) AVZ_API_AVAILABLE_##platform_version
+#define AVZ_API_AVAILABLE_macos(v) __attribute__((availability(macos, introduced = v)))
 
 #ifndef MIN
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -73,6 +76,7 @@ NS_ASSUME_NONNULL_BEGIN
 + (NSNumber *)numberWithInteger:(NSInteger)value;
 + (NSNumber *)numberWithInt:(int)value;
 + (NSNumber *)numberWithBool:(BOOL)value;
++ (NSNumber *)numberWithUnsignedInt:(unsigned int)value;
 @property (readonly) NSInteger integerValue;
 @property (readonly) int intValue;
 @end
@@ -82,6 +86,7 @@ NS_ASSUME_NONNULL_BEGIN
 @property (readonly) NSUInteger count;
 - (ObjectType)objectAtIndex:(NSUInteger)index;
 - (ObjectType)objectAtIndexedSubscript:(NSUInteger)idx;
+@property (nullable, nonatomic, readonly) ObjectType firstObject;
 + (instancetype)arrayWithObjects:(const ObjectType _Nonnull[_Nonnull])objects count:(NSUInteger)cnt;
 @end
 
@@ -95,6 +100,7 @@ NS_ASSUME_NONNULL_BEGIN
 @property (readonly) NSUInteger count;
 - (nullable ObjectType)objectForKey:(KeyType)aKey;
 - (nullable ObjectType)objectForKeyedSubscript:(KeyType)key;
+@property (readonly, copy) NSArray<ObjectType> *allValues;
 + (instancetype)dictionaryWithObjects:(const ObjectType _Nonnull[_Nullable])objects
                               forKeys:(const KeyType<NSCopying> _Nonnull[_Nullable])keys
                                 count:(NSUInteger)cnt;
@@ -104,6 +110,7 @@ NS_ASSUME_NONNULL_BEGIN
 + (instancetype)dictionary;
 - (void)setObject:(ObjectType)anObject forKey:(KeyType<NSCopying>)aKey;
 - (void)setObject:(nullable ObjectType)obj forKeyedSubscript:(KeyType<NSCopying>)key;
+- (void)removeObjectForKey:(KeyType)aKey;
 @end
 
 /* ---- NSData --------------------------------------------------------------------- */
@@ -162,6 +169,12 @@ typedef NSString *NSExceptionName;
 - (instancetype)initWithFileDescriptor:(int)fd closeOnDealloc:(BOOL)closeopt NS_DESIGNATED_INITIALIZER;
 - (instancetype)initWithFileDescriptor:(int)fd;
 @property (readonly) int fileDescriptor;
+@end
+
+/* ---- NSFileManager ---------------------------------------------------------------- */
+@interface NSFileManager : NSObject
+@property (class, readonly, strong) NSFileManager *defaultManager;
+- (BOOL)fileExistsAtPath:(NSString *)path isDirectory:(nullable BOOL *)isDirectory;
 @end
 
 /* ---- NSKeyValueObserving ----------------------------------------------------- */

@@ -7,7 +7,8 @@
  *   - availability: every declaration carries the macOS version that introduced it
  *     (VZ_AVAILABLE(N)), so -Werror=unguarded-availability rejects an unguarded use
  *     when the deployment target is older;
- *   - architecture: save/restore exists only `#if defined(__arm64__)`, so a use on
+ *   - architecture: save/restore and VZLinuxRosettaDirectoryShare (with
+ *     VZLinuxRosettaAvailability) exist only `#if defined(__arm64__)`, so a use on
  *     x86_64 does not compile at all, as with the real SDK;
  *   - nullability, ownership and NS_UNAVAILABLE initialisers.
  * Add a declaration here (with its real availability) before the shim uses it.
@@ -141,6 +142,16 @@ VZ_AVAILABLE(11.0)
 VZ_AVAILABLE(11.0)
 @interface VZVirtioBlockDeviceConfiguration : VZStorageDeviceConfiguration
 - (instancetype)initWithAttachment:(VZStorageDeviceAttachment *)attachment NS_DESIGNATED_INITIALIZER;
+/* At most 20 bytes, ASCII. */
++ (BOOL)validateBlockDeviceIdentifier:(NSString *)blockDeviceIdentifier
+                                error:(NSError **)error VZ_AVAILABLE(12.3);
+@property (copy) NSString *blockDeviceIdentifier VZ_AVAILABLE(12.3);
+@end
+
+/* Valid only with VZGenericPlatformConfiguration. */
+VZ_AVAILABLE(14.0)
+@interface VZNVMExpressControllerDeviceConfiguration : VZStorageDeviceConfiguration
+- (instancetype)initWithAttachment:(VZStorageDeviceAttachment *)attachment NS_DESIGNATED_INITIALIZER;
 @end
 
 /* ---- Network ------------------------------------------------------------------ */
@@ -163,6 +174,14 @@ VZ_AVAILABLE(11.0)
 VZ_AVAILABLE(11.0)
 @interface VZNATNetworkDeviceAttachment : VZNetworkDeviceAttachment
 - (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+/* The file handle holds a connected datagram socket. MTU: default 1500, 1500...65535. */
+VZ_AVAILABLE(11.0)
+@interface VZFileHandleNetworkDeviceAttachment : VZNetworkDeviceAttachment
+- (instancetype)initWithFileHandle:(NSFileHandle *)fileHandle NS_DESIGNATED_INITIALIZER;
+@property (readonly, strong) NSFileHandle *fileHandle;
+@property (readwrite) NSInteger maximumTransmissionUnit VZ_AVAILABLE(13.0);
 @end
 
 VZ_AVAILABLE(11.0)
@@ -214,6 +233,197 @@ VZ_AVAILABLE(11.0)
 - (instancetype)init NS_DESIGNATED_INITIALIZER;
 @end
 
+/* ---- Console devices (ports with names) ---------------------------------------- */
+
+VZ_AVAILABLE(13.0)
+@interface VZConsolePortConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (nullable, strong) VZSerialPortAttachment *attachment;
+@end
+
+VZ_AVAILABLE(13.0)
+@interface VZVirtioConsolePortConfiguration : VZConsolePortConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@property (nullable, copy) NSString *name;
+@property BOOL isConsole;
+@end
+
+VZ_AVAILABLE(13.0)
+@interface VZVirtioConsolePortConfigurationArray : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property uint32_t maximumPortCount;
+- (nullable VZVirtioConsolePortConfiguration *)objectAtIndexedSubscript:(NSUInteger)portIndex;
+- (void)setObject:(nullable VZVirtioConsolePortConfiguration *)configuration
+    atIndexedSubscript:(NSUInteger)portIndex;
+@end
+
+VZ_AVAILABLE(13.0)
+@interface VZConsoleDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(13.0)
+@interface VZVirtioConsoleDeviceConfiguration : VZConsoleDeviceConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@property (readonly, strong) VZVirtioConsolePortConfigurationArray *ports;
+@end
+
+/* ---- Entropy, memory balloon --------------------------------------------------- */
+
+VZ_AVAILABLE(11.0)
+@interface VZEntropyDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioEntropyDeviceConfiguration : VZEntropyDeviceConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZMemoryBalloonDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioTraditionalMemoryBalloonDeviceConfiguration : VZMemoryBalloonDeviceConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+/* Runtime device (VZVirtualMachine.memoryBalloonDevices). */
+VZ_AVAILABLE(11.0)
+@interface VZMemoryBalloonDevice : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+/* Rounded down to a MiB, clamped to minimumAllowedMemorySize...memorySize. */
+VZ_AVAILABLE(11.0)
+@interface VZVirtioTraditionalMemoryBalloonDevice : VZMemoryBalloonDevice
+@property uint64_t targetVirtualMachineMemorySize;
+@end
+
+/* ---- Sockets (virtio-vsock) -------------------------------------------------------- */
+
+VZ_AVAILABLE(11.0)
+@interface VZSocketDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioSocketDeviceConfiguration : VZSocketDeviceConfiguration
+- (instancetype)init NS_DESIGNATED_INITIALIZER;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioSocketConnection : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (readonly) uint32_t destinationPort;
+@property (readonly) uint32_t sourcePort;
+@property (readonly) int fileDescriptor; /* -1 once closed */
+- (void)close;
+@end
+
+@class VZVirtioSocketListener, VZVirtioSocketDevice;
+
+VZ_AVAILABLE(11.0)
+@protocol VZVirtioSocketListenerDelegate <NSObject>
+@optional
+- (BOOL)listener:(VZVirtioSocketListener *)listener
+    shouldAcceptNewConnection:(VZVirtioSocketConnection *)connection
+             fromSocketDevice:(VZVirtioSocketDevice *)socketDevice;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioSocketListener : NSObject
+@property (readwrite, weak) id<VZVirtioSocketListenerDelegate> delegate;
+@end
+
+/* Runtime device (VZVirtualMachine.socketDevices). */
+VZ_AVAILABLE(11.0)
+@interface VZSocketDevice : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(11.0)
+@interface VZVirtioSocketDevice : VZSocketDevice
+- (void)setSocketListener:(VZVirtioSocketListener *)listener forPort:(uint32_t)port;
+- (void)removeSocketListenerForPort:(uint32_t)port;
+- (void)connectToPort:(uint32_t)port
+    completionHandler:(void (^)(VZVirtioSocketConnection *_Nullable connection,
+                                NSError *_Nullable error))completionHandler;
+@end
+
+/* ---- Directory sharing (virtio-fs) ----------------------------------------------- */
+
+VZ_AVAILABLE(12.0)
+@interface VZSharedDirectory : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+- (instancetype)initWithURL:(NSURL *)url readOnly:(BOOL)readOnly NS_DESIGNATED_INITIALIZER;
+@property (readonly, copy) NSURL *URL;
+@property (readonly, getter=isReadOnly) BOOL readOnly;
+@end
+
+VZ_AVAILABLE(12.0)
+@interface VZDirectoryShare : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+VZ_AVAILABLE(12.0)
+@interface VZSingleDirectoryShare : VZDirectoryShare
+- (instancetype)initWithDirectory:(VZSharedDirectory *)directory NS_DESIGNATED_INITIALIZER;
+@property (readonly, strong) VZSharedDirectory *directory;
+@end
+
+/* Invalid names in -initWithDirectories: raise an exception: validate them first. */
+VZ_AVAILABLE(12.0)
+@interface VZMultipleDirectoryShare : VZDirectoryShare
+- (instancetype)init;
+- (instancetype)initWithDirectories:(NSDictionary<NSString *, VZSharedDirectory *> *)directories
+    NS_DESIGNATED_INITIALIZER;
+@property (readonly, copy) NSDictionary<NSString *, VZSharedDirectory *> *directories;
++ (BOOL)validateName:(NSString *)name error:(NSError **)error;
+@end
+
+#if defined(__arm64__)
+typedef NS_ENUM(NSInteger, VZLinuxRosettaAvailability){
+    VZLinuxRosettaAvailabilityNotSupported = 0,
+    VZLinuxRosettaAvailabilityNotInstalled = 1,
+    VZLinuxRosettaAvailabilityInstalled = 2,
+} VZ_AVAILABLE(13.0);
+
+VZ_AVAILABLE(13.0)
+@interface VZLinuxRosettaDirectoryShare : VZDirectoryShare
+- (nullable instancetype)initWithError:(NSError **)error NS_DESIGNATED_INITIALIZER;
+@property (class, readonly) VZLinuxRosettaAvailability availability;
+@end
+#endif
+
+VZ_AVAILABLE(12.0)
+@interface VZDirectorySharingDeviceConfiguration : NSObject <NSCopying>
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@end
+
+/* An invalid tag in -initWithTag: raises an exception: validate it first. */
+VZ_AVAILABLE(12.0)
+@interface VZVirtioFileSystemDeviceConfiguration : VZDirectorySharingDeviceConfiguration
+- (instancetype)initWithTag:(NSString *)tag NS_DESIGNATED_INITIALIZER;
++ (BOOL)validateTag:(NSString *)tag error:(NSError **)error;
+@property (copy) NSString *tag;
+@property (nullable, strong) VZDirectoryShare *share;
+@end
+
 /* ---- Configuration ---------------------------------------------------------------- */
 
 VZ_AVAILABLE(11.0)
@@ -226,6 +436,12 @@ VZ_AVAILABLE(11.0)
 @property (copy) NSArray<VZStorageDeviceConfiguration *> *storageDevices;
 @property (copy) NSArray<VZNetworkDeviceConfiguration *> *networkDevices;
 @property (copy) NSArray<VZSerialPortConfiguration *> *serialPorts;
+@property (copy) NSArray<VZEntropyDeviceConfiguration *> *entropyDevices;
+@property (copy) NSArray<VZMemoryBalloonDeviceConfiguration *> *memoryBalloonDevices;
+@property (copy) NSArray<VZSocketDeviceConfiguration *> *socketDevices;
+@property (copy) NSArray<VZDirectorySharingDeviceConfiguration *> *directorySharingDevices
+    VZ_AVAILABLE(12.0);
+@property (copy) NSArray<VZConsoleDeviceConfiguration *> *consoleDevices VZ_AVAILABLE(13.0);
 - (BOOL)validateWithError:(NSError **)error;
 #if defined(__arm64__)
 - (BOOL)validateSaveRestoreSupportWithError:(NSError **)error VZ_AVAILABLE(14.0);
@@ -277,6 +493,9 @@ VZ_AVAILABLE(11.0)
 @property (readonly) BOOL canPause;
 @property (readonly) BOOL canResume;
 @property (readonly) BOOL canRequestStop;
+
+@property (readonly, copy) NSArray<VZMemoryBalloonDevice *> *memoryBalloonDevices;
+@property (readonly, copy) NSArray<VZSocketDevice *> *socketDevices;
 
 - (void)startWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler;
 - (void)stopWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler
