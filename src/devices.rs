@@ -356,8 +356,9 @@ impl DirectoryShare {
     }
 }
 
-/// The longest virtiofs tag, in bytes (the virtio-fs device's tag field).
-const MAX_TAG_BYTES: usize = 36;
+/// The longest virtiofs tag, in bytes: the framework wants fewer than 36 (the
+/// virtio-fs tag field).
+const MAX_TAG_BYTES: usize = 35;
 
 /// Checks a virtiofs tag in Rust, then with the framework.
 pub(crate) fn check_share_tag(tag: &str) -> Result<()> {
@@ -369,7 +370,9 @@ pub(crate) fn check_share_tag(tag: &str) -> Result<()> {
         return Err(invalid("is empty".into()));
     }
     if tag.len() > MAX_TAG_BYTES {
-        return Err(invalid(format!("is longer than {MAX_TAG_BYTES} bytes")));
+        return Err(invalid(format!(
+            "is longer than {MAX_TAG_BYTES} bytes (UTF-8)"
+        )));
     }
     let c_tag = std::ffi::CString::new(tag).map_err(|_| invalid("contains a NUL byte".into()))?;
     host::validate_directory_share_tag(&c_tag).map_err(|error| invalid(error.description))

@@ -252,8 +252,8 @@ fn directory_share_tags_names_and_paths_are_validated() {
     };
     assert!(tag_error(DirectoryShare::single("", dir.path(), true)).contains("is empty"));
     assert!(
-        tag_error(DirectoryShare::single("t".repeat(37), dir.path(), true))
-            .contains("longer than 36")
+        tag_error(DirectoryShare::single("t".repeat(36), dir.path(), true))
+            .contains("longer than 35 bytes")
     );
     assert!(tag_error(DirectoryShare::multiple("empty")).contains("shares no directory"));
     match plain(&dir)

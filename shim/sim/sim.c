@@ -719,8 +719,8 @@ bool avz_config_add_socket_device(avz_config *config, CFErrorRef *error) {
     return true;
 }
 
-/* The virtio-fs tag limit (VZVirtioFileSystemDeviceConfiguration). */
-#define TAG_MAX 36
+/* The virtio-fs tag limit: the framework wants fewer than 36 bytes (validateTag:). */
+#define TAG_MAX 35
 
 bool avz_validate_directory_share_tag(const char *tag, CFErrorRef *error) {
     if (tag == NULL || tag[0] == '\0') {
