@@ -479,10 +479,23 @@ impl VmDefinition {
     /// missing kernel, a bad MAC address, …) is reported with the file and the key.
     pub fn load_config(file: &Path) -> Result<VmConfig> {
         let definition = Self::load(file)?;
-        definition.to_builder(file)?.build().map_err(|error| {
-            let key = definition.key_of(&error);
+        definition.finish(file, definition.to_builder(file)?)
+    }
+
+    /// Builds `builder` (made by [`VmDefinition::to_builder`], perhaps with more
+    /// added by the caller), reporting what it rejects with the file and the key.
+    pub fn finish(&self, file: &Path, builder: VmConfigBuilder) -> Result<VmConfig> {
+        builder.build().map_err(|error| {
+            let key = self.key_of(&error);
             definition_error(file, &key, &error.to_string())
         })
+    }
+
+    /// The file's `[timeouts]` applied over `base` (bad values name their key).
+    pub fn timeouts_over(&self, file: &Path, base: Timeouts) -> Result<Timeouts> {
+        self.timeouts
+            .apply(base)
+            .map_err(|(key, reason)| definition_error(file, &key, &reason))
     }
 
     /// The key a builder error refers to, as well as it can be told.

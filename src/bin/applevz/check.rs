@@ -1,0 +1,103 @@
+//! `applevz check`: what this machine can do.
+
+use applevz::{Limits, RosettaAvailability};
+
+use crate::{Failure, exit};
+
+pub(crate) fn check() -> Result<u8, Failure> {
+    let row = |name: &str, value: &str| println!("{name:<24} {value}");
+    if applevz::is_simulator() {
+        println!(
+            "applevz is running the simulator: {} has no Virtualization.framework, so every VM here is simulated",
+            std::env::consts::OS
+        );
+    }
+    row("host", &host_description());
+    row(
+        "virtualization",
+        if applevz::is_supported() {
+            "supported"
+        } else {
+            "NOT supported: this Mac (or the VM it runs in) offers no hardware virtualization"
+        },
+    );
+    row("entitlement", &entitlement());
+    let limits = Limits::host();
+    row(
+        "CPUs",
+        &format!("{} to {}", limits.min_cpu_count, limits.max_cpu_count),
+    );
+    row(
+        "memory",
+        &format!(
+            "{} to {}",
+            applevz::definition::format_memory(limits.min_memory_size),
+            applevz::definition::format_memory(
+                limits.max_memory_size - limits.max_memory_size % (1 << 20)
+            )
+        ),
+    );
+    row(
+        "suspend (save/restore)",
+        if applevz::save_restore_supported() {
+            "available"
+        } else {
+            "not available: needs Apple silicon with macOS 14 or later"
+        },
+    );
+    row(
+        "Rosetta for Linux",
+        match applevz::rosetta_availability() {
+            RosettaAvailability::Installed => "installed",
+            RosettaAvailability::NotInstalled => {
+                "not installed: run `softwareupdate --install-rosetta`"
+            }
+            RosettaAvailability::NotSupported => {
+                "not supported here (needs Apple silicon with macOS 13)"
+            }
+        },
+    );
+    Ok(exit::OK)
+}
+
+fn host_description() -> String {
+    let arch = std::env::consts::ARCH;
+    if cfg!(target_os = "macos") {
+        let version = command_output("sw_vers", &["-productVersion"])
+            .unwrap_or_else(|| "(unknown version)".into());
+        format!("macOS {} on {arch}", version.trim())
+    } else {
+        let kernel =
+            command_output("uname", &["-sr"]).unwrap_or_else(|| std::env::consts::OS.into());
+        format!("{} on {arch} (not a Mac)", kernel.trim())
+    }
+}
+
+/// Whether this executable carries the virtualization entitlement, and how to fix it.
+fn entitlement() -> String {
+    if applevz::is_simulator() {
+        return "not needed (simulator)".into();
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "applevz".into());
+    let entitlements = command_output("codesign", &["-d", "--entitlements", "-", "--xml", &exe])
+        .unwrap_or_default();
+    if entitlements.contains("com.apple.security.virtualization") {
+        "present (com.apple.security.virtualization)".into()
+    } else {
+        format!(
+            "MISSING: every VM start will fail; fix with `codesign --force --sign - --entitlements applevz.entitlements {exe}`"
+        )
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    output.status.success().then_some(text)
+}

@@ -1,0 +1,205 @@
+//! `applevz init DIR`: a new VM directory.
+
+use std::path::{Path, PathBuf};
+
+use applevz::definition::{DiskDefinition, NetworkDefinition, parse_memory};
+use applevz::{VirtualMachine, VmDefinition};
+
+use crate::vmdir;
+use crate::{Failure, exit};
+
+#[derive(clap::Args)]
+pub(crate) struct InitArgs {
+    /// The directory to create (or an empty one to fill).
+    dir: PathBuf,
+    /// The Linux kernel to boot (an uncompressed Image on Apple silicon, a bzImage on
+    /// Intel). On the simulator a placeholder is written when none is given.
+    #[arg(long, conflicts_with = "efi")]
+    kernel: Option<PathBuf>,
+    /// The initial RAM disk.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, default_value = "console=hvc0", requires = "kernel")]
+    cmdline: String,
+    /// Boot through EFI (the variable store is created in DIR) instead of a kernel.
+    #[arg(long)]
+    efi: bool,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Memory, with a unit.
+    #[arg(long, default_value = "2GiB")]
+    memory: String,
+    /// Size of the sparse root disk, with a unit.
+    #[arg(long, default_value = "8GiB")]
+    disk_size: String,
+}
+
+pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
+    let dir = &args.dir;
+    if dir.join(vmdir::DEFINITION).exists() {
+        return Err(Failure::new(
+            exit::EXISTS,
+            format!(
+                "{} already holds a VM ({}); nothing was changed",
+                dir.display(),
+                vmdir::DEFINITION
+            ),
+        ));
+    }
+    for name in [
+        vmdir::DISK,
+        vmdir::MACHINE_IDENTIFIER,
+        vmdir::EFI_VARIABLES,
+        vmdir::SAVED_STATE,
+    ] {
+        if dir.join(name).exists() {
+            return Err(Failure::new(
+                exit::EXISTS,
+                format!(
+                    "{} already has {name}; refusing to overwrite it",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let usage = |message: String| Failure::new(exit::USAGE, message);
+    let memory =
+        parse_memory(&args.memory).map_err(|reason| usage(format!("--memory: {reason}")))?;
+    let disk_size =
+        parse_memory(&args.disk_size).map_err(|reason| usage(format!("--disk-size: {reason}")))?;
+    if args.kernel.is_none() && !args.efi && !applevz::is_simulator() {
+        return Err(usage(
+            "give --kernel PATH (a Linux kernel for this Mac) or --efi".into(),
+        ));
+    }
+
+    let created_dir = !dir.exists();
+    std::fs::create_dir_all(dir)
+        .map_err(|error| Failure::error(format!("cannot create {}: {error}", dir.display())))?;
+    let mut created = Created {
+        files: Vec::new(),
+        dir: created_dir.then(|| dir.clone()),
+        keep: false,
+    };
+    let outcome = fill(dir, args, memory, disk_size, &mut created);
+    if outcome.is_ok() {
+        created.keep = true;
+    }
+    outcome
+}
+
+/// What this `init` created, removed again if it fails (and only that).
+struct Created {
+    files: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for file in self.files.iter().rev() {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn fill(
+    dir: &Path,
+    args: &InitArgs,
+    memory: u64,
+    disk_size: u64,
+    created: &mut Created,
+) -> Result<u8, Failure> {
+    let io = |what: &str, error: std::io::Error| Failure::error(format!("{what}: {error}"));
+    let mut definition = if args.efi {
+        let mut definition = VmDefinition::linux("unused", memory);
+        definition.boot.kernel = None;
+        definition.boot.efi_variable_store = Some(vmdir::EFI_VARIABLES.into());
+        created.files.push(dir.join(vmdir::EFI_VARIABLES));
+        definition
+    } else {
+        let kernel = match &args.kernel {
+            Some(kernel) => absolute(kernel)?,
+            None => {
+                let placeholder = dir.join("vmlinuz");
+                std::fs::write(&placeholder, b"simulated kernel\n")
+                    .map_err(|e| io("write the placeholder kernel", e))?;
+                created.files.push(placeholder);
+                eprintln!(
+                    "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
+                );
+                PathBuf::from("vmlinuz")
+            }
+        };
+        let mut definition = VmDefinition::linux(kernel, memory);
+        definition.boot.initrd = args.initrd.as_deref().map(absolute).transpose()?;
+        definition.boot.command_line = args.cmdline.clone();
+        definition
+    };
+    definition.cpus = args.cpus;
+    definition.machine_identifier = Some(vmdir::MACHINE_IDENTIFIER.into());
+    definition.saved_state = Some(vmdir::SAVED_STATE.into());
+    definition.entropy = true;
+    definition.memory_balloon = true;
+    definition.vsock = true;
+    definition.disks.push(DiskDefinition {
+        path: vmdir::DISK.into(),
+        read_only: false,
+        interface: None,
+        caching: None,
+        sync: None,
+        identifier: Some("root".into()),
+    });
+    definition.networks.push(NetworkDefinition {
+        mac: Some("stable".into()),
+    });
+
+    let disk = dir.join(vmdir::DISK);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&disk)
+        .map_err(|e| io("create the disk image", e))?;
+    created.files.push(disk);
+    file.set_len(disk_size)
+        .map_err(|e| io("size the disk image", e))?;
+
+    let definition_path = dir.join(vmdir::DEFINITION);
+    std::fs::write(&definition_path, header() + &definition.to_toml())
+        .map_err(|e| io("write vm.toml", e))?;
+    created.files.push(definition_path.clone());
+    created.files.push(dir.join(vmdir::MACHINE_IDENTIFIER));
+
+    // Building the VM once checks the definition end to end and creates the machine
+    // identity (and the EFI variable store) now, not on first run.
+    let config = VmDefinition::load_config(&definition_path)?;
+    drop(VirtualMachine::new(&config)?);
+    println!(
+        "created {}: {} CPUs, {}, {} sparse disk; run it with `applevz run {}`",
+        dir.display(),
+        definition.cpus,
+        definition.memory,
+        args.disk_size,
+        dir.display()
+    );
+    Ok(exit::OK)
+}
+
+fn header() -> String {
+    "# applevz VM definition. Relative paths are relative to this file.\n\
+     # Keys: see the applevz README (\"Definition files\").\n\n"
+        .to_owned()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(path)
+        .map_err(|error| Failure::error(format!("{}: {error}", path.display())))
+}

@@ -1,0 +1,481 @@
+//! `applevz run DIR`: the VM in the foreground, until it ends.
+//!
+//! Threads: the main loop below owns the decisions; a signal thread turns SIGINT and
+//! SIGTERM into messages (the signals are blocked everywhere else, so no handler runs
+//! in an arbitrary thread); a forwarder turns the VM's state events into messages;
+//! lifecycle operations (the start, a shutdown, control requests) run on their own
+//! threads so that a second Ctrl-C is heard while a graceful shutdown waits.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use applevz::{
+    EventKind, OnGracefulTimeout, SerialPort, ShutdownPolicy, StateEvent, VirtualMachine,
+    VmDefinition, VmState,
+};
+
+use crate::control::{ControlServer, Request};
+use crate::terminal::{Progress, RawMode, is_terminal};
+use crate::vmdir::{self, VmDir};
+use crate::{Failure, Policy, exit};
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// The VM directory.
+    dir: PathBuf,
+    /// Where the serial console goes: the terminal (the default when there is one) or
+    /// DIR/console.log.
+    #[arg(long, value_enum)]
+    console: Option<ConsoleTarget>,
+    /// Seconds Ctrl-C or SIGTERM wait for the guest to power off before forcing it
+    /// (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
+    /// forces it at once.
+    #[arg(long)]
+    graceful_timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConsoleTarget {
+    /// The terminal, in raw mode (restored on exit).
+    Terminal,
+    /// DIR/console.log.
+    File,
+}
+
+enum Message {
+    Event(StateEvent),
+    Signal,
+    /// The boot (or restore) finished.
+    Started(applevz::Result<()>),
+    /// A shutdown asked by a signal finished.
+    SignalShutdown(applevz::Result<()>),
+    /// A control request finished.
+    Request,
+}
+
+/// What was asked of the VM, to tell how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Nothing,
+    Powerdown,
+    Forced,
+}
+
+pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
+    if args
+        .graceful_timeout
+        .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--graceful-timeout needs a positive number of seconds",
+        ));
+    }
+    let dir = VmDir::open(&args.dir)?;
+    let _lock = dir.lock()?;
+    // Before any thread exists, so every thread inherits the blocked mask.
+    let signals = block_termination_signals();
+
+    let definition_path = dir.definition();
+    let definition = VmDefinition::load(&definition_path)?;
+    let mut builder = definition.to_builder(&definition_path)?;
+    let on_terminal = match args.console {
+        Some(ConsoleTarget::Terminal) => true,
+        Some(ConsoleTarget::File) => false,
+        None => is_terminal(0) && is_terminal(1),
+    };
+    if definition.serial_log.is_none() {
+        builder = builder.serial_port(if on_terminal {
+            SerialPort::stdio().map_err(|error| Failure::error(format!("the terminal: {error}")))?
+        } else {
+            SerialPort::File {
+                path: dir.path.join(vmdir::CONSOLE_LOG),
+                append: true,
+            }
+        });
+    }
+    let mut timeouts = definition.timeouts_over(&definition_path, applevz::Timeouts::default())?;
+    if let Some(seconds) = args.graceful_timeout {
+        timeouts.graceful_shutdown = Duration::from_secs_f64(seconds);
+    }
+    builder = builder
+        .timeouts(timeouts)
+        .on_graceful_timeout(OnGracefulTimeout::ForceStop);
+    #[cfg(not(target_os = "macos"))]
+    {
+        builder = builder.simulated_guest(simulated_guest_from_env()?);
+    }
+    let config = definition.finish(&definition_path, builder)?;
+    let vm = Arc::new(VirtualMachine::new(&config)?);
+
+    if applevz::is_simulator() {
+        eprintln!(
+            "applevz: running against the simulator (no Virtualization.framework on this OS)"
+        );
+    }
+    let (messages, inbox) = mpsc::channel();
+    forward_events(&vm, messages.clone());
+    forward_signals(signals, messages.clone());
+    let busy = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(Mutex::new(Asked::Nothing));
+    let replied = {
+        let busy = Arc::clone(&busy);
+        let messages = Mutex::new(messages.clone());
+        move |request: Request| {
+            if request != Request::Status {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                let _ = lock(&messages).send(Message::Request);
+            }
+        }
+    };
+    let _server =
+        ControlServer::start(&dir, control_handler(&vm, &busy, &asked), Arc::new(replied))?;
+
+    let raw = match on_terminal {
+        true => {
+            Some(RawMode::enter(0).map_err(|error| Failure::error(format!("raw mode: {error}")))?)
+        }
+        false => None,
+    };
+    let outcome = main_loop(&vm, &inbox, &messages, &busy, &asked);
+    drop(raw); // the terminal is back before anything else is printed
+    let (code, message) = outcome?;
+    eprintln!("applevz: {message}");
+    Ok(code)
+}
+
+fn main_loop(
+    vm: &Arc<VirtualMachine>,
+    inbox: &Receiver<Message>,
+    messages: &Sender<Message>,
+    busy: &AtomicUsize,
+    asked: &Mutex<Asked>,
+) -> Result<(u8, String), Failure> {
+    let began = Instant::now();
+    let resuming = vm.state() == VmState::Suspended;
+    let mut boot = Some(Progress::new(if resuming { "resuming" } else { "booting" }));
+    // Every operation in flight counts in `busy`: the boot, signal shutdowns, control
+    // requests. The VM has ended only when it rests in an end state with none.
+    busy.fetch_add(1, Ordering::SeqCst);
+    spawn_operation(vm, messages, |vm| Message::Started(vm.start()));
+    let mut started = false;
+    let mut signals = 0;
+    let mut crash: Option<String> = None;
+    let mut guest_stopped = false;
+
+    loop {
+        let message = inbox
+            .recv()
+            .map_err(|_| Failure::error("internal: the message channel closed"))?;
+        match message {
+            Message::Event(event) => {
+                match &boot {
+                    Some(progress) => progress.state(&event.state.to_string()),
+                    None => eprintln!(
+                        "applevz: [{:>8.2} s] {}",
+                        began.elapsed().as_secs_f64(),
+                        describe(&event)
+                    ),
+                }
+                match &event.kind {
+                    EventKind::StoppedWithError(error) => crash = Some(error.to_string()),
+                    EventKind::GuestStopped => guest_stopped = true,
+                    _ => {}
+                }
+            }
+            Message::Started(Ok(())) => {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                started = true;
+                if let Some(progress) = boot.take() {
+                    progress.finish(&vm.state().to_string());
+                    eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
+                }
+            }
+            Message::Started(Err(error)) => {
+                if let Some(progress) = boot.take() {
+                    progress.abandon();
+                }
+                return Err(error.into());
+            }
+            Message::Signal => {
+                signals += 1;
+                let (policy, what) = if signals == 1 {
+                    (
+                        ShutdownPolicy::Powerdown,
+                        "asking the guest to power off (Ctrl-C again forces it off)",
+                    )
+                } else {
+                    (ShutdownPolicy::Poweroff, "forcing the VM off")
+                };
+                eprintln!("applevz: {what}");
+                let mut current = lock(asked);
+                *current = if policy == ShutdownPolicy::Powerdown && *current != Asked::Forced {
+                    Asked::Powerdown
+                } else {
+                    Asked::Forced
+                };
+                drop(current);
+                spawn_operation(vm, messages, move |vm| {
+                    Message::SignalShutdown(vm.shutdown(policy))
+                });
+            }
+            Message::SignalShutdown(result) => {
+                if let Err(error) = result {
+                    eprintln!("applevz: shutdown: {error}");
+                }
+            }
+            Message::Request => {}
+        }
+        let state = vm.state();
+        let ended = matches!(
+            state,
+            VmState::Stopped | VmState::Suspended | VmState::Error
+        );
+        if started && ended && busy.load(Ordering::SeqCst) == 0 {
+            return Ok(ending(state, *lock(asked), crash, guest_stopped, inbox));
+        }
+    }
+}
+
+/// The exit status and message for how the VM ended.
+fn ending(
+    state: VmState,
+    asked: Asked,
+    crash: Option<String>,
+    guest_stopped: bool,
+    inbox: &Receiver<Message>,
+) -> (u8, String) {
+    match (state, asked) {
+        (VmState::Suspended, _) => (
+            exit::SUSPENDED,
+            "suspended; `applevz run` resumes it".into(),
+        ),
+        (VmState::Error, _) => (
+            exit::CRASHED,
+            format!(
+                "the VM crashed: {}",
+                crash.unwrap_or_else(|| "no reason given".into())
+            ),
+        ),
+        (_, Asked::Nothing) => (
+            exit::GUEST_POWERED_OFF,
+            "the guest powered itself off".into(),
+        ),
+        (_, Asked::Forced) => (exit::FORCED_OFF, "the VM was forced off".into()),
+        (_, Asked::Powerdown) if guest_stopped => (exit::OK, "the guest shut down".into()),
+        (_, Asked::Powerdown) => {
+            // The delegate's "guest stopped" follows the state change: give it a moment
+            // to arrive; without it the shutdown was escalated to a forced stop.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+                match inbox.recv_timeout(remaining) {
+                    Ok(Message::Event(StateEvent {
+                        kind: EventKind::GuestStopped,
+                        ..
+                    })) => {
+                        return (exit::OK, "the guest shut down".into());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            (
+                exit::FORCED_OFF,
+                "the guest did not power off in time and was forced off".into(),
+            )
+        }
+    }
+}
+
+fn describe(event: &StateEvent) -> String {
+    match &event.kind {
+        EventKind::StateChanged => event.state.to_string(),
+        EventKind::GuestStopped => "the guest powered off".into(),
+        EventKind::StoppedWithError(error) => format!("stopped with an error: {error}"),
+        EventKind::Suspended => "suspended".into(),
+        EventKind::SavedStateRemoved => {
+            format!("{} (saved state restored and removed)", event.state)
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawn_operation(
+    vm: &Arc<VirtualMachine>,
+    messages: &Sender<Message>,
+    operation: impl FnOnce(&VirtualMachine) -> Message + Send + 'static,
+) {
+    let vm = Arc::clone(vm);
+    let messages = messages.clone();
+    std::thread::spawn(move || {
+        let _ = messages.send(operation(&vm));
+    });
+}
+
+fn forward_events(vm: &VirtualMachine, messages: Sender<Message>) {
+    let events = vm.subscribe();
+    std::thread::spawn(move || {
+        for event in events {
+            if messages.send(Message::Event(event)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts).
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
+    std::thread::spawn(move || {
+        loop {
+            let mut signal = 0;
+            // SAFETY: `set` holds the blocked signals; sigwait writes the one received.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            if messages.send(Message::Signal).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn control_handler(
+    vm: &Arc<VirtualMachine>,
+    busy: &Arc<AtomicUsize>,
+    asked: &Arc<Mutex<Asked>>,
+) -> Arc<crate::control::Handler> {
+    let vm = Arc::clone(vm);
+    let busy = Arc::clone(busy);
+    let asked = Arc::clone(asked);
+    Arc::new(move |request: Request, progress: &mut dyn FnMut(&str)| {
+        if request == Request::Status {
+            return Ok(vm.state().to_string());
+        }
+        // Counted until the reply is written (see `replied`); refused, not queued,
+        // while another operation is under way.
+        if busy.fetch_add(1, Ordering::SeqCst) != 0 {
+            return Err(Failure::new(
+                exit::WRONG_STATE,
+                format!(
+                    "cannot {} while the VM is {}: another operation is under way; try again when it has finished",
+                    request.verb(),
+                    vm.state()
+                ),
+            ));
+        }
+        let previously_asked = *lock(&asked);
+        if let Request::Stop { policy, .. } = request {
+            *lock(&asked) = if policy == Policy::Powerdown {
+                Asked::Powerdown
+            } else {
+                Asked::Forced
+            };
+        }
+        let result = perform(&vm, request, progress);
+        if result.is_err() {
+            *lock(&asked) = previously_asked;
+        }
+        result.map_err(Failure::from)
+    })
+}
+
+/// Runs one control request, reporting each state change as progress.
+fn perform(
+    vm: &Arc<VirtualMachine>,
+    request: Request,
+    progress: &mut dyn FnMut(&str),
+) -> applevz::Result<String> {
+    let events = vm.subscribe();
+    let worker_vm = Arc::clone(vm);
+    let worker = std::thread::spawn(move || match request {
+        Request::Status => Ok(()),
+        Request::Pause => worker_vm.pause(),
+        Request::Resume => worker_vm.resume(),
+        Request::Suspend => worker_vm.suspend(),
+        Request::Stop { policy, timeout } => {
+            if let Some(seconds) = timeout {
+                let mut timeouts = worker_vm.timeouts();
+                timeouts.graceful_shutdown = Duration::from_secs_f64(seconds);
+                worker_vm.set_timeouts(timeouts);
+            }
+            worker_vm.shutdown(match policy {
+                Policy::Powerdown => ShutdownPolicy::Powerdown,
+                Policy::Halt => ShutdownPolicy::Halt,
+                Policy::Poweroff => ShutdownPolicy::Poweroff,
+            })
+        }
+    });
+    // Forward state changes while the operation runs (the subscription has no end of
+    // its own, so check the worker between events).
+    while !worker.is_finished() {
+        if let Ok(event) = events.recv_timeout(Duration::from_millis(50)) {
+            progress(&event.state.to_string());
+        }
+    }
+    for event in events.try_iter() {
+        progress(&event.state.to_string());
+    }
+    let result = worker.join().unwrap_or_else(|_| {
+        Err(applevz::Error::Io {
+            action: "run the request",
+            path: PathBuf::new(),
+            source: std::io::Error::other("the operation panicked"),
+        })
+    });
+    result.map(|()| vm.state().to_string())
+}
+
+/// The simulated guest, scripted for tests by `APPLEVZ_SIM_GUEST`, for example
+/// `boot_delay_ms=500,ignores_stop_request,power_off_after_ms=2000`.
+#[cfg(not(target_os = "macos"))]
+fn simulated_guest_from_env() -> Result<applevz::sim::SimulatedGuest, Failure> {
+    let mut guest = applevz::sim::SimulatedGuest::default();
+    let Ok(script) = std::env::var("APPLEVZ_SIM_GUEST") else {
+        return Ok(guest);
+    };
+    for item in script.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || {
+            Failure::new(
+                exit::USAGE,
+                format!("APPLEVZ_SIM_GUEST: cannot use {item:?}"),
+            )
+        };
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        let ms = || {
+            value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| bad())
+        };
+        match key {
+            "boot_delay_ms" => guest.boot_delay = ms()?,
+            "stop_delay_ms" => guest.stop_delay = ms()?,
+            "operation_delay_ms" => guest.operation_delay = ms()?,
+            "power_off_after_ms" => guest.power_off_after = Some(ms()?),
+            "crash_after_ms" => guest.crash_after = Some((ms()?, 1)),
+            "ignores_stop_request" => guest.ignores_stop_request = true,
+            "save_restore_unsupported" => guest.save_restore_unsupported = true,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(guest)
+}
