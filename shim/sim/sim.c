@@ -2434,6 +2434,24 @@ static void vm_add_fd(avz_vm *vm, int fd, bool output) {
     }
 }
 
+/* The VM's own duplicate of a configuration's descriptor for `what`, or -1 with the
+ * error set. */
+static int vm_dup_fd(avz_vm *vm, int config_fd, const char *what, bool output,
+                     CFErrorRef *error) {
+    int fd = dup_cloexec(config_fd);
+    if (fd < 0) {
+        char buf[ERRBUF];
+        int e = errno;
+        avz_sim_fail(error, POSIX, e,
+                     "Cannot create the virtual machine: duplicating the descriptor of %s "
+                     "failed: %s.",
+                     what, avz_sim_strerror(e, buf, sizeof buf));
+        return -1;
+    }
+    vm_add_fd(vm, fd, output);
+    return fd;
+}
+
 avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
                       void *observer_context, avz_context_release_fn observer_release,
                       CFErrorRef *error) {
@@ -2473,16 +2491,9 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
             if (fds[j] < 0) {
                 continue;
             }
-            int fd = dup_cloexec(fds[j]);
-            if (fd < 0) {
-                int e = errno;
-                avz_sim_fail(error, POSIX, e,
-                             "Cannot create the virtual machine: duplicating a serial port "
-                             "descriptor failed: %s.",
-                             avz_sim_strerror(e, buf, sizeof buf));
+            if (vm_dup_fd(vm, fds[j], "a serial port", j == 1, error) < 0) {
                 goto fail_fds;
             }
-            vm_add_fd(vm, fd, j == 1);
         }
     }
     for (size_t i = 0; i < config->console_count; i++) {
@@ -2492,16 +2503,10 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
             if (fds[j] < 0) {
                 continue;
             }
-            int fd = dup_cloexec(fds[j]);
+            int fd = vm_dup_fd(vm, fds[j], "a console port", false, error);
             if (fd < 0) {
-                int e = errno;
-                avz_sim_fail(error, POSIX, e,
-                             "Cannot create the virtual machine: duplicating a console port "
-                             "descriptor failed: %s.",
-                             avz_sim_strerror(e, buf, sizeof buf));
                 goto fail_fds;
             }
-            vm_add_fd(vm, fd, false);
             if (j == 1) {
                 size_t size = sizeof CONSOLE_READY_FORMAT + strlen(console->name);
                 char *line = avz_sim_alloc(size);
@@ -2515,16 +2520,9 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
         if (config->nets[i].fd < 0) {
             continue;
         }
-        int fd = dup_cloexec(config->nets[i].fd);
-        if (fd < 0) {
-            int e = errno;
-            avz_sim_fail(error, POSIX, e,
-                         "Cannot create the virtual machine: duplicating a network device "
-                         "descriptor failed: %s.",
-                         avz_sim_strerror(e, buf, sizeof buf));
+        if (vm_dup_fd(vm, config->nets[i].fd, "a network device", false, error) < 0) {
             goto fail_fds;
         }
-        vm_add_fd(vm, fd, false);
     }
 
     pthread_mutex_init(&vm->mutex, NULL);
