@@ -78,20 +78,41 @@ impl<T> CompletionSlot<T> {
 
     /// Waits for the completion up to `timeout`; `None` when it did not arrive.
     pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<T, FrameworkError>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut outcome = lock(&self.outcome);
         loop {
             if let Some(result) = outcome.result.take() {
                 return Some(result);
             }
-            let remaining = deadline.checked_duration_since(Instant::now())?;
-            outcome = self
-                .completed
-                .wait_timeout(outcome, remaining)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            outcome = wait_until_deadline(&self.completed, outcome, deadline)?;
         }
     }
+}
+
+/// The instant `timeout` from now; `None` when that is too far for the clock to
+/// represent (`Duration::MAX`, or a definition file's `1e19` seconds): no limit.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// One wait on `condvar` until `deadline` (`None`: no limit). Returns the guard again,
+/// or `None` once the deadline has passed.
+pub(crate) fn wait_until_deadline<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+) -> Option<MutexGuard<'a, T>> {
+    let guard = match deadline {
+        None => condvar.wait(guard).unwrap_or_else(PoisonError::into_inner),
+        Some(deadline) => {
+            let remaining = deadline.checked_duration_since(Instant::now())?;
+            condvar
+                .wait_timeout(guard, remaining)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        }
+    };
+    Some(guard)
 }
 
 fn remove_late_file(path: &Path) {

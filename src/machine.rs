@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use crate::callback::{NativeEvent, lock};
+use crate::callback::{NativeEvent, deadline_after, lock, wait_until_deadline};
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, FrameworkError, Result, VzErrorCode};
 use crate::native::{AsyncOp, NativeVm};
@@ -64,21 +64,17 @@ impl Shared {
     /// Waits, event-driven, until `done` holds for the VM's state or `timeout` passes.
     /// Returns the last state seen and whether `done` held.
     fn wait_until(&self, timeout: Duration, done: impl Fn(VmState) -> bool) -> (VmState, bool) {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut observed = lock(&self.observed);
         loop {
             let state = self.vm_state(observed.framework_state);
             if done(state) {
                 return (state, true);
             }
-            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
-                return (state, false);
-            };
-            observed = self
-                .changed
-                .wait_timeout(observed, remaining)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            match wait_until_deadline(&self.changed, observed, deadline) {
+                Some(guard) => observed = guard,
+                None => return (state, false),
+            }
         }
     }
 }
@@ -108,6 +104,10 @@ pub struct VirtualMachine {
     /// Host ports with a listener of ours (a second listener would silently replace
     /// the first in the framework).
     vsock_ports: Arc<Mutex<HashSet<u32>>>,
+    /// The guest was restored from the saved-state file (or a restore is still under
+    /// way) and has not run since. Running it spends the file: the resume that follows
+    /// deletes it, so it is never restored a second time.
+    restored_from_saved_state: AtomicBool,
 }
 
 /// Hints for the ways out of a refused operation.
@@ -169,6 +169,7 @@ impl VirtualMachine {
             has_memory_balloon: config.has_memory_balloon(),
             has_vsock: config.has_vsock(),
             vsock_ports: Arc::default(),
+            restored_from_saved_state: AtomicBool::new(false),
         })
     }
 
@@ -222,8 +223,12 @@ impl VirtualMachine {
         let operation = Operation::Start;
         match self.state() {
             VmState::Running => Ok(()),
-            VmState::Paused => self.run(operation, AsyncOp::Resume, self.timeouts().resume),
-            VmState::Stopped => self.run(operation, AsyncOp::Start, self.timeouts().start),
+            VmState::Paused => self.resume_guest(operation),
+            VmState::Stopped => {
+                self.restored_from_saved_state
+                    .store(false, Ordering::SeqCst);
+                self.run(operation, AsyncOp::Start, self.timeouts().start)
+            }
             VmState::Suspended => self.start_from_saved_state(),
             VmState::Error => self.refuse(operation, hint::ERROR),
             _ => self.refuse(operation, hint::TRANSITIONAL),
@@ -270,7 +275,7 @@ impl VirtualMachine {
             (VmState::Running, ShutdownPolicy::Powerdown) => self.graceful_stop(operation),
             (VmState::Paused, ShutdownPolicy::Powerdown) => {
                 // A paused guest cannot hear the request.
-                self.run(operation, AsyncOp::Resume, self.timeouts().resume)?;
+                self.resume_guest(operation)?;
                 self.graceful_stop(operation)
             }
             (VmState::Running | VmState::Paused | VmState::Error, _) => self.force_stop(operation),
@@ -293,21 +298,27 @@ impl VirtualMachine {
     }
 
     /// Resumes a paused VM (a running VM is left alone). A suspended VM is resumed by
-    /// [`VirtualMachine::start`].
+    /// [`VirtualMachine::start`]. A VM paused by a restore that completed after
+    /// `start()` gave up on it is restored from its saved state: once it runs, that
+    /// state is spent and the file is deleted, as `start()` does after a restore.
     pub fn resume(&self) -> Result<()> {
         let _serialized = lock(&self.operation_lock);
         let operation = Operation::Resume;
         match self.state() {
             VmState::Running => Ok(()),
-            VmState::Paused => self.run(operation, AsyncOp::Resume, self.timeouts().resume),
+            VmState::Paused => self.resume_guest(operation),
             state => self.refuse(operation, refusal_hint(state)),
         }
     }
 
     /// Suspends a running or paused VM to its saved-state file: pause, save to a
     /// temporary file next to the target, stop, rename into place. On any failure the
-    /// VM is resumed if it was running, the temporary file is removed, and an existing
-    /// saved state is never touched. A suspended VM is left alone.
+    /// VM is resumed if it was running (after waiting, up to the resume timeout, for an
+    /// operation that outlived its own timeout to end), the temporary file is removed,
+    /// and an existing saved state is never touched. The one exception is a forced stop
+    /// that is still under way (or failed) after the save: the guest cannot come back,
+    /// so its saved state is moved into place rather than lost, and the error is
+    /// returned. A suspended VM is left alone.
     pub fn suspend(&self) -> Result<()> {
         let _serialized = lock(&self.operation_lock);
         let operation = Operation::Suspend;
@@ -324,33 +335,109 @@ impl VirtualMachine {
             });
         }
 
+        // Made before the pause, so nothing can fail between the pause and the save
+        // without the VM being resumed.
+        let temporary = CPath::new("saved-state path", &temporary_path_next_to(&target.path))?;
+
         let was_running = state == VmState::Running;
         if was_running {
-            self.run(operation, AsyncOp::Pause, self.timeouts().pause)?;
+            if let Err(error) = self.run(operation, AsyncOp::Pause, self.timeouts().pause) {
+                self.resume_after_failed_suspend(operation);
+                return Err(error);
+            }
         }
-        let temporary = CPath::new("saved-state path", &temporary_path_next_to(&target.path))?;
-        let saved_and_stopped = self
-            .run(operation, AsyncOp::Save(&temporary.c), self.timeouts().save)
-            .and_then(|()| self.force_stop(operation));
-        if let Err(error) = saved_and_stopped {
+        if let Err(error) = self.run(operation, AsyncOp::Save(&temporary.c), self.timeouts().save) {
+            // A save still under way removes its file when it ends (NativeVm::run).
             remove_if_present(&temporary.path);
-            if was_running && self.state() == VmState::Paused {
-                if let Err(resume_error) =
-                    self.run(operation, AsyncOp::Resume, self.timeouts().resume)
-                {
-                    log::error!("suspend failed and the VM could not be resumed: {resume_error}");
-                }
+            if was_running {
+                self.resume_after_failed_suspend(operation);
             }
             return Err(error);
         }
-        // The VM is stopped and its state is in `temporary`: from here on, a failure
-        // must keep that file, since it is the only copy of the guest.
-        std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
-            action: "move the saved state into place (it is kept at its temporary path) at",
-            path: target.path.clone(),
-            source,
-        })?;
+        // `temporary` holds the guest from here on.
+        if let Err(error) = self.force_stop(operation) {
+            // The forced stop may still be under way: where it ends decides whether the
+            // guest survives, and so what happens to its saved state.
+            let (state, _) = self
+                .shared
+                .wait_until(self.timeouts().stop, |state| !state.is_transitional());
+            match state {
+                // It went through after all: finish the suspend.
+                state if state.is_stopped() => {}
+                VmState::Running | VmState::Paused => {
+                    // The guest is intact: a failure like any other.
+                    remove_if_present(&temporary.path);
+                    if was_running && state == VmState::Paused {
+                        self.resume_guest_after_failure(operation);
+                    }
+                    return Err(error);
+                }
+                _ => {
+                    // Still stopping, or failed: the guest is going or gone, and the
+                    // saved state is its only copy. Keep it where start() looks, even
+                    // over an older one. Should the VM come back paused after all,
+                    // running it again spends the file.
+                    move_into_place(&temporary, target)?;
+                    self.restored_from_saved_state.store(true, Ordering::SeqCst);
+                    log::warn!(
+                        "suspend: the VM did not stop in time ({state}); its saved state is kept at {}",
+                        target.path.display()
+                    );
+                    return Err(error);
+                }
+            }
+        }
+        move_into_place(&temporary, target)?;
         self.shared.publish(None, EventKind::Suspended);
+        Ok(())
+    }
+
+    /// After a failed suspend of a running VM: waits (up to the resume timeout) for an
+    /// operation still under way, such as a save that outlived its timeout, to end,
+    /// then resumes the VM if it is paused.
+    fn resume_after_failed_suspend(&self, operation: Operation) {
+        let (state, _) = self
+            .shared
+            .wait_until(self.timeouts().resume, |state| !state.is_transitional());
+        if state == VmState::Paused {
+            self.resume_guest_after_failure(operation);
+        }
+    }
+
+    fn resume_guest_after_failure(&self, operation: Operation) {
+        if let Err(error) = self.run(operation, AsyncOp::Resume, self.timeouts().resume) {
+            log::error!("suspend failed and the VM could not be resumed: {error}");
+        }
+    }
+
+    /// Resumes a paused guest. A guest restored from the saved state, and not run
+    /// since, spends that state by running: the file is deleted, as `start()` does
+    /// right after a restore, so a later stop does not make the VM suspended again.
+    fn resume_guest(&self, operation: Operation) -> Result<()> {
+        self.run(operation, AsyncOp::Resume, self.timeouts().resume)?;
+        if self.restored_from_saved_state.swap(false, Ordering::SeqCst) {
+            self.remove_spent_saved_state()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the saved state of a guest that runs again.
+    fn remove_spent_saved_state(&self) -> Result<()> {
+        let Some(saved) = &self.saved_state else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&saved.path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "the VM runs, but delete it before the VM stops or it is restored again: could not delete the saved state",
+                    path: saved.path.clone(),
+                    source,
+                });
+            }
+        }
+        self.shared.publish(None, EventKind::SavedStateRemoved);
         Ok(())
     }
 
@@ -359,6 +446,9 @@ impl VirtualMachine {
             .saved_state
             .as_ref()
             .expect("suspended implies a saved-state path");
+        // Set before the restore begins: a restore that completes after its wait gave
+        // up leaves a paused guest whose first resume must spend the file too.
+        self.restored_from_saved_state.store(true, Ordering::SeqCst);
         match self
             .native
             .run(AsyncOp::Restore(&saved.c), self.timeouts().restore)
@@ -371,6 +461,8 @@ impl VirtualMachine {
                 ));
             }
             Some(Err(source)) => {
+                self.restored_from_saved_state
+                    .store(false, Ordering::SeqCst);
                 return Err(Error::RestoreFailed {
                     path: saved.path.clone(),
                     source,
@@ -385,13 +477,9 @@ impl VirtualMachine {
             }
             return Err(error);
         }
-        std::fs::remove_file(&saved.path).map_err(|source| Error::Io {
-            action: "the VM runs, but delete it before the VM stops or it is restored again: could not delete the saved state",
-            path: saved.path.clone(),
-            source,
-        })?;
-        self.shared.publish(None, EventKind::SavedStateRemoved);
-        Ok(())
+        self.restored_from_saved_state
+            .store(false, Ordering::SeqCst);
+        self.remove_spent_saved_state()
     }
 
     fn discard_saved_state(&self) -> Result<()> {
@@ -399,6 +487,8 @@ impl VirtualMachine {
             .saved_state
             .as_ref()
             .expect("suspended implies a saved-state path");
+        self.restored_from_saved_state
+            .store(false, Ordering::SeqCst);
         std::fs::remove_file(&saved.path).map_err(|source| Error::Io {
             action: "discard the saved state",
             path: saved.path.clone(),
@@ -614,6 +704,16 @@ fn temporary_path_next_to(target: &Path) -> PathBuf {
         .unwrap_or_default();
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     target.with_file_name(format!(".{name}.partial-{}-{unique}", std::process::id()))
+}
+
+/// Renames a saved state into place; on failure it stays at its temporary path, since
+/// it may be the only copy of the guest.
+fn move_into_place(temporary: &CPath, target: &CPath) -> Result<()> {
+    std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
+        action: "move the saved state into place (it is kept at its temporary path) at",
+        path: target.path.clone(),
+        source,
+    })
 }
 
 fn remove_if_present(path: &Path) {

@@ -916,3 +916,144 @@ fn a_forced_shutdown_preempts_a_graceful_wait() {
     drop(vm);
     leaks.finish();
 }
+
+// ---------------------------------------------------------------------------------
+// Found in review: timeouts, late completions and the nothing-lost rules.
+
+#[test]
+#[serial]
+fn a_timeout_too_long_to_add_to_the_clock_means_no_limit_not_a_panic() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("endless");
+    let forever = Timeouts {
+        start: Duration::MAX,
+        stop: Duration::MAX,
+        pause: Duration::MAX,
+        resume: Duration::MAX,
+        save: Duration::MAX,
+        restore: Duration::MAX,
+        graceful_shutdown: Duration::MAX,
+        vsock_connect: Duration::MAX,
+    };
+    let vm = VirtualMachine::new(
+        &builder(&dir, SimulatedGuest::default())
+            .timeouts(forever)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    vm.start().expect("start");
+    vm.wait_for_state(VmState::Running, Duration::MAX)
+        .expect("already running");
+    vm.pause().expect("pause");
+    vm.suspend().expect("suspend");
+    vm.start().expect("restore");
+    vm.shutdown(ShutdownPolicy::Powerdown).expect("powerdown");
+    assert_eq!(vm.state(), VmState::Stopped);
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn a_restore_that_completes_after_its_timeout_does_not_leave_a_stale_saved_state() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("late-restore");
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.start().unwrap();
+    vm.suspend().unwrap();
+    let saved = dir.join("vm.state");
+    vm.simulator().set_operation_delay(ms(400));
+    vm.set_timeouts(Timeouts {
+        restore: ms(50),
+        ..patient_timeouts()
+    });
+    expect_timeout(vm.start());
+    assert_eq!(vm.state(), VmState::Restoring);
+    // The restore goes through after start() gave up: the VM is paused, restored.
+    vm.wait_for_state(VmState::Paused, PATIENCE)
+        .expect("the late restore completes");
+    vm.simulator().set_operation_delay(Duration::ZERO);
+    vm.set_timeouts(patient_timeouts());
+    vm.start().expect("start resumes the restored VM");
+    assert_eq!(vm.state(), VmState::Running);
+    // The guest runs on from the saved state, so that state is spent: if it stayed,
+    // the next stop would make the VM "suspended" and start() would roll the guest
+    // back to it (against a disk that has moved on).
+    assert!(
+        !saved.exists(),
+        "the saved state outlived the restore: {:?}",
+        dir.entries()
+    );
+    vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+    assert_eq!(vm.state(), VmState::Stopped, "stopped, not suspended again");
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn suspend_whose_save_times_out_resumes_the_running_vm_once_the_save_ends() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("save-timeout");
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.start().unwrap();
+    let previous = dir.file("vm.state", b"previous saved state");
+    vm.simulator().set_operation_delay(ms(400));
+    vm.set_timeouts(Timeouts {
+        save: ms(50),
+        ..patient_timeouts()
+    });
+    expect_timeout(vm.suspend());
+    vm.simulator().set_operation_delay(Duration::ZERO);
+    // "On any failure the VM is resumed if it was running."
+    vm.wait_for_state(VmState::Running, PATIENCE)
+        .expect("the VM was running before the failed suspend");
+    assert_eq!(std::fs::read(&previous).unwrap(), b"previous saved state");
+    assert!(
+        dir.entries().iter().all(|name| !name.contains(".partial-")),
+        "{:?}",
+        dir.entries()
+    );
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn suspend_whose_stop_is_slow_keeps_the_saved_guest() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("slow-stop");
+    let guest = SimulatedGuest {
+        stop_delay: ms(300),
+        ..Default::default()
+    };
+    let vm = VirtualMachine::new(
+        &builder(&dir, guest)
+            .timeouts(Timeouts {
+                stop: ms(200),
+                ..patient_timeouts()
+            })
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    vm.start().unwrap();
+    // The save succeeds, then the forced stop takes longer than its timeout. The stop
+    // cannot be taken back: whatever suspend() reports, the guest must not be lost.
+    let _ = vm.suspend();
+    vm.wait_for_state(VmState::Suspended, PATIENCE)
+        .unwrap_or_else(|error| {
+            panic!(
+                "the guest was stopped and its saved state lost: {error}; files: {:?}",
+                dir.entries()
+            )
+        });
+    vm.set_timeouts(patient_timeouts());
+    vm.start().expect("the VM resumes from the saved state");
+    assert_eq!(vm.state(), VmState::Running);
+    drop(vm);
+    leaks.finish();
+}
