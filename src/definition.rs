@@ -323,8 +323,20 @@ impl VmDefinition {
     }
 
     /// The definition as TOML text.
+    ///
+    /// # Panics
+    /// When the definition cannot be written as TOML: a path that is not valid UTF-8.
+    /// [`VmDefinition::try_to_toml`] reports that as an error instead.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a definition always serializes")
+        self.try_to_toml(Path::new("the definition"))
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The definition as TOML text for `file` (which names it in the error), or why it
+    /// cannot be written: a path that is not valid UTF-8 (TOML files are UTF-8 text).
+    pub fn try_to_toml(&self, file: &Path) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|error| definition_error(file, "", &format!("cannot be written: {error}")))
     }
 
     /// A configuration builder, with relative paths resolved against `base` (the

@@ -431,3 +431,117 @@ fn run_on_a_terminal_restores_it() {
     assert_eq!(local_flags(&slave), before, "restored after a crash too");
     drop(master);
 }
+
+// ---------------------------------------------------------------------------------
+// Found in review.
+
+#[test]
+fn a_crash_is_reported_with_the_framework_reason() {
+    let (_dir, vm) = init_vm("crash-reason");
+    let run = spawn_run(&vm, "crash_after_ms=300", &[]);
+    let (code, log) = finish(run, &vm);
+    assert_eq!(code, 11, "{log}");
+    // The simulator's description of the crash (the delegate's error follows the
+    // state change to error).
+    assert!(
+        log.contains("the VM crashed: The virtual machine stopped unexpectedly."),
+        "{log}"
+    );
+}
+
+#[test]
+fn timeouts_too_large_for_a_duration_are_usage_errors_not_panics() {
+    let (_dir, vm) = init_vm("huge-timeouts");
+    let path = vm.to_str().unwrap();
+    let (code, _, stderr) = client(&["run", path, "--graceful-timeout", "1e30"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--graceful-timeout"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let run = spawn_run(&vm, "", &[]);
+    let (code, _, stderr) = client(&["stop", path, "--timeout", "1e30"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    assert_eq!(
+        client(&["status", path]).1,
+        "running\n",
+        "the VM is untouched"
+    );
+    // A timeout that fits a Duration but not the clock (about 317 billion years):
+    // no limit in practice, and the guest still shuts down when asked.
+    let (code, stdout, stderr) = client(&["stop", path, "--timeout", "1e19"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    let (code, log) = finish(run, &vm);
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn init_never_overwrites_a_kernel_it_did_not_write() {
+    let dir = TestDir::new("init-kernel");
+    let kernel = dir.file("vmlinuz", b"someone's kernel");
+    // Even when init fails afterwards (0 CPUs), the file it found stays as it was.
+    for extra in [&["--cpus", "0"][..], &[][..]] {
+        let mut args = vec!["init", dir.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (code, _, stderr) = client(&args);
+        assert_eq!(code, 7, "{args:?}: {stderr}");
+        assert!(stderr.contains("vmlinuz"), "{stderr}");
+        assert_eq!(std::fs::read(&kernel).unwrap(), b"someone's kernel");
+        assert_eq!(dir.entries(), vec!["vmlinuz"], "nothing else was created");
+    }
+}
+
+#[test]
+fn init_with_a_path_that_is_not_utf8_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TestDir::new("init-utf8");
+    let kernel = dir.path().join(std::ffi::OsStr::from_bytes(b"kernel-\xff"));
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let vm = dir.join("vm");
+    let output = Command::new(APPLEVZ)
+        .arg("init")
+        .arg(&vm)
+        .arg("--kernel")
+        .arg(&kernel)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--kernel") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
+    assert!(!vm.exists(), "nothing was created");
+}
+
+#[test]
+fn ctrl_c_twice_during_a_suspend_is_carried_out_before_run_ends() {
+    // Ctrl-C twice while `applevz suspend` is under way: the forced shutdown (a
+    // Poweroff, as documented) waits for the suspend and then applies to the
+    // suspended VM, discarding its saved state. `run` must not end before it has, and
+    // its exit status must tell the truth about vm.state.
+    for round in 0..3 {
+        let (_dir, vm) = init_vm("ctrl-c-suspend");
+        let path = vm.to_str().unwrap().to_owned();
+        let run = spawn_run(&vm, "operation_delay_ms=300", &[]);
+        let suspending = std::thread::spawn(move || client(&["suspend", &path]));
+        wait_for_status(&vm, "pausing");
+        signal(&run, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(50));
+        signal(&run, libc::SIGINT);
+        let (code, log) = finish(run, &vm);
+        let suspend = suspending.join().unwrap();
+        assert_eq!(
+            suspend.0, 0,
+            "round {round}: the suspend itself succeeds: {suspend:?}"
+        );
+        let saved = vm.join("vm.state").exists();
+        assert!(
+            code == 12 && !saved,
+            "round {round}: exit {code}, vm.state present: {saved}: {log}"
+        );
+        assert!(log.contains("forcing the VM off"), "{log}");
+    }
+}

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::terminal::Progress;
 use crate::vmdir::VmDir;
@@ -26,8 +27,18 @@ pub(crate) enum Request {
     Suspend,
     Stop {
         policy: Policy,
-        timeout: Option<f64>,
+        timeout: Option<Duration>,
     },
+}
+
+/// A number of seconds as a timeout: positive and small enough for a `Duration`.
+/// (A `Duration` too long for the clock is fine: the library treats it as no limit.)
+pub(crate) fn timeout_from_seconds(seconds: f64) -> Option<Duration> {
+    if seconds > 0.0 {
+        Duration::try_from_secs_f64(seconds).ok()
+    } else {
+        None
+    }
 }
 
 impl Request {
@@ -44,7 +55,7 @@ impl Request {
                     Policy::Poweroff => "poweroff",
                 };
                 match timeout {
-                    Some(seconds) => format!("stop {policy} {seconds}"),
+                    Some(timeout) => format!("stop {policy} {}", timeout.as_secs_f64()),
                     None => format!("stop {policy}"),
                 }
             }
@@ -65,8 +76,10 @@ impl Request {
                     "poweroff" => Policy::Poweroff,
                     _ => return None,
                 };
+                // Checked here too: the socket takes requests from any of the
+                // owner's programs, not only from `applevz stop`.
                 let timeout = match words.next() {
-                    Some(seconds) => Some(seconds.parse().ok()?),
+                    Some(seconds) => Some(timeout_from_seconds(seconds.parse().ok()?)?),
                     None => None,
                 };
                 Self::Stop { policy, timeout }
@@ -154,12 +167,16 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
 }
 
 pub(crate) fn stop(dir: &Path, policy: Policy, timeout: Option<f64>) -> Result<u8, Failure> {
-    if timeout.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
-        return Err(Failure::new(
-            exit::USAGE,
-            "--timeout needs a positive number of seconds",
-        ));
-    }
+    let timeout = timeout
+        .map(|seconds| {
+            timeout_from_seconds(seconds).ok_or_else(|| {
+                Failure::new(
+                    exit::USAGE,
+                    format!("--timeout needs a positive number of seconds, not {seconds}"),
+                )
+            })
+        })
+        .transpose()?;
     let state = send(&VmDir::open(dir)?, Request::Stop { policy, timeout })?;
     println!("{state}");
     Ok(exit::OK)

@@ -36,9 +36,13 @@ pub(crate) struct InitArgs {
     disk_size: String,
 }
 
+/// The placeholder kernel written on the simulator when no --kernel is given.
+const PLACEHOLDER_KERNEL: &str = "vmlinuz";
+
 pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
     let dir = &args.dir;
-    if dir.join(vmdir::DEFINITION).exists() {
+    let writes_placeholder = args.kernel.is_none() && !args.efi;
+    if dir.join(vmdir::DEFINITION).symlink_metadata().is_ok() {
         return Err(Failure::new(
             exit::EXISTS,
             format!(
@@ -48,13 +52,18 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
             ),
         ));
     }
+    let placeholder = writes_placeholder.then_some(PLACEHOLDER_KERNEL);
     for name in [
         vmdir::DISK,
         vmdir::MACHINE_IDENTIFIER,
         vmdir::EFI_VARIABLES,
         vmdir::SAVED_STATE,
-    ] {
-        if dir.join(name).exists() {
+    ]
+    .into_iter()
+    .chain(placeholder)
+    {
+        // symlink_metadata: a dangling link is something init must not write through.
+        if dir.join(name).symlink_metadata().is_ok() {
             return Err(Failure::new(
                 exit::EXISTS,
                 format!(
@@ -65,6 +74,15 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
         }
     }
     let usage = |message: String| Failure::new(exit::USAGE, message);
+    // vm.toml is UTF-8 text: a path it cannot hold is refused before anything exists.
+    for (option, path) in [("--kernel", &args.kernel), ("--initrd", &args.initrd)] {
+        if let Some(path) = path.as_deref().filter(|p| p.to_str().is_none()) {
+            return Err(usage(format!(
+                "{option}: {} is not valid UTF-8, which vm.toml cannot hold; rename it",
+                path.display()
+            )));
+        }
+    }
     let memory =
         parse_memory(&args.memory).map_err(|reason| usage(format!("--memory: {reason}")))?;
     let disk_size =
@@ -129,14 +147,20 @@ fn fill(
         let kernel = match &args.kernel {
             Some(kernel) => absolute(kernel)?,
             None => {
-                let placeholder = dir.join("vmlinuz");
-                std::fs::write(&placeholder, b"simulated kernel\n")
+                let placeholder = dir.join(PLACEHOLDER_KERNEL);
+                // create_new: only a file this init wrote is ever removed again.
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&placeholder)
                     .map_err(|e| io("write the placeholder kernel", e))?;
                 created.files.push(placeholder);
+                std::io::Write::write_all(&mut file, b"simulated kernel\n")
+                    .map_err(|e| io("write the placeholder kernel", e))?;
                 eprintln!(
                     "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
                 );
-                PathBuf::from("vmlinuz")
+                PathBuf::from(PLACEHOLDER_KERNEL)
             }
         };
         let mut definition = VmDefinition::linux(kernel, memory);
@@ -173,9 +197,18 @@ fn fill(
         .map_err(|e| io("size the disk image", e))?;
 
     let definition_path = dir.join(vmdir::DEFINITION);
-    std::fs::write(&definition_path, header() + &definition.to_toml())
+    let text = definition
+        .try_to_toml(&definition_path)
+        .map_err(|error| Failure::error(error.to_string()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&definition_path)
         .map_err(|e| io("write vm.toml", e))?;
     created.files.push(definition_path.clone());
+    std::io::Write::write_all(&mut file, (header() + &text).as_bytes())
+        .map_err(|e| io("write vm.toml", e))?;
+    drop(file);
     created.files.push(dir.join(vmdir::MACHINE_IDENTIFIER));
 
     // Building the VM once checks the definition end to end and creates the machine

@@ -17,7 +17,7 @@ use applevz::{
     VmDefinition, VmState,
 };
 
-use crate::control::{ControlServer, Request};
+use crate::control::{ControlServer, Request, timeout_from_seconds};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
 use crate::{Failure, Policy, exit};
@@ -65,15 +65,17 @@ enum Asked {
 }
 
 pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
-    if args
+    let graceful_timeout = args
         .graceful_timeout
-        .is_some_and(|t| !(t > 0.0 && t.is_finite()))
-    {
-        return Err(Failure::new(
-            exit::USAGE,
-            "--graceful-timeout needs a positive number of seconds",
-        ));
-    }
+        .map(|seconds| {
+            timeout_from_seconds(seconds).ok_or_else(|| {
+                Failure::new(
+                    exit::USAGE,
+                    format!("--graceful-timeout needs a positive number of seconds, not {seconds}"),
+                )
+            })
+        })
+        .transpose()?;
     let dir = VmDir::open(&args.dir)?;
     let _lock = dir.lock()?;
     // Before any thread exists, so every thread inherits the blocked mask.
@@ -98,8 +100,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         });
     }
     let mut timeouts = definition.timeouts_over(&definition_path, applevz::Timeouts::default())?;
-    if let Some(seconds) = args.graceful_timeout {
-        timeouts.graceful_shutdown = Duration::from_secs_f64(seconds);
+    if let Some(timeout) = graceful_timeout {
+        timeouts.graceful_shutdown = timeout;
     }
     builder = builder
         .timeouts(timeouts)
@@ -163,6 +165,11 @@ fn main_loop(
     spawn_operation(vm, messages, |vm| Message::Started(vm.start()));
     let mut started = false;
     let mut signals = 0;
+    // Shutdowns asked by signals: held until the boot has the VM (so one cannot run
+    // first, find nothing to stop, and be lost), then counted until they finish (so
+    // `run` never ends with one still pending, its outcome unreported).
+    let mut held_signal: Option<ShutdownPolicy> = None;
+    let mut signal_shutdowns = 0usize;
     let mut crash: Option<String> = None;
     let mut guest_stopped = false;
 
@@ -193,6 +200,10 @@ fn main_loop(
                     progress.finish(&vm.state().to_string());
                     eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
                 }
+                if let Some(policy) = held_signal.take() {
+                    signal_shutdowns += 1;
+                    spawn_signal_shutdown(vm, messages, policy);
+                }
             }
             Message::Started(Err(error)) => {
                 if let Some(progress) = boot.take() {
@@ -218,11 +229,16 @@ fn main_loop(
                     Asked::Forced
                 };
                 drop(current);
-                spawn_operation(vm, messages, move |vm| {
-                    Message::SignalShutdown(vm.shutdown(policy))
-                });
+                if started {
+                    signal_shutdowns += 1;
+                    spawn_signal_shutdown(vm, messages, policy);
+                } else {
+                    // The boot is under way: shut down once it has finished.
+                    held_signal = Some(policy);
+                }
             }
             Message::SignalShutdown(result) => {
+                signal_shutdowns -= 1;
                 if let Err(error) = result {
                     eprintln!("applevz: shutdown: {error}");
                 }
@@ -234,7 +250,7 @@ fn main_loop(
             state,
             VmState::Stopped | VmState::Suspended | VmState::Error
         );
-        if started && ended && busy.load(Ordering::SeqCst) == 0 {
+        if started && ended && signal_shutdowns == 0 && busy.load(Ordering::SeqCst) == 0 {
             return Ok(ending(state, *lock(asked), crash, guest_stopped, inbox));
         }
     }
@@ -253,13 +269,23 @@ fn ending(
             exit::SUSPENDED,
             "suspended; `applevz run` resumes it".into(),
         ),
-        (VmState::Error, _) => (
-            exit::CRASHED,
-            format!(
-                "the VM crashed: {}",
-                crash.unwrap_or_else(|| "no reason given".into())
-            ),
-        ),
+        (VmState::Error, _) => {
+            // The delegate's error follows the state change: give it a moment to
+            // arrive (the state is read ahead of the events).
+            let reason = crash.or_else(|| {
+                next_event(inbox, |event| match &event.kind {
+                    EventKind::StoppedWithError(error) => Some(error.to_string()),
+                    _ => None,
+                })
+            });
+            (
+                exit::CRASHED,
+                format!(
+                    "the VM crashed: {}",
+                    reason.unwrap_or_else(|| "no reason given".into())
+                ),
+            )
+        }
         (_, Asked::Nothing) => (
             exit::GUEST_POWERED_OFF,
             "the guest powered itself off".into(),
@@ -269,25 +295,38 @@ fn ending(
         (_, Asked::Powerdown) => {
             // The delegate's "guest stopped" follows the state change: give it a moment
             // to arrive; without it the shutdown was escalated to a forced stop.
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
-                match inbox.recv_timeout(remaining) {
-                    Ok(Message::Event(StateEvent {
-                        kind: EventKind::GuestStopped,
-                        ..
-                    })) => {
-                        return (exit::OK, "the guest shut down".into());
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+            match next_event(inbox, |event| {
+                (event.kind == EventKind::GuestStopped).then_some(())
+            }) {
+                Some(()) => (exit::OK, "the guest shut down".into()),
+                None => (
+                    exit::FORCED_OFF,
+                    "the guest did not power off in time and was forced off".into(),
+                ),
             }
-            (
-                exit::FORCED_OFF,
-                "the guest did not power off in time and was forced off".into(),
-            )
         }
     }
+}
+
+/// Waits up to a second for a state event that `wanted` picks out (the delegate's
+/// events follow the state change that `run` may already have acted on).
+fn next_event<T>(
+    inbox: &Receiver<Message>,
+    wanted: impl Fn(&StateEvent) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
+        match inbox.recv_timeout(remaining) {
+            Ok(Message::Event(event)) => {
+                if let Some(found) = wanted(&event) {
+                    return Some(found);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 fn describe(event: &StateEvent) -> String {
@@ -315,6 +354,16 @@ fn spawn_operation(
     let messages = messages.clone();
     std::thread::spawn(move || {
         let _ = messages.send(operation(&vm));
+    });
+}
+
+fn spawn_signal_shutdown(
+    vm: &Arc<VirtualMachine>,
+    messages: &Sender<Message>,
+    policy: ShutdownPolicy,
+) {
+    spawn_operation(vm, messages, move |vm| {
+        Message::SignalShutdown(vm.shutdown(policy))
     });
 }
 
@@ -412,16 +461,23 @@ fn perform(
         Request::Resume => worker_vm.resume(),
         Request::Suspend => worker_vm.suspend(),
         Request::Stop { policy, timeout } => {
-            if let Some(seconds) = timeout {
-                let mut timeouts = worker_vm.timeouts();
-                timeouts.graceful_shutdown = Duration::from_secs_f64(seconds);
-                worker_vm.set_timeouts(timeouts);
+            // This request's timeout, not the one a later Ctrl-C uses.
+            let previous = worker_vm.timeouts();
+            if let Some(timeout) = timeout {
+                worker_vm.set_timeouts(applevz::Timeouts {
+                    graceful_shutdown: timeout,
+                    ..previous
+                });
             }
-            worker_vm.shutdown(match policy {
+            let result = worker_vm.shutdown(match policy {
                 Policy::Powerdown => ShutdownPolicy::Powerdown,
                 Policy::Halt => ShutdownPolicy::Halt,
                 Policy::Poweroff => ShutdownPolicy::Poweroff,
-            })
+            });
+            if timeout.is_some() {
+                worker_vm.set_timeouts(previous);
+            }
+            result
         }
     });
     // Forward state changes while the operation runs (the subscription has no end of
