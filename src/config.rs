@@ -545,12 +545,18 @@ fn load_or_create_identifier(path: &Path) -> Result<Vec<u8>> {
                 file.write_all(&bytes)?;
                 file.sync_all()
             };
-            write().map_err(|source| Error::Io {
-                action: "write the machine identifier",
-                path: path.to_owned(),
-                source,
-            })?;
-            Ok(bytes)
+            match write() {
+                Ok(()) => Ok(bytes),
+                // Another process created it first: its identity is the VM's.
+                Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+                    load_or_create_identifier(path)
+                }
+                Err(source) => Err(Error::Io {
+                    action: "write the machine identifier",
+                    path: path.to_owned(),
+                    source,
+                }),
+            }
         }
         Err(source) => Err(Error::Io {
             action: "read the machine identifier",

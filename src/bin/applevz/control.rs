@@ -231,20 +231,19 @@ pub(crate) type Replied = dyn Fn(Request) + Send + Sync;
 /// The server side, owned by `applevz run`; removes its socket when dropped.
 pub(crate) struct ControlServer {
     path: PathBuf,
+    /// Bound, not yet served.
+    listener: Option<UnixListener>,
 }
 
 impl ControlServer {
     /// Binds the socket (the caller holds the run lock, so an existing socket is a
-    /// stale one) with mode 0600 from the start, and serves requests on a thread.
-    pub(crate) fn start(
-        dir: &VmDir,
-        handler: Arc<Handler>,
-        replied: Arc<Replied>,
-    ) -> Result<Self, Failure> {
+    /// stale one) with mode 0600 from the start; requests wait until `serve`.
+    pub(crate) fn bind(dir: &VmDir) -> Result<Self, Failure> {
         let path = dir.control_socket();
         let _ = std::fs::remove_file(&path);
-        // SAFETY: umask only changes this process's file-creation mask; it is set back
-        // right after the bind, so the socket never exists with looser permissions.
+        // SAFETY: umask only changes this process's file-creation mask, set back right
+        // after the bind, so the socket never exists with looser permissions. `run`
+        // binds before it starts any thread, so no other file is created meanwhile.
         let previous = unsafe { libc::umask(0o077) };
         let bound = UnixListener::bind(&path);
         // SAFETY: as above.
@@ -252,9 +251,26 @@ impl ControlServer {
         let listener = bound.map_err(|error| {
             Failure::error(format!("cannot create {}: {error}", path.display()))
         })?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |error| Failure::error(format!("cannot restrict {}: {error}", path.display())),
+        let server = Self {
+            path,
+            listener: Some(listener),
+        };
+        std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |error| {
+                Failure::error(format!(
+                    "cannot restrict {}: {error}",
+                    server.path.display()
+                ))
+            },
         )?;
+        Ok(server)
+    }
+
+    /// Serves requests on a thread from now on (until the process ends).
+    pub(crate) fn serve(&mut self, handler: Arc<Handler>, replied: Arc<Replied>) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
         std::thread::spawn(move || {
             for connection in listener.incoming().flatten() {
                 let handler = Arc::clone(&handler);
@@ -262,7 +278,6 @@ impl ControlServer {
                 std::thread::spawn(move || serve(connection, &*handler, &*replied));
             }
         });
-        Ok(Self { path })
     }
 }
 

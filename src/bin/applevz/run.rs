@@ -78,6 +78,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         .transpose()?;
     let dir = VmDir::open(&args.dir)?;
     let _lock = dir.lock()?;
+    // Before any thread exists: the bind briefly tightens the process's umask.
+    let mut server = ControlServer::bind(&dir)?;
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = block_termination_signals();
 
@@ -133,8 +135,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
             }
         }
     };
-    let _server =
-        ControlServer::start(&dir, control_handler(&vm, &busy, &asked), Arc::new(replied))?;
+    server.serve(control_handler(&vm, &busy, &asked), Arc::new(replied));
 
     let raw = match on_terminal {
         true => {
