@@ -58,7 +58,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .nat_network(None)
         .saved_state_path(work_dir.join("vm.state"));
     // On the simulator, give the guest a real guest's pace so the timings mean something.
-    #[cfg(not(target_os = "macos"))]
+    #[cfg(applevz_simulator)]
     let builder = builder.simulated_guest(applevz::sim::SimulatedGuest {
         boot_delay: std::time::Duration::from_millis(400),
         stop_delay: std::time::Duration::from_millis(200),

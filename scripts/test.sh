@@ -4,7 +4,8 @@
 # 1. formatting and clippy with warnings denied;
 # 2. the whole test suite (simulator lifecycle tests through the FFI path, config
 #    validation, the Objective-C shim compile checks when clang-19 is installed),
-#    then the shim compile checks once more as a script (required in CI);
+#    then the crate type-checked without the simulator (as a Mac builds it), and
+#    the shim compile checks once more as a script (required in CI);
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
 # 4. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
 set -euo pipefail
@@ -20,6 +21,10 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --locked
+
+step "type-check the crate as built against the real shim (no simulator cfg)"
+APPLEVZ_CHECK_AS_REAL_SHIM=1 RUSTFLAGS="-D warnings" \
+    cargo check --locked --all-targets --target-dir target/real-shim-check
 
 step "Objective-C shim compile checks (arm64 and x86_64 Macs, and the mistakes they must catch)"
 if command -v "${CLANG:-clang-19}" >/dev/null; then

@@ -1,7 +1,7 @@
 //! The `applevz` command end to end through the simulator: two processes (`run` in
 //! one, `stop` / `suspend` / `status` … in another), every bad input with its message
 //! and exit status, and the terminal restored after `run`.
-#![cfg(not(target_os = "macos"))]
+#![cfg(applevz_simulator)]
 
 mod common;
 
@@ -372,8 +372,8 @@ fn pty() -> (OwnedFd, OwnedFd) {
             &mut master,
             &mut slave,
             std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
         )
     };
     assert_eq!(status, 0);

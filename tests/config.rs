@@ -1,6 +1,6 @@
 //! Configuration validation: every bad input gets its own clear error, before
 //! anything crosses the ABI; the valid ones build and boot.
-#![cfg(not(target_os = "macos"))]
+#![cfg(applevz_simulator)]
 
 mod common;
 

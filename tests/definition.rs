@@ -1,6 +1,6 @@
 //! VM definition files: what people write by hand loads into a working configuration;
 //! unknown keys and invalid values are refused with the file, the key and the reason.
-#![cfg(not(target_os = "macos"))]
+#![cfg(applevz_simulator)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Device coverage through the simulator: entropy, memory balloon, vsock, shared
 //! directories, Rosetta, console ports, networking and storage — each end to end
 //! through the FFI path, and each bad input with its own error.
-#![cfg(not(target_os = "macos"))]
+#![cfg(applevz_simulator)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Lifecycle tests through the simulator, i.e. through the real FFI path: every cell
 //! of the shutdown table, start() from every state, suspend and its failure paths,
 //! guest behaviours, concurrency and drop.
-#![cfg(not(target_os = "macos"))]
+#![cfg(applevz_simulator)]
 
 mod common;
 

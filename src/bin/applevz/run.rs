@@ -108,7 +108,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     builder = builder
         .timeouts(timeouts)
         .on_graceful_timeout(OnGracefulTimeout::ForceStop);
-    #[cfg(not(target_os = "macos"))]
+    #[cfg(applevz_simulator)]
     {
         builder = builder.simulated_guest(simulated_guest_from_env()?);
     }
@@ -503,7 +503,7 @@ fn perform(
 
 /// The simulated guest, scripted for tests by `APPLEVZ_SIM_GUEST`, for example
 /// `boot_delay_ms=500,ignores_stop_request,power_off_after_ms=2000`.
-#[cfg(not(target_os = "macos"))]
+#[cfg(applevz_simulator)]
 fn simulated_guest_from_env() -> Result<applevz::sim::SimulatedGuest, Failure> {
     let mut guest = applevz::sim::SimulatedGuest::default();
     let Ok(script) = std::env::var("APPLEVZ_SIM_GUEST") else {

@@ -147,8 +147,9 @@ mod tests {
                 &mut master,
                 &mut slave,
                 std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
+                // *mut on macOS, *const on Linux: null_mut fits both.
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
             )
         };
         assert_eq!(status, 0, "openpty: {}", std::io::Error::last_os_error());
