@@ -173,6 +173,9 @@ fn main_loop(
     let mut signal_shutdowns = 0usize;
     let mut crash: Option<String> = None;
     let mut guest_stopped = false;
+    // The boot's state events can arrive after its completion: the progress line ends
+    // with the event that shows the VM running, whichever comes last.
+    let mut boot_saw_running = false;
 
     loop {
         let message = inbox
@@ -181,7 +184,13 @@ fn main_loop(
         match message {
             Message::Event(event) => {
                 match &boot {
-                    Some(progress) => progress.state(&event.state.to_string()),
+                    Some(progress) => {
+                        progress.state(&event.state.to_string());
+                        boot_saw_running |= event.state == VmState::Running;
+                        if started && boot_saw_running {
+                            finish_boot(&mut boot, vm);
+                        }
+                    }
                     None => eprintln!(
                         "applevz: [{:>8.2} s] {}",
                         began.elapsed().as_secs_f64(),
@@ -197,9 +206,8 @@ fn main_loop(
             Message::Started(Ok(())) => {
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
-                if let Some(progress) = boot.take() {
-                    progress.finish(&vm.state().to_string());
-                    eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
+                if boot_saw_running {
+                    finish_boot(&mut boot, vm);
                 }
                 if let Some(policy) = held_signal.take() {
                     signal_shutdowns += 1;
@@ -254,6 +262,14 @@ fn main_loop(
         if started && ended && signal_shutdowns == 0 && busy.load(Ordering::SeqCst) == 0 {
             return Ok(ending(state, *lock(asked), crash, guest_stopped, inbox));
         }
+    }
+}
+
+/// Ends the boot's progress line.
+fn finish_boot(boot: &mut Option<Progress>, vm: &VirtualMachine) {
+    if let Some(progress) = boot.take() {
+        progress.finish(&vm.state().to_string());
+        eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
     }
 }
 
