@@ -7,7 +7,8 @@
 #    then the crate type-checked without the simulator (as a Mac builds it), and
 #    the shim compile checks once more as a script (required in CI);
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
-# 4. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
+# 4. the simulator's own C tests under ASan+UBSan and TSan;
+# 5. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ else
     echo "skipped: ${CLANG:-clang-19} not installed (apt-get install clang-19)" >&2
     [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
 fi
+
+step "the simulator's C tests under AddressSanitizer+UBSan and ThreadSanitizer"
+bash scripts/sanitize-sim.sh
 
 libclang_dir=""
 for dir in /usr/lib/llvm-19/lib /usr/lib/llvm-*/lib; do
