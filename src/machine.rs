@@ -247,7 +247,10 @@ impl VirtualMachine {
     /// | error | forced stop where the framework allows | same | same |
     ///
     /// A forced shutdown (Halt or Poweroff) asked while a Powerdown is waiting for the
-    /// guest does not wait behind it: the Powerdown forces the VM off at once.
+    /// guest does not wait behind it: the Powerdown forces the VM off at once. A
+    /// Poweroff asked while a start, pause, resume, save or restore is under way stops
+    /// the VM at once too, cancelling that operation (its caller gets the framework's
+    /// cancellation error; a suspend or a restore keeps its nothing-lost rules).
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
         if policy != ShutdownPolicy::Powerdown {
             // Under the state lock, so a waiter cannot miss the wake-up.
@@ -257,7 +260,16 @@ impl VirtualMachine {
                 .store(true, Ordering::SeqCst);
             self.shared.changed.notify_all();
         }
-        let _serialized = lock(&self.operation_lock);
+        let _serialized = match self.operation_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if policy == ShutdownPolicy::Poweroff {
+                    self.pull_the_plug_on_operation_in_flight();
+                }
+                lock(&self.operation_lock)
+            }
+        };
         if policy != ShutdownPolicy::Powerdown {
             self.shared
                 .force_stop_requested
@@ -283,6 +295,26 @@ impl VirtualMachine {
             (_, ShutdownPolicy::Powerdown | ShutdownPolicy::Halt) => {
                 self.refuse(operation, hint::TRANSITIONAL)
             }
+        }
+    }
+
+    /// Poweroff while another operation holds the VM (a start, pause, resume, save or
+    /// restore still under way): stop now instead of queueing behind it. The framework
+    /// cancels that operation, whose caller gets its error; the Poweroff then finds the
+    /// VM stopping or stopped.
+    fn pull_the_plug_on_operation_in_flight(&self) {
+        let state = self.state();
+        let cancellable = matches!(
+            state,
+            VmState::Starting
+                | VmState::Pausing
+                | VmState::Resuming
+                | VmState::Saving
+                | VmState::Restoring
+        );
+        if cancellable && self.native.can_stop() {
+            log::info!("shutdown(Poweroff) while the VM is {state}: stopping it now");
+            self.native.stop_detached();
         }
     }
 
@@ -535,19 +567,27 @@ impl VirtualMachine {
     /// Forces the VM off and waits until the framework reports it stopped.
     fn force_stop(&self, operation: Operation) -> Result<()> {
         let stopped = |state: VmState| state.is_stopped();
-        let state = self.state();
-        if stopped(state) {
+        if stopped(self.state()) {
             return Ok(());
         }
-        if state != VmState::Stopping {
+        // Ask the framework itself: the cached state can lag behind it (after a
+        // cancelled operation, its completion arrives before the stop's state events).
+        let native_state = self.native.state();
+        if !matches!(native_state, VmState::Stopping | VmState::Stopped) {
             if !self.native.can_stop() {
                 return self.refuse(operation, hint::CANNOT_STOP);
             }
             if let Err(error) = self.run(operation, AsyncOp::Stop, self.timeouts().stop) {
                 // Refused because the VM stopped in the meantime: that is success.
-                let refused =
-                    error.vz_code() == Some(VzErrorCode::InvalidVirtualMachineStateTransition);
-                if !(refused && stopped(self.state())) {
+                let refused = matches!(
+                    error.vz_code(),
+                    Some(
+                        VzErrorCode::InvalidVirtualMachineStateTransition
+                            | VzErrorCode::InvalidVirtualMachineState
+                    )
+                );
+                if !(refused && matches!(self.native.state(), VmState::Stopping | VmState::Stopped))
+                {
                     return Err(error);
                 }
             }

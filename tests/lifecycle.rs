@@ -794,9 +794,13 @@ fn eight_threads_operating_at_once_serialize_without_deadlock() {
                     5 => vm.shutdown(ShutdownPolicy::Poweroff),
                     _ => vm.shutdown(ShutdownPolicy::Powerdown),
                 };
-                // Every outcome is a success or a typed refusal; never a timeout.
+                // Every outcome is a success, a typed refusal, or an operation that
+                // another thread's Poweroff cancelled; never a timeout.
                 match result {
                     Ok(()) | Err(Error::InvalidState { .. }) => outcomes += 1,
+                    Err(error) if error.vz_code() == Some(VzErrorCode::OperationCancelled) => {
+                        outcomes += 1
+                    }
                     Err(other) => panic!("thread {thread} step {step}: {other:?}"),
                 }
             }
@@ -1055,5 +1059,65 @@ fn suspend_whose_stop_is_slow_keeps_the_saved_guest() {
     vm.start().expect("the VM resumes from the saved state");
     assert_eq!(vm.state(), VmState::Running);
     drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn poweroff_cancels_an_operation_in_flight_instead_of_queueing() {
+    let leaks = LeakCheck::start();
+    type Operation = fn(&VirtualMachine) -> applevz::Result<()>;
+    let cases: [(&str, VmState, Operation); 3] = [
+        ("start", VmState::Starting, |vm| vm.start()),
+        ("pause", VmState::Pausing, |vm| vm.pause()),
+        ("suspend", VmState::Saving, |vm| vm.suspend()),
+    ];
+    for (name, transitional, operation) in cases {
+        let dir = TestDir::new(name);
+        let guest = SimulatedGuest {
+            boot_delay: if name == "start" {
+                LONG
+            } else {
+                Duration::ZERO
+            },
+            ..Default::default()
+        };
+        let vm = Arc::new(VirtualMachine::new(&builder(&dir, guest).build().unwrap()).unwrap());
+        if name != "start" {
+            vm.start().unwrap();
+        }
+        if name == "suspend" {
+            vm.pause().unwrap(); // so that only the save is slow
+        }
+        vm.simulator().set_operation_delay(LONG);
+        let in_flight = {
+            let vm = Arc::clone(&vm);
+            std::thread::spawn(move || operation(&vm))
+        };
+        vm.wait_for_state(transitional, PATIENCE)
+            .expect("the operation is under way");
+        let began = std::time::Instant::now();
+        vm.shutdown(ShutdownPolicy::Poweroff).expect("forced off");
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{name}: queued behind the operation"
+        );
+        let cancelled = in_flight
+            .join()
+            .unwrap()
+            .expect_err("the operation was cancelled");
+        assert_eq!(
+            cancelled.vz_code(),
+            Some(VzErrorCode::OperationCancelled),
+            "{name}: {cancelled:?}"
+        );
+        assert_eq!(vm.state(), VmState::Stopped, "{name}");
+        assert_eq!(
+            dir.entries(),
+            vec![IDENTITY, "vmlinuz"],
+            "{name}: nothing left behind"
+        );
+        drop(vm);
+    }
     leaks.finish();
 }
