@@ -218,7 +218,12 @@ fn main_loop(
                 if let Some(progress) = boot.take() {
                     progress.abandon();
                 }
-                return Err(error.into());
+                if *lock(asked) != Asked::Forced {
+                    return Err(error.into());
+                }
+                // The boot was cancelled by a forced stop: the VM ends as forced off.
+                busy.fetch_sub(1, Ordering::SeqCst);
+                started = true;
             }
             Message::Signal => {
                 signals += 1;
@@ -238,11 +243,13 @@ fn main_loop(
                     Asked::Forced
                 };
                 drop(current);
-                if started {
+                if started || policy == ShutdownPolicy::Poweroff {
+                    // A Poweroff does not wait for the boot: it cancels it.
+                    held_signal = None;
                     signal_shutdowns += 1;
                     spawn_signal_shutdown(vm, messages, policy);
                 } else {
-                    // The boot is under way: shut down once it has finished.
+                    // The boot is under way: ask the guest once it has finished.
                     held_signal = Some(policy);
                 }
             }
@@ -448,17 +455,28 @@ fn control_handler(
                 ),
             ));
         }
-        let previously_asked = *lock(&asked);
-        if let Request::Stop { policy, .. } = request {
-            *lock(&asked) = if policy == Policy::Powerdown {
-                Asked::Powerdown
-            } else {
-                Asked::Forced
-            };
-        }
+        // A stop records what it asks; if it fails, that record is taken back, unless
+        // something else (a Ctrl-C) has asked since. Other requests ask nothing.
+        let recorded = match request {
+            Request::Stop { policy, .. } => {
+                let ours = if policy == Policy::Powerdown {
+                    Asked::Powerdown
+                } else {
+                    Asked::Forced
+                };
+                let mut current = lock(&asked);
+                let previous = *current;
+                *current = ours;
+                Some((previous, ours))
+            }
+            _ => None,
+        };
         let result = perform(&vm, request, progress);
-        if result.is_err() {
-            *lock(&asked) = previously_asked;
+        if let (Err(_), Some((previous, ours))) = (&result, recorded) {
+            let mut current = lock(&asked);
+            if *current == ours {
+                *current = previous;
+            }
         }
         result.map_err(Failure::from)
     })
