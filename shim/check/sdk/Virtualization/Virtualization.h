@@ -12,6 +12,12 @@
  *     x86_64 does not compile at all, as with the real SDK;
  *   - nullability, ownership and NS_UNAVAILABLE initialisers.
  * Add a declaration here (with its real availability) before the shim uses it.
+ *
+ * Checked declaration by declaration against the SDK headers of macOS SDKs 11.3 to 26.1
+ * (VZ*.h) and Apple's documentation. Deliberate differences: members the shim does not
+ * use are left out; VZDirectorySharingDeviceConfiguration carries 12.0 although the
+ * SDK header gives it no availability attribute (Apple documents it as macOS 12.0+,
+ * so this is only stricter than a Mac build).
  */
 #ifndef AVZ_CHECK_VIRTUALIZATION_H
 #define AVZ_CHECK_VIRTUALIZATION_H
@@ -66,10 +72,10 @@ VZ_AVAILABLE(13.0)
 @interface VZEFIVariableStore : NSObject
 + (instancetype)new NS_UNAVAILABLE;
 - (instancetype)init NS_UNAVAILABLE;
-- (instancetype)initWithURL:(NSURL *)URL NS_DESIGNATED_INITIALIZER;
+- (instancetype)initWithURL:(NSURL *)URL;
 - (nullable instancetype)initCreatingVariableStoreAtURL:(NSURL *)URL
                                                 options:(VZEFIVariableStoreInitializationOptions)options
-                                                  error:(NSError **)error NS_DESIGNATED_INITIALIZER;
+                                                  error:(NSError **)error;
 @property (readonly, copy) NSURL *URL;
 @end
 
@@ -83,7 +89,7 @@ VZ_AVAILABLE(13.0)
 
 VZ_AVAILABLE(13.0)
 @interface VZGenericMachineIdentifier : NSObject <NSCopying>
-- (instancetype)init NS_DESIGNATED_INITIALIZER;
+- (instancetype)init; /* a new unique identifier */
 - (nullable instancetype)initWithDataRepresentation:(NSData *)dataRepresentation;
 @property (readonly, copy) NSData *dataRepresentation;
 @end
@@ -122,12 +128,14 @@ VZ_AVAILABLE(11.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZDiskImageStorageDeviceAttachment : VZStorageDeviceAttachment
-- (nullable instancetype)initWithURL:(NSURL *)url readOnly:(BOOL)readOnly error:(NSError **)error;
+- (nullable instancetype)initWithURL:(NSURL *)url
+                            readOnly:(BOOL)readOnly
+                               error:(NSError **)error NS_DESIGNATED_INITIALIZER;
 - (nullable instancetype)initWithURL:(NSURL *)url
                             readOnly:(BOOL)readOnly
                          cachingMode:(VZDiskImageCachingMode)cachingMode
                  synchronizationMode:(VZDiskImageSynchronizationMode)synchronizationMode
-                               error:(NSError **)error VZ_AVAILABLE(12.0);
+                               error:(NSError **)error NS_DESIGNATED_INITIALIZER VZ_AVAILABLE(12.0);
 @property (readonly, copy) NSURL *URL;
 @property (readonly, getter=isReadOnly) BOOL readOnly;
 @end
@@ -141,6 +149,8 @@ VZ_AVAILABLE(11.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZVirtioBlockDeviceConfiguration : VZStorageDeviceConfiguration
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
 - (instancetype)initWithAttachment:(VZStorageDeviceAttachment *)attachment NS_DESIGNATED_INITIALIZER;
 /* At most 20 bytes, ASCII. */
 + (BOOL)validateBlockDeviceIdentifier:(NSString *)blockDeviceIdentifier
@@ -216,7 +226,11 @@ VZ_AVAILABLE(11.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZFileSerialPortAttachment : VZSerialPortAttachment
-- (nullable instancetype)initWithURL:(NSURL *)url append:(BOOL)shouldAppend error:(NSError **)error;
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+- (nullable instancetype)initWithURL:(NSURL *)url
+                              append:(BOOL)shouldAppend
+                               error:(NSError **)error NS_DESIGNATED_INITIALIZER;
 @property (readonly, copy) NSURL *URL;
 @property (readonly) BOOL append;
 @end
@@ -305,6 +319,8 @@ VZ_AVAILABLE(11.0)
 /* Rounded down to a MiB, clamped to minimumAllowedMemorySize...memorySize. */
 VZ_AVAILABLE(11.0)
 @interface VZVirtioTraditionalMemoryBalloonDevice : VZMemoryBalloonDevice
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
 @property uint64_t targetVirtualMachineMemorySize;
 @end
 
@@ -343,7 +359,7 @@ VZ_AVAILABLE(11.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZVirtioSocketListener : NSObject
-@property (readwrite, weak) id<VZVirtioSocketListenerDelegate> delegate;
+@property (nullable, weak) id<VZVirtioSocketListenerDelegate> delegate;
 @end
 
 /* Runtime device (VZVirtualMachine.socketDevices). */
@@ -355,6 +371,8 @@ VZ_AVAILABLE(11.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZVirtioSocketDevice : VZSocketDevice
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
 - (void)setSocketListener:(VZVirtioSocketListener *)listener forPort:(uint32_t)port;
 - (void)removeSocketListenerForPort:(uint32_t)port;
 - (void)connectToPort:(uint32_t)port
@@ -409,6 +427,8 @@ VZ_AVAILABLE(13.0)
 @end
 #endif
 
+/* The SDK header has no availability attribute here; 12.0 is Apple's documented
+ * availability (stricter than the SDK, see the top of this file). */
 VZ_AVAILABLE(12.0)
 @interface VZDirectorySharingDeviceConfiguration : NSObject <NSCopying>
 + (instancetype)new NS_UNAVAILABLE;
@@ -428,7 +448,6 @@ VZ_AVAILABLE(12.0)
 
 VZ_AVAILABLE(11.0)
 @interface VZVirtualMachineConfiguration : NSObject <NSCopying>
-- (instancetype)init NS_DESIGNATED_INITIALIZER;
 @property (nullable, strong) VZBootLoader *bootLoader;
 @property uint64_t memorySize;
 @property NSUInteger CPUCount;

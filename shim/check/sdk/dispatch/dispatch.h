@@ -33,27 +33,33 @@ typedef void (*dispatch_function_t)(void *_Nullable);
 
 #define DISPATCH_QUEUE_SERIAL ((dispatch_queue_attr_t _Nullable)0)
 
+#define AVZ_DISPATCH_AVAILABLE(v) __attribute__((availability(macos, introduced = v)))
+
 typedef enum : unsigned long {
-    DISPATCH_AUTORELEASE_FREQUENCY_INHERIT = 0,
-    DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM = 1,
-    DISPATCH_AUTORELEASE_FREQUENCY_NEVER = 2,
+    DISPATCH_AUTORELEASE_FREQUENCY_INHERIT AVZ_DISPATCH_AVAILABLE(10.12) = 0,
+    DISPATCH_AUTORELEASE_FREQUENCY_WORK_ITEM AVZ_DISPATCH_AVAILABLE(10.12) = 1,
+    DISPATCH_AUTORELEASE_FREQUENCY_NEVER AVZ_DISPATCH_AVAILABLE(10.12) = 2,
 } dispatch_autorelease_frequency_t;
 
-__attribute__((availability(macos, introduced = 10.12)))
-__attribute__((ns_returns_retained)) dispatch_queue_attr_t
+/* Not a +1 result (unlike dispatch_queue_create): the SDK does not mark it
+ * DISPATCH_RETURNS_RETAINED, so ARC treats the attribute as autoreleased. */
+AVZ_DISPATCH_AVAILABLE(10.12) __attribute__((warn_unused_result)) dispatch_queue_attr_t
 dispatch_queue_attr_make_with_autorelease_frequency(dispatch_queue_attr_t _Nullable attr,
                                                     dispatch_autorelease_frequency_t frequency);
 
-__attribute__((ns_returns_retained)) dispatch_queue_t
-dispatch_queue_create(const char *_Nullable label, dispatch_queue_attr_t _Nullable attr);
+AVZ_DISPATCH_AVAILABLE(10.6) __attribute__((ns_returns_retained, warn_unused_result))
+dispatch_queue_t dispatch_queue_create(const char *_Nullable label,
+                                       dispatch_queue_attr_t _Nullable attr);
 
-void dispatch_async(dispatch_queue_t queue, dispatch_block_t block);
-void dispatch_sync(dispatch_queue_t queue, __attribute__((noescape)) dispatch_block_t block);
+AVZ_DISPATCH_AVAILABLE(10.6) void dispatch_async(dispatch_queue_t queue, dispatch_block_t block);
+AVZ_DISPATCH_AVAILABLE(10.6) void dispatch_sync(dispatch_queue_t queue,
+                                                __attribute__((noescape)) dispatch_block_t block);
 
-void dispatch_queue_set_specific(dispatch_queue_t queue, const void *key,
-                                 void *_Nullable context,
-                                 dispatch_function_t _Nullable destructor);
-void *_Nullable dispatch_get_specific(const void *key);
+AVZ_DISPATCH_AVAILABLE(10.7) void dispatch_queue_set_specific(
+    dispatch_queue_t queue, const void *key, void *_Nullable context,
+    dispatch_function_t _Nullable destructor);
+AVZ_DISPATCH_AVAILABLE(10.7) __attribute__((warn_unused_result)) void *_Nullable
+dispatch_get_specific(const void *key);
 
 #pragma clang assume_nonnull end
 
