@@ -57,7 +57,7 @@ impl<T> CompletionSlot<T> {
     fn complete(&self, result: Result<T, FrameworkError>) {
         let mut outcome = lock(&self.outcome);
         if let Some(path) = outcome.abandoned_with_cleanup.take() {
-            remove_late_file(&path);
+            remove_if_present(&path);
         }
         outcome.result = Some(result);
         drop(outcome);
@@ -70,7 +70,7 @@ impl<T> CompletionSlot<T> {
         let mut outcome = lock(&self.outcome);
         if outcome.result.is_some() {
             // Completed between the timeout and now.
-            remove_late_file(&path);
+            remove_if_present(&path);
         } else {
             outcome.abandoned_with_cleanup = Some(path);
         }
@@ -115,12 +115,11 @@ pub(crate) fn wait_until_deadline<'a, T>(
     Some(guard)
 }
 
-fn remove_late_file(path: &Path) {
+/// Removes a file that may or may not exist; other failures are logged, since every
+/// caller is already on a failure or late-completion path with nothing better to do.
+pub(crate) fn remove_if_present(path: &Path) {
     match std::fs::remove_file(path) {
-        Ok(()) => log::info!(
-            "removed {} after its operation completed late",
-            path.display()
-        ),
+        Ok(()) => log::debug!("removed {}", path.display()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => log::warn!("could not remove {}: {error}", path.display()),
     }

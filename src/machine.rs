@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::callback::{NativeEvent, deadline_after, lock, wait_until_deadline};
+use crate::callback::{NativeEvent, deadline_after, lock, remove_if_present, wait_until_deadline};
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, FrameworkError, Result, VzErrorCode};
 use crate::native::{AsyncOp, NativeVm};
@@ -754,14 +754,6 @@ fn move_into_place(temporary: &CPath, target: &CPath) -> Result<()> {
         path: target.path.clone(),
         source,
     })
-}
-
-fn remove_if_present(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => log::warn!("could not remove {}: {error}", path.display()),
-    }
 }
 
 impl Drop for VirtualMachine {
