@@ -579,13 +579,7 @@ impl VirtualMachine {
             }
             if let Err(error) = self.run(operation, AsyncOp::Stop, self.timeouts().stop) {
                 // Refused because the VM stopped in the meantime: that is success.
-                let refused = matches!(
-                    error.vz_code(),
-                    Some(
-                        VzErrorCode::InvalidVirtualMachineStateTransition
-                            | VzErrorCode::InvalidVirtualMachineState
-                    )
-                );
+                let refused = matches!(error, Error::InvalidState { .. });
                 if !(refused && matches!(self.native.state(), VmState::Stopping | VmState::Stopped))
                 {
                     return Err(error);
@@ -599,9 +593,27 @@ impl VirtualMachine {
     }
 
     /// Runs one native operation and waits for its completion.
+    ///
+    /// The framework refusing the operation for the VM's state (codes 3 and 4: the
+    /// state changed underneath, for example a concurrent Poweroff is stopping it) is
+    /// reported like any refused state, with the framework's current state.
     fn run(&self, operation: Operation, op: AsyncOp<'_>, timeout: Duration) -> Result<()> {
         match self.native.run(op, timeout) {
             Some(Ok(())) => Ok(()),
+            Some(Err(source))
+                if matches!(
+                    source.code,
+                    VzErrorCode::InvalidVirtualMachineState
+                        | VzErrorCode::InvalidVirtualMachineStateTransition
+                ) =>
+            {
+                let state = self.shared.vm_state(self.native.state());
+                Err(Error::InvalidState {
+                    operation,
+                    state,
+                    hint: refusal_hint(state),
+                })
+            }
             Some(Err(source)) => Err(Error::during(operation)(source)),
             None => Err(self.timeout(operation, timeout, hint::TIMEOUT)),
         }
