@@ -215,6 +215,12 @@ pub(crate) unsafe extern "C" fn observer_trampoline(
             (sys::AVZ_EVENT_STOPPED_WITH_ERROR, None) => {
                 EventKind::StoppedWithError(FrameworkError::missing("the VM stopped"))
             }
+            (sys::AVZ_EVENT_NETWORK_DISCONNECTED, Some(error)) => {
+                EventKind::NetworkDisconnected(error.into())
+            }
+            (sys::AVZ_EVENT_NETWORK_DISCONNECTED, None) => EventKind::NetworkDisconnected(
+                FrameworkError::missing("a network attachment was disconnected"),
+            ),
             _ => EventKind::StateChanged,
         };
         observer(NativeEvent {

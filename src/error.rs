@@ -170,6 +170,19 @@ pub enum Error {
         source: FrameworkError,
     },
 
+    /// The saved-state file is not where the VM left it: a file appeared at the path
+    /// that this VM did not write, or the one it tracks vanished. Nothing was changed;
+    /// the VM never adopts or forgets a saved state behind the caller's back.
+    #[error("{what} {path}: {hint}")]
+    SavedStateChanged {
+        /// The saved-state file.
+        path: PathBuf,
+        /// What happened to it.
+        what: &'static str,
+        /// What to do.
+        hint: &'static str,
+    },
+
     /// A file operation of applevz itself failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -1,111 +1,58 @@
 //! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
 //! native wrappers.
+//!
+//! The framework's contract, which everything here builds on: start from stopped or
+//! error; pause from running; resume from paused; forced stop from running or paused
+//! only; request-stop from running; save from paused; restore into a stopped VM,
+//! ending paused. No operation cancels another, so a forced shutdown never cuts into
+//! an operation in flight: it waits for it to settle.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+mod devices;
+mod saved_state;
+mod tracker;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::{NativeEvent, deadline_after, lock, remove_if_present, wait_until_deadline};
+use crate::callback::{NativeEvent, lock};
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, FrameworkError, Result, VzErrorCode};
-use crate::native::{AsyncOp, NativeVm};
-use crate::state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
-use crate::vsock::{VsockListener, VsockStream};
-
-/// What the observer maintains: the framework's state and the subscribers.
-struct Observed {
-    /// The framework's state as last reported (never `Suspended`).
-    framework_state: VmState,
-    subscribers: Vec<Sender<StateEvent>>,
-}
-
-/// State shared between the VM's owner and the native observer.
-struct Shared {
-    observed: Mutex<Observed>,
-    changed: Condvar,
-    saved_state: Option<PathBuf>,
-    /// Set by a forced shutdown waiting for its turn: a graceful wait in progress
-    /// stops waiting and forces the VM off itself.
-    force_stop_requested: AtomicBool,
-}
-
-impl Shared {
-    /// Maps the framework's state to the VM's: stopped with a saved state is
-    /// suspended.
-    fn vm_state(&self, framework_state: VmState) -> VmState {
-        match (&self.saved_state, framework_state) {
-            (Some(path), VmState::Stopped) if path.exists() => VmState::Suspended,
-            _ => framework_state,
-        }
-    }
-
-    /// Records an event and hands it to every subscriber, in order (events are
-    /// published under the lock, so no two interleave).
-    fn publish(&self, framework_state: Option<VmState>, kind: EventKind) {
-        let mut observed = lock(&self.observed);
-        if let Some(state) = framework_state {
-            observed.framework_state = state;
-        }
-        let event = StateEvent {
-            state: self.vm_state(observed.framework_state),
-            kind,
-        };
-        log::debug!("VM event: {event:?}");
-        observed
-            .subscribers
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
-        drop(observed);
-        self.changed.notify_all();
-    }
-
-    /// Waits, event-driven, until `done` holds for the VM's state or `timeout` passes.
-    /// Returns the last state seen and whether `done` held.
-    fn wait_until(&self, timeout: Duration, done: impl Fn(VmState) -> bool) -> (VmState, bool) {
-        let deadline = deadline_after(timeout);
-        let mut observed = lock(&self.observed);
-        loop {
-            let state = self.vm_state(observed.framework_state);
-            if done(state) {
-                return (state, true);
-            }
-            match wait_until_deadline(&self.changed, observed, deadline) {
-                Some(guard) => observed = guard,
-                None => return (state, false),
-            }
-        }
-    }
-}
+use crate::native::{AsyncOp, BuiltConfig, NativeConfig, NativeSlot, NativeVm};
+use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
+use crate::vsock::VsockListeners;
+use tracker::{Busy, Tracker};
 
 /// A Linux virtual machine.
 ///
 /// `VirtualMachine` is `Send + Sync`: share it through an `Arc`. Lifecycle operations
-/// are serialized (one at a time; others wait their turn). Every operation has a
-/// timeout (see [`Timeouts`]); a completion that arrives after its wait timed out is
-/// harmless.
+/// are serialized (one at a time; `start`, `pause`, `resume` and `suspend` wait their
+/// turn, shutdowns follow the table at [`VirtualMachine::shutdown`]). Every operation
+/// has a timeout (see [`Timeouts`]); a completion that arrives after its wait timed
+/// out is harmless.
 ///
-/// Dropping a VM that is not stopped forces it off, like pulling the plug, without
+/// Dropping a running or paused VM forces it off, like pulling the plug, without
 /// waiting for the guest: call [`VirtualMachine::shutdown`] first for a graceful stop
 /// or [`VirtualMachine::suspend`] to keep its state. Drop never blocks on the guest;
 /// the native side releases the VM once its last operation completed.
 pub struct VirtualMachine {
-    native: NativeVm,
-    shared: Arc<Shared>,
-    operation_lock: Mutex<()>,
-    saved_state: Option<CPath>,
+    native: NativeSlot,
+    /// Kept to build a fresh native VM object for each restore.
+    native_config: Mutex<BuiltConfig>,
+    tracker: Arc<Tracker>,
+    /// Where `suspend()` stores the guest (the configuration's saved-state path).
+    saved_state_target: Option<CPath>,
     save_restore_check: std::result::Result<(), FrameworkError>,
     timeouts: Mutex<Timeouts>,
     on_graceful_timeout: OnGracefulTimeout,
     memory_size: u64,
     has_memory_balloon: bool,
     has_vsock: bool,
-    /// Host ports with a listener of ours (a second listener would silently replace
-    /// the first in the framework).
-    vsock_ports: Arc<Mutex<HashSet<u32>>>,
-    /// The guest was restored from the saved-state file (or a restore is still under
-    /// way) and has not run since. Running it spends the file: the resume that follows
+    vsock: Arc<VsockListeners>,
+    /// The guest was restored from the saved state (or a restore is still under way)
+    /// and has not run since. Running it spends the file: the resume that follows
     /// deletes it, so it is never restored a second time.
     restored_from_saved_state: AtomicBool,
 }
@@ -114,69 +61,65 @@ pub struct VirtualMachine {
 mod hint {
     pub const SUSPENDED: &str =
         "suspended: start() resumes it, shutdown(Poweroff) discards the saved state";
-    pub const TRANSITIONAL: &str = "another operation is under way: wait_for_state() until it settles, or shutdown(Poweroff) forces it off";
-    pub const ERROR: &str =
-        "the VM failed: shutdown(Poweroff) stops it, then start() boots it again";
+    pub const TRANSITIONAL: &str = "another operation is under way: wait_for_state() until it settles, \
+         or shutdown(Poweroff), which waits for it and then forces the VM off";
+    pub const GRACEFUL_UNDER_WAY: &str = "a graceful shutdown is already waiting for the guest: \
+         shutdown(Halt) or shutdown(Poweroff) cuts it short";
+    pub const ERROR: &str = "the VM failed and its guest does not run: start() boots it afresh";
     pub const STOPPED: &str = "the VM is not running: start() it first";
     pub const RUNNING: &str = "pause() it first";
-    pub const TIMEOUT: &str =
-        "the operation may still finish; shutdown(Poweroff) forces the VM off";
+    pub const TIMEOUT: &str = "the operation may still finish; shutdown(Poweroff) waits for it to \
+         settle and then forces the VM off";
+    pub const SETTLE_TIMEOUT: &str =
+        "the operation in flight did not settle; the VM was not stopped";
     pub const GRACEFUL_TIMEOUT: &str = "the guest ignored the stop request (does it handle the ACPI power button?): \
          shutdown(Poweroff) forces it off, or configure OnGracefulTimeout::ForceStop";
     pub const CANNOT_STOP: &str = "the framework cannot stop the VM in this state";
-    pub const CRASHED: &str = "the VM failed during the operation: shutdown(Poweroff) resets it";
 }
 
 impl VirtualMachine {
     /// Creates a VM from a validated configuration. When the configuration's
-    /// saved-state file exists, the VM starts out [`VmState::Suspended`].
+    /// saved-state file exists, the VM starts out [`VmState::Suspended`] and tracks
+    /// that file from then on.
     pub fn new(config: &VmConfig) -> Result<Self> {
         let native_config = config.to_native()?;
         native_config
             .validate()
             .map_err(Error::during(Operation::Create))?;
         let save_restore_check = native_config.validate_save_restore();
+        let saved_state = config
+            .saved_state
+            .as_ref()
+            .map(|p| p.path.clone())
+            .filter(|path| path.exists());
 
-        let shared = Arc::new(Shared {
-            observed: Mutex::new(Observed {
-                framework_state: VmState::Stopped,
-                subscribers: Vec::new(),
-            }),
-            changed: Condvar::new(),
-            saved_state: config.saved_state.as_ref().map(|p| p.path.clone()),
-            force_stop_requested: AtomicBool::new(false),
-        });
-        let observer_shared = Arc::clone(&shared);
-        let native = NativeVm::create(
-            &native_config,
-            Box::new(move |event: NativeEvent| {
-                observer_shared.publish(Some(event.state), event.kind)
-            }),
-        )
-        .map_err(Error::during(Operation::Create))?;
-        // Events may have arrived already; the framework's own answer wins.
-        lock(&shared.observed).framework_state = native.state();
+        let tracker = Arc::new(Tracker::new(VmState::Stopped, saved_state));
+        let native =
+            create_native(&native_config, &tracker, 0).map_err(Error::during(Operation::Create))?;
+        // A new VM is stopped, but ask the framework rather than assume it.
+        let framework_state = native.state();
+        tracker.update(|t| t.framework_state = framework_state, None);
+        let native = NativeSlot::new(native);
 
         Ok(Self {
+            vsock: Arc::new(VsockListeners::new(native.clone())),
             native,
-            shared,
-            operation_lock: Mutex::new(()),
-            saved_state: config.saved_state.clone(),
+            native_config: Mutex::new(BuiltConfig::new(native_config)),
+            tracker,
+            saved_state_target: config.saved_state.clone(),
             save_restore_check,
             timeouts: Mutex::new(config.timeouts),
             on_graceful_timeout: config.on_graceful_timeout,
             memory_size: config.memory_size(),
             has_memory_balloon: config.has_memory_balloon(),
             has_vsock: config.has_vsock(),
-            vsock_ports: Arc::default(),
             restored_from_saved_state: AtomicBool::new(false),
         })
     }
 
     /// The VM's state.
     pub fn state(&self) -> VmState {
-        let framework_state = lock(&self.shared.observed).framework_state;
-        self.shared.vm_state(framework_state)
+        self.tracker.vm_state()
     }
 
     /// The per-operation timeouts in force.
@@ -189,22 +132,32 @@ impl VirtualMachine {
         *lock(&self.timeouts) = timeouts;
     }
 
-    /// The saved-state file of this VM, if configured.
+    /// The configured saved-state file of this VM (where `suspend()` writes).
     pub fn saved_state_path(&self) -> Option<&Path> {
-        self.saved_state.as_ref().map(|p| p.path.as_path())
+        self.saved_state_target.as_ref().map(|p| p.path.as_path())
+    }
+
+    /// The file `start()` restores this VM from, when it is suspended: normally the
+    /// configured saved-state path; after a suspend whose final rename failed, the
+    /// temporary file that holds the guest.
+    pub fn saved_state_file(&self) -> Option<std::path::PathBuf> {
+        self.tracker.lock().saved_state.clone()
     }
 
     /// A new subscription: the receiver gets every state change from now on, in
     /// order. Dropping the receiver ends the subscription.
     pub fn subscribe(&self) -> Receiver<StateEvent> {
         let (sender, receiver) = mpsc::channel();
-        lock(&self.shared.observed).subscribers.push(sender);
+        self.tracker.subscribe(sender);
         receiver
     }
 
     /// Waits until the VM is in `target`, up to `timeout`; event-driven.
     pub fn wait_for_state(&self, target: VmState, timeout: Duration) -> Result<()> {
-        match self.shared.wait_until(timeout, |state| state == target) {
+        match self
+            .tracker
+            .wait_until(timeout, |tracked| tracked.vm_state() == target)
+        {
             (_, true) => Ok(()),
             (state, false) => Err(Error::Timeout {
                 operation: Operation::WaitForState(target),
@@ -215,22 +168,32 @@ impl VirtualMachine {
         }
     }
 
-    /// Starts the VM: a stopped VM boots, a paused one resumes, a running one is left
-    /// alone, and a suspended one is restored from its saved state and resumed, after
-    /// which the saved state is deleted. A failed restore keeps the file.
+    /// Starts the VM: a stopped VM boots, a VM in the error state boots afresh, a
+    /// paused one resumes, a running one is left alone, and a suspended one is
+    /// restored from its saved state and resumed, after which the saved state is
+    /// deleted. A failed restore keeps the file.
+    ///
+    /// A file at the saved-state path that this VM did not write is never adopted:
+    /// starting a stopped VM then fails with [`Error::SavedStateChanged`].
     pub fn start(&self) -> Result<()> {
-        let _serialized = lock(&self.operation_lock);
         let operation = Operation::Start;
-        match self.state() {
+        let _gate = self.acquire(operation);
+        let (state, has_saved_state) = {
+            let tracked = self.tracker.lock();
+            (tracked.vm_state(), tracked.saved_state.is_some())
+        };
+        match state {
             VmState::Running => Ok(()),
             VmState::Paused => self.resume_guest(operation),
-            VmState::Stopped => {
+            VmState::Suspended => self.start_from_saved_state(),
+            // The guest failed after a suspend put its state in place: restore that.
+            VmState::Error if has_saved_state => self.start_from_saved_state(),
+            VmState::Stopped | VmState::Error => {
+                self.refuse_foreign_saved_state()?;
                 self.restored_from_saved_state
                     .store(false, Ordering::SeqCst);
                 self.run(operation, AsyncOp::Start, self.timeouts().start)
             }
-            VmState::Suspended => self.start_from_saved_state(),
-            VmState::Error => self.refuse(operation, hint::ERROR),
             _ => self.refuse(operation, hint::TRANSITIONAL),
         }
     }
@@ -239,89 +202,111 @@ impl VirtualMachine {
     ///
     /// | state | Powerdown | Halt | Poweroff |
     /// |---|---|---|---|
-    /// | stopped | no-op | no-op | no-op |
+    /// | stopped, error | no-op | no-op | no-op |
     /// | running | ask the guest, wait up to the graceful timeout, then fail or force (see [`OnGracefulTimeout`]) | forced stop | forced stop |
     /// | paused | resume, then as running | forced stop | forced stop |
     /// | suspended | invalid state | no-op | discard the saved state |
-    /// | transitional | invalid state | invalid state | forced stop |
-    /// | error | forced stop where the framework allows | same | same |
+    /// | an operation in flight | invalid state, at once | invalid state, at once | wait for it to settle (bounded by its timeouts), then act on the state it settled in |
     ///
-    /// A forced shutdown (Halt or Poweroff) asked while a Powerdown is waiting for the
-    /// guest does not wait behind it: the Powerdown forces the VM off at once. A
-    /// Poweroff asked while a start, pause, resume, save or restore is under way stops
-    /// the VM at once too, cancelling that operation (its caller gets the framework's
-    /// cancellation error; a suspend or a restore keeps its nothing-lost rules).
+    /// A forced shutdown (Halt or Poweroff) asked while a Powerdown waits for the guest
+    /// cuts that wait short: the Powerdown forces the VM off at once. A Poweroff that
+    /// waited behind another operation never discards a saved state: only one called
+    /// while the VM was already suspended, with nothing in flight, does.
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
-        if policy != ShutdownPolicy::Powerdown {
-            // Under the state lock, so a waiter cannot miss the wake-up.
-            let _observed = lock(&self.shared.observed);
-            self.shared
-                .force_stop_requested
-                .store(true, Ordering::SeqCst);
-            self.shared.changed.notify_all();
-        }
-        let _serialized = match self.operation_lock.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if policy == ShutdownPolicy::Poweroff {
-                    self.pull_the_plug_on_operation_in_flight();
-                }
-                lock(&self.operation_lock)
-            }
-        };
-        if policy != ShutdownPolicy::Powerdown {
-            self.shared
-                .force_stop_requested
-                .store(false, Ordering::SeqCst);
-        }
         let operation = Operation::Shutdown(policy);
-        let state = self.state();
+        let mut tracked = self.tracker.lock();
+        let found_suspended_idle =
+            tracked.busy.is_none() && tracked.vm_state() == VmState::Suspended;
+        if let Some(busy) = tracked.busy {
+            let graceful_wait = busy.operation == Operation::Shutdown(ShutdownPolicy::Powerdown);
+            let refusal = match policy {
+                ShutdownPolicy::Powerdown if graceful_wait => Some(hint::GRACEFUL_UNDER_WAY),
+                ShutdownPolicy::Powerdown => Some(hint::TRANSITIONAL),
+                ShutdownPolicy::Halt if !graceful_wait => Some(hint::TRANSITIONAL),
+                ShutdownPolicy::Halt | ShutdownPolicy::Poweroff => None,
+            };
+            if let Some(hint) = refusal {
+                return Err(Error::InvalidState {
+                    operation,
+                    state: tracked.vm_state(),
+                    hint,
+                });
+            }
+            // Counted, so a graceful wait gives up for as long as any forced shutdown
+            // waits, however many there are.
+            tracked.forced_requests += 1;
+            self.tracker.notify();
+            log::info!("{operation}: waiting for {} to settle", busy.operation);
+            let (guard, settled) = self
+                .tracker
+                .wait_locked(tracked, busy.bound, &mut |t| t.busy.is_none());
+            tracked = guard;
+            tracked.forced_requests -= 1;
+            if !settled {
+                return Err(Error::Timeout {
+                    operation,
+                    state: tracked.vm_state(),
+                    timeout: busy.bound,
+                    hint: hint::SETTLE_TIMEOUT,
+                });
+            }
+        }
+        let _gate = self.tracker.take(tracked, self.busy(operation));
+        self.shutdown_settled(policy, found_suspended_idle)
+    }
+
+    fn shutdown_settled(&self, policy: ShutdownPolicy, found_suspended_idle: bool) -> Result<()> {
+        let operation = Operation::Shutdown(policy);
+        let mut state = self.state();
+        if state.is_transitional() && policy == ShutdownPolicy::Poweroff {
+            // An operation that outlived its own wait may still be under way in the
+            // framework: wait for it too, then act on where it ended.
+            let timeout = self.busy(operation).bound;
+            match self
+                .tracker
+                .wait_until(timeout, |t| !t.vm_state().is_transitional())
+            {
+                (settled, true) => state = settled,
+                (state, false) => {
+                    return Err(Error::Timeout {
+                        operation,
+                        state,
+                        timeout,
+                        hint: hint::SETTLE_TIMEOUT,
+                    });
+                }
+            }
+        }
         match (state, policy) {
-            (VmState::Stopped, _) => Ok(()),
+            (VmState::Stopped | VmState::Error, _) => Ok(()),
             (VmState::Suspended, ShutdownPolicy::Powerdown) => {
                 self.refuse(operation, hint::SUSPENDED)
             }
             (VmState::Suspended, ShutdownPolicy::Halt) => Ok(()),
-            (VmState::Suspended, ShutdownPolicy::Poweroff) => self.discard_saved_state(),
+            (VmState::Suspended, ShutdownPolicy::Poweroff) if found_suspended_idle => {
+                self.discard_saved_state()
+            }
+            (VmState::Suspended, ShutdownPolicy::Poweroff) => {
+                log::info!(
+                    "shutdown(Poweroff): the VM became suspended while it waited; its saved state is kept"
+                );
+                Ok(())
+            }
             (VmState::Running, ShutdownPolicy::Powerdown) => self.graceful_stop(operation),
             (VmState::Paused, ShutdownPolicy::Powerdown) => {
                 // A paused guest cannot hear the request.
                 self.resume_guest(operation)?;
                 self.graceful_stop(operation)
             }
-            (VmState::Running | VmState::Paused | VmState::Error, _) => self.force_stop(operation),
-            (_, ShutdownPolicy::Poweroff) => self.force_stop(operation),
-            (_, ShutdownPolicy::Powerdown | ShutdownPolicy::Halt) => {
-                self.refuse(operation, hint::TRANSITIONAL)
-            }
-        }
-    }
-
-    /// Poweroff while another operation holds the VM (a start, pause, resume, save or
-    /// restore still under way): stop now instead of queueing behind it. The framework
-    /// cancels that operation, whose caller gets its error; the Poweroff then finds the
-    /// VM stopping or stopped.
-    fn pull_the_plug_on_operation_in_flight(&self) {
-        let state = self.state();
-        let cancellable = matches!(
-            state,
-            VmState::Starting
-                | VmState::Pausing
-                | VmState::Resuming
-                | VmState::Saving
-                | VmState::Restoring
-        );
-        if cancellable && self.native.can_stop() {
-            log::info!("shutdown(Poweroff) while the VM is {state}: stopping it now");
-            self.native.stop_detached();
+            (VmState::Running | VmState::Paused, _) => self.force_stop(operation),
+            _ => self.refuse(operation, hint::TRANSITIONAL),
         }
     }
 
     /// Pauses a running VM (a paused VM is left alone).
     pub fn pause(&self) -> Result<()> {
-        let _serialized = lock(&self.operation_lock);
         let operation = Operation::Pause;
+        let _gate = self.acquire(operation);
         match self.state() {
             VmState::Paused => Ok(()),
             VmState::Running => self.run(operation, AsyncOp::Pause, self.timeouts().pause),
@@ -334,8 +319,8 @@ impl VirtualMachine {
     /// `start()` gave up on it is restored from its saved state: once it runs, that
     /// state is spent and the file is deleted, as `start()` does after a restore.
     pub fn resume(&self) -> Result<()> {
-        let _serialized = lock(&self.operation_lock);
         let operation = Operation::Resume;
+        let _gate = self.acquire(operation);
         match self.state() {
             VmState::Running => Ok(()),
             VmState::Paused => self.resume_guest(operation),
@@ -343,103 +328,33 @@ impl VirtualMachine {
         }
     }
 
-    /// Suspends a running or paused VM to its saved-state file: pause, save to a
-    /// temporary file next to the target, stop, rename into place. On any failure the
-    /// VM is resumed if it was running (after waiting, up to the resume timeout, for an
-    /// operation that outlived its own timeout to end), the temporary file is removed,
-    /// and an existing saved state is never touched. The one exception is a forced stop
-    /// that is still under way (or failed) after the save: the guest cannot come back,
-    /// so its saved state is moved into place rather than lost, and the error is
-    /// returned. A suspended VM is left alone.
-    pub fn suspend(&self) -> Result<()> {
-        let _serialized = lock(&self.operation_lock);
-        let operation = Operation::Suspend;
-        let state = self.state();
-        match state {
-            VmState::Suspended => return Ok(()),
-            VmState::Running | VmState::Paused => {}
-            state => return self.refuse(operation, refusal_hint(state)),
-        }
-        let target = self.saved_state.as_ref().ok_or(Error::NoSavedStatePath)?;
-        if let Err(source) = &self.save_restore_check {
-            return Err(Error::SuspendNotSupported {
-                source: source.clone(),
-            });
-        }
-
-        // Made before the pause, so nothing can fail between the pause and the save
-        // without the VM being resumed.
-        let temporary = CPath::new("saved-state path", &temporary_path_next_to(&target.path))?;
-
-        let was_running = state == VmState::Running;
-        if was_running {
-            if let Err(error) = self.run(operation, AsyncOp::Pause, self.timeouts().pause) {
-                self.resume_after_failed_suspend(operation);
-                return Err(error);
-            }
-        }
-        if let Err(error) = self.run(operation, AsyncOp::Save(&temporary.c), self.timeouts().save) {
-            // A save still under way removes its file when it ends (NativeVm::run).
-            remove_if_present(&temporary.path);
-            if was_running {
-                self.resume_after_failed_suspend(operation);
-            }
-            return Err(error);
-        }
-        // `temporary` holds the guest from here on.
-        if let Err(error) = self.force_stop(operation) {
-            // The forced stop may still be under way: where it ends decides whether the
-            // guest survives, and so what happens to its saved state.
-            let (state, _) = self
-                .shared
-                .wait_until(self.timeouts().stop, |state| !state.is_transitional());
-            match state {
-                // It went through after all: finish the suspend.
-                state if state.is_stopped() => {}
-                VmState::Running | VmState::Paused => {
-                    // The guest is intact: a failure like any other.
-                    remove_if_present(&temporary.path);
-                    if was_running && state == VmState::Paused {
-                        self.resume_guest_after_failure(operation);
-                    }
-                    return Err(error);
-                }
-                _ => {
-                    // Still stopping, or failed: the guest is going or gone, and the
-                    // saved state is its only copy. Keep it where start() looks, even
-                    // over an older one. Should the VM come back paused after all,
-                    // running it again spends the file.
-                    move_into_place(&temporary, target)?;
-                    self.restored_from_saved_state.store(true, Ordering::SeqCst);
-                    log::warn!(
-                        "suspend: the VM did not stop in time ({state}); its saved state is kept at {}",
-                        target.path.display()
-                    );
-                    return Err(error);
-                }
-            }
-        }
-        move_into_place(&temporary, target)?;
-        self.shared.publish(None, EventKind::Suspended);
-        Ok(())
+    /// Takes the VM for `operation` once no other operation holds it.
+    fn acquire(&self, operation: Operation) -> tracker::Gate<'_> {
+        self.tracker.acquire(self.busy(operation))
     }
 
-    /// After a failed suspend of a running VM: waits (up to the resume timeout) for an
-    /// operation still under way, such as a save that outlived its timeout, to end,
-    /// then resumes the VM if it is paused.
-    fn resume_after_failed_suspend(&self, operation: Operation) {
-        let (state, _) = self
-            .shared
-            .wait_until(self.timeouts().resume, |state| !state.is_transitional());
-        if state == VmState::Paused {
-            self.resume_guest_after_failure(operation);
-        }
-    }
-
-    fn resume_guest_after_failure(&self, operation: Operation) {
-        if let Err(error) = self.run(operation, AsyncOp::Resume, self.timeouts().resume) {
-            log::error!("suspend failed and the VM could not be resumed: {error}");
-        }
+    /// `operation` holding the VM, with the longest a forced shutdown waits for it:
+    /// the sum of the timeouts of the steps it may take.
+    fn busy(&self, operation: Operation) -> Busy {
+        let t = self.timeouts();
+        let sum = |steps: &[Duration]| {
+            steps
+                .iter()
+                .fold(Duration::ZERO, |total, step| total.saturating_add(*step))
+        };
+        let bound = match operation {
+            // Booting, or restoring, resuming and (on failure) stopping again.
+            Operation::Start => sum(&[t.start.max(t.restore), t.resume, t.stop]),
+            Operation::Pause => t.pause,
+            Operation::Resume => t.resume,
+            // Pause, save, stop, settle; or, on failure, resume.
+            Operation::Suspend => sum(&[t.pause, t.save, t.stop, t.stop, t.resume]),
+            Operation::Shutdown(ShutdownPolicy::Powerdown) => {
+                sum(&[t.resume, t.graceful_shutdown, t.stop])
+            }
+            _ => sum(&[t.stop, t.stop]),
+        };
+        Busy { operation, bound }
     }
 
     /// Resumes a paused guest. A guest restored from the saved state, and not run
@@ -453,106 +368,32 @@ impl VirtualMachine {
         Ok(())
     }
 
-    /// Deletes the saved state of a guest that runs again.
-    fn remove_spent_saved_state(&self) -> Result<()> {
-        let Some(saved) = &self.saved_state else {
-            return Ok(());
-        };
-        match std::fs::remove_file(&saved.path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(Error::Io {
-                    action: "the VM runs, but delete it before the VM stops or it is restored again: could not delete the saved state",
-                    path: saved.path.clone(),
-                    source,
-                });
-            }
-        }
-        self.shared.publish(None, EventKind::SavedStateRemoved);
-        Ok(())
-    }
-
-    fn start_from_saved_state(&self) -> Result<()> {
-        let saved = self
-            .saved_state
-            .as_ref()
-            .expect("suspended implies a saved-state path");
-        // Set before the restore begins: a restore that completes after its wait gave
-        // up leaves a paused guest whose first resume must spend the file too.
-        self.restored_from_saved_state.store(true, Ordering::SeqCst);
-        match self
-            .native
-            .run(AsyncOp::Restore(&saved.c), self.timeouts().restore)
-        {
-            None => {
-                return Err(self.timeout(
-                    Operation::Restore,
-                    self.timeouts().restore,
-                    hint::TIMEOUT,
-                ));
-            }
-            Some(Err(source)) => {
-                self.restored_from_saved_state
-                    .store(false, Ordering::SeqCst);
-                return Err(Error::RestoreFailed {
-                    path: saved.path.clone(),
-                    source,
-                });
-            }
-            Some(Ok(())) => {}
-        }
-        if let Err(error) = self.run(Operation::Start, AsyncOp::Resume, self.timeouts().resume) {
-            // Back to stopped, so the VM is suspended again with its file untouched.
-            if let Err(stop_error) = self.force_stop(Operation::Start) {
-                log::error!("could not stop the VM after a failed resume: {stop_error}");
-            }
-            return Err(error);
-        }
-        self.restored_from_saved_state
-            .store(false, Ordering::SeqCst);
-        self.remove_spent_saved_state()
-    }
-
-    fn discard_saved_state(&self) -> Result<()> {
-        let saved = self
-            .saved_state
-            .as_ref()
-            .expect("suspended implies a saved-state path");
-        self.restored_from_saved_state
-            .store(false, Ordering::SeqCst);
-        std::fs::remove_file(&saved.path).map_err(|source| Error::Io {
-            action: "discard the saved state",
-            path: saved.path.clone(),
-            source,
-        })?;
-        self.shared.publish(None, EventKind::SavedStateRemoved);
-        Ok(())
-    }
-
     /// Asks the guest to power off and waits for it, up to the graceful timeout.
     fn graceful_stop(&self, operation: Operation) -> Result<()> {
-        if let Err(source) = self.native.request_stop() {
+        if let Err(source) = self.native.get().request_stop() {
             // The guest may have powered off by itself in the meantime.
-            if self.state().is_stopped() {
+            if self.tracker.framework_state() == VmState::Stopped {
                 return Ok(());
             }
             return Err(Error::during(operation)(source));
         }
         let timeout = self.timeouts().graceful_shutdown;
-        let preempted = || self.shared.force_stop_requested.load(Ordering::SeqCst);
-        match self.shared.wait_until(timeout, |state| {
-            state.is_stopped() || state == VmState::Error || preempted()
-        }) {
-            (VmState::Error, true) => self.refuse(operation, hint::CRASHED),
-            (state, true) if !state.is_stopped() => {
+        let (_, ended) = self.tracker.wait_until(timeout, |t| {
+            matches!(t.framework_state, VmState::Stopped | VmState::Error) || t.forced_requests > 0
+        });
+        match self.tracker.framework_state() {
+            VmState::Stopped => Ok(()),
+            VmState::Error => {
+                log::warn!("{operation}: the VM failed while the guest was shutting down");
+                Ok(())
+            }
+            _ if ended => {
                 log::info!(
                     "a forced shutdown was asked during the graceful one: forcing the VM off"
                 );
                 self.force_stop(operation)
             }
-            (_, true) => Ok(()),
-            (_, false) => match self.on_graceful_timeout {
+            _ => match self.on_graceful_timeout {
                 OnGracefulTimeout::ForceStop => {
                     log::warn!("the guest did not power off within {timeout:?}; forcing it off");
                     self.force_stop(operation)
@@ -564,41 +405,43 @@ impl VirtualMachine {
         }
     }
 
-    /// Forces the VM off and waits until the framework reports it stopped.
+    /// Forces a running or paused VM off and waits until the framework reports it
+    /// stopped (or failed: either way the guest no longer runs).
     fn force_stop(&self, operation: Operation) -> Result<()> {
-        let stopped = |state: VmState| state.is_stopped();
-        if stopped(self.state()) {
-            return Ok(());
-        }
-        // Ask the framework itself: the cached state can lag behind it (after a
-        // cancelled operation, its completion arrives before the stop's state events).
-        let native_state = self.native.state();
-        if !matches!(native_state, VmState::Stopping | VmState::Stopped) {
-            if !self.native.can_stop() {
-                return self.refuse(operation, hint::CANNOT_STOP);
-            }
-            if let Err(error) = self.run(operation, AsyncOp::Stop, self.timeouts().stop) {
-                // Refused because the VM stopped in the meantime: that is success.
-                let refused = matches!(error, Error::InvalidState { .. });
-                if !(refused && matches!(self.native.state(), VmState::Stopping | VmState::Stopped))
-                {
-                    return Err(error);
+        let timeout = self.timeouts().stop;
+        let gone = |state: VmState| matches!(state, VmState::Stopped | VmState::Error);
+        match self.tracker.framework_state() {
+            state if gone(state) => return Ok(()),
+            VmState::Running | VmState::Paused => {
+                if let Err(error) = self.run(operation, AsyncOp::Stop, timeout) {
+                    // Refused because the guest powered off or failed in the meantime:
+                    // that is what was asked.
+                    let refused = matches!(error, Error::InvalidState { .. });
+                    let state = self.tracker.framework_state();
+                    if !(refused && (gone(state) || state == VmState::Stopping)) {
+                        return Err(error);
+                    }
                 }
             }
+            VmState::Stopping => {}
+            _ => return self.refuse(operation, hint::CANNOT_STOP),
         }
-        match self.shared.wait_until(self.timeouts().stop, stopped) {
+        match self
+            .tracker
+            .wait_until(timeout, |t| gone(t.framework_state))
+        {
             (_, true) => Ok(()),
-            (_, false) => Err(self.timeout(operation, self.timeouts().stop, hint::TIMEOUT)),
+            (_, false) => Err(self.timeout(operation, timeout, hint::TIMEOUT)),
         }
     }
 
     /// Runs one native operation and waits for its completion.
     ///
     /// The framework refusing the operation for the VM's state (codes 3 and 4: the
-    /// state changed underneath, for example a concurrent Poweroff is stopping it) is
-    /// reported like any refused state, with the framework's current state.
+    /// state changed underneath, for example the guest powered off) is reported like
+    /// any refused state.
     fn run(&self, operation: Operation, op: AsyncOp<'_>, timeout: Duration) -> Result<()> {
-        match self.native.run(op, timeout) {
+        match self.native.get().run(op, timeout) {
             Some(Ok(())) => Ok(()),
             Some(Err(source))
                 if matches!(
@@ -607,7 +450,8 @@ impl VirtualMachine {
                         | VzErrorCode::InvalidVirtualMachineStateTransition
                 ) =>
             {
-                let state = self.shared.vm_state(self.native.state());
+                let state = self.state();
+                log::debug!("{operation} refused by the framework: {source}");
                 Err(Error::InvalidState {
                     operation,
                     state,
@@ -636,78 +480,6 @@ impl VirtualMachine {
         }
     }
 
-    /// The memory balloon's target: how much memory the guest is asked to keep, in
-    /// bytes.
-    pub fn memory_balloon_target(&self) -> Result<u64> {
-        self.require(
-            self.has_memory_balloon,
-            "memory balloon",
-            "VmConfigBuilder::memory_balloon",
-        )?;
-        self.native
-            .balloon_target()
-            .map_err(Error::during(Operation::MemoryBalloon))
-    }
-
-    /// Asks the guest to shrink to (or grow back to) `bytes` of memory, between the
-    /// host's minimum memory size and the configured memory. The framework rounds it to
-    /// whole MiB.
-    pub fn set_memory_balloon_target(&self, bytes: u64) -> Result<()> {
-        self.require(
-            self.has_memory_balloon,
-            "memory balloon",
-            "VmConfigBuilder::memory_balloon",
-        )?;
-        let min = crate::Limits::host().min_memory_size.min(self.memory_size);
-        if !(min..=self.memory_size).contains(&bytes) {
-            return Err(Error::BalloonTarget {
-                requested: bytes,
-                min,
-                max: self.memory_size,
-            });
-        }
-        self.native
-            .set_balloon_target(bytes)
-            .map_err(Error::during(Operation::MemoryBalloon))
-    }
-
-    /// Connects to a port the guest listens on (a running VM with a vsock device).
-    pub fn vsock_connect(&self, port: u32) -> Result<VsockStream> {
-        self.require(self.has_vsock, "vsock device", "VmConfigBuilder::vsock")?;
-        let operation = Operation::VsockConnect(port);
-        let timeout = self.timeouts().vsock_connect;
-        match self.native.vsock_connect(port, timeout) {
-            Some(Ok(fd)) => Ok(VsockStream::new(fd, port)),
-            Some(Err(source)) => Err(Error::during(operation)(source)),
-            None => Err(self.timeout(
-                operation,
-                timeout,
-                "the guest did not answer; is it still booting?",
-            )),
-        }
-    }
-
-    /// Listens on host `port` for connections the guest opens (to `VMADDR_CID_HOST`).
-    pub fn vsock_listen(&self, port: u32) -> Result<VsockListener> {
-        self.require(self.has_vsock, "vsock device", "VmConfigBuilder::vsock")?;
-        if !lock(&self.vsock_ports).insert(port) {
-            return Err(Error::VsockPortInUse { port });
-        }
-        let (sender, receiver) = mpsc::channel();
-        let ports = Arc::clone(&self.vsock_ports);
-        // Freed with the native listener: then the port is free again.
-        let release_port = PortRelease { ports, port };
-        let accept = move |fd, guest_port, _host_port| {
-            let _keep = &release_port;
-            // A receiver that is gone closes the connection (the stream drops here).
-            let _ = sender.send(VsockStream::new(fd, guest_port));
-        };
-        self.native
-            .vsock_listen(port, Box::new(accept))
-            .map_err(Error::during(Operation::VsockListen(port)))?;
-        Ok(VsockListener::new(port, self.native.clone(), receiver))
-    }
-
     fn require(&self, present: bool, device: &'static str, builder: &'static str) -> Result<()> {
         if present {
             Ok(())
@@ -715,27 +487,22 @@ impl VirtualMachine {
             Err(Error::DeviceNotConfigured { device, builder })
         }
     }
-
-    /// The simulator's runtime controls for this VM (simulator targets only).
-    #[cfg(applevz_simulator)]
-    pub fn simulator(&self) -> crate::sim::SimulatorControl<'_> {
-        crate::sim::SimulatorControl::new(&self.native)
-    }
 }
 
-/// Frees a vsock port in the VM's bookkeeping when the native listener goes away.
-struct PortRelease {
-    ports: Arc<Mutex<HashSet<u32>>>,
-    port: u32,
+/// A native VM whose events reach `tracker` as coming from native object `generation`.
+fn create_native(
+    config: &NativeConfig,
+    tracker: &Arc<Tracker>,
+    generation: u64,
+) -> std::result::Result<NativeVm, FrameworkError> {
+    let observer = Arc::clone(tracker);
+    NativeVm::create(
+        config,
+        Box::new(move |event: NativeEvent| observer.on_native_event(generation, event)),
+    )
 }
 
-impl Drop for PortRelease {
-    fn drop(&mut self) {
-        lock(&self.ports).remove(&self.port);
-    }
-}
-
-/// The way out for pause/resume/suspend refused in `state`.
+/// The way out for start/pause/resume/suspend refused in `state`.
 fn refusal_hint(state: VmState) -> &'static str {
     match state {
         VmState::Suspended => hint::SUSPENDED,
@@ -746,36 +513,14 @@ fn refusal_hint(state: VmState) -> &'static str {
     }
 }
 
-/// A fresh path in the target's directory, so the final rename stays on one file
-/// system and is atomic.
-fn temporary_path_next_to(target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    target.with_file_name(format!(".{name}.partial-{}-{unique}", std::process::id()))
-}
-
-/// Renames a saved state into place; on failure it stays at its temporary path, since
-/// it may be the only copy of the guest.
-fn move_into_place(temporary: &CPath, target: &CPath) -> Result<()> {
-    std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
-        action: "move the saved state into place (it is kept at its temporary path) at",
-        path: target.path.clone(),
-        source,
-    })
-}
-
 impl Drop for VirtualMachine {
     fn drop(&mut self) {
-        let state = lock(&self.shared.observed).framework_state;
-        if !matches!(state, VmState::Stopped | VmState::Stopping) && self.native.can_stop() {
+        let state = self.tracker.framework_state();
+        if matches!(state, VmState::Running | VmState::Paused) {
             log::info!("dropping a VM that is {state}: forcing it off");
-            self.native.stop_detached();
+            self.native.get().stop_detached();
         }
-        // `native` drops next: its release lets the native side free the VM once the
+        // The native VM drops next: its release lets the native side free it once the
         // stop (and any operation still in flight) has completed.
     }
 }
@@ -784,7 +529,7 @@ impl std::fmt::Debug for VirtualMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VirtualMachine")
             .field("state", &self.state())
-            .field("saved_state", &self.saved_state_path())
+            .field("saved_state", &self.saved_state_file())
             .finish_non_exhaustive()
     }
 }

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::callback::{
@@ -105,6 +106,27 @@ pub(crate) struct NativeConfig {
     handle: CfHandle,
     _single_thread: PhantomData<*const ()>,
 }
+
+/// A finished configuration, kept to create further native VMs from (one for each
+/// restore). Only [`NativeVm::create`] reads it, under the owner's mutex.
+pub(crate) struct BuiltConfig(NativeConfig);
+
+impl BuiltConfig {
+    pub(crate) fn new(config: NativeConfig) -> Self {
+        Self(config)
+    }
+
+    pub(crate) fn config(&self) -> &NativeConfig {
+        &self.0
+    }
+}
+
+// SAFETY: the configuration is finished: no setter runs on it any more, and
+// avz_vm_create only reads it (it copies the configuration). The native object is not
+// bound to the thread that built it (an Objective-C object / a simulator object with
+// an atomic reference count), and the owner keeps it in a mutex, so no two threads
+// use it at once.
+unsafe impl Send for BuiltConfig {}
 
 impl NativeConfig {
     pub(crate) fn new() -> Self {
@@ -405,6 +427,35 @@ pub(crate) struct NativeVm {
     handle: CfHandle,
 }
 
+/// The native VM a [`crate::VirtualMachine`] drives now. The VM restores a saved state
+/// into a fresh native VM object (Apple does not document restoring into one that has
+/// already run), so holders that outlive a restore (vsock listeners, simulator
+/// controls) reach the VM through this slot rather than a fixed object.
+#[derive(Clone)]
+pub(crate) struct NativeSlot(Arc<RwLock<NativeVm>>);
+
+impl NativeSlot {
+    pub(crate) fn new(vm: NativeVm) -> Self {
+        Self(Arc::new(RwLock::new(vm)))
+    }
+
+    /// The current native VM (one more reference to it).
+    pub(crate) fn get(&self) -> NativeVm {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `vm` the current native VM; returns the one it replaces.
+    pub(crate) fn replace(&self, vm: NativeVm) -> NativeVm {
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            vm,
+        )
+    }
+}
+
 /// The asynchronous native operations.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum AsyncOp<'a> {
@@ -512,12 +563,6 @@ impl NativeVm {
     pub(crate) fn state(&self) -> VmState {
         // SAFETY: live VM; not called from a callback.
         VmState::from_raw(unsafe { sys::avz_vm_state(self.raw()) })
-    }
-
-    /// `canStop`.
-    pub(crate) fn can_stop(&self) -> bool {
-        // SAFETY: live VM; not called from a callback.
-        unsafe { sys::avz_vm_can_stop(self.raw()) }
     }
 
     /// The memory balloon's target size in bytes.

@@ -2,6 +2,7 @@
 //! count live native objects. Available on every target that uses the simulator
 //! (every non-Apple target), so code that manages VMs can be tested on Linux CI.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::native::NativeVm;
@@ -94,44 +95,51 @@ impl SimOperation {
 }
 
 /// Runtime controls of one simulated VM; from [`crate::VirtualMachine::simulator`].
+///
+/// It acts on the native VM object the VM drives when the control is made: after a
+/// `suspend()` (the VM restores into a fresh native object) take a new one.
 pub struct SimulatorControl<'vm> {
-    vm: &'vm NativeVm,
+    vm: NativeVm,
+    _borrows: PhantomData<&'vm ()>,
 }
 
-impl<'vm> SimulatorControl<'vm> {
-    pub(crate) fn new(vm: &'vm NativeVm) -> Self {
-        Self { vm }
+impl SimulatorControl<'_> {
+    pub(crate) fn new(vm: NativeVm) -> Self {
+        Self {
+            vm,
+            _borrows: PhantomData,
+        }
     }
 
     /// The next operation of kind `op` fails with `code` (`VZErrorDomain`).
     pub fn fail_next(&self, op: SimOperation, code: i64) {
-        // SAFETY: the VM is alive for 'vm; plain values.
+        // SAFETY: the control holds a reference to the VM; plain values.
         unsafe { sim::avz_sim_vm_fail_next(self.vm.raw_for_simulator(), op.raw(), code) }
     }
 
     /// Pause, resume, save and restore begun from now on take `delay`.
     pub fn set_operation_delay(&self, delay: Duration) {
         let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
-        // SAFETY: the VM is alive for 'vm; plain value.
+        // SAFETY: the control holds a reference to the VM; plain value.
         unsafe { sim::avz_sim_vm_set_operation_delay_ms(self.vm.raw_for_simulator(), ms) }
     }
 
     /// The guest powers itself off now.
     pub fn guest_power_off(&self) {
-        // SAFETY: the VM is alive for 'vm.
+        // SAFETY: the control holds a reference to the VM.
         unsafe { sim::avz_sim_vm_guest_power_off(self.vm.raw_for_simulator()) }
     }
 
     /// The guest opens a vsock connection to host `port`; a listener there accepts it
     /// and first receives `hello from guest port <port>\n`, then an echo.
     pub fn guest_vsock_connect(&self, port: u32) {
-        // SAFETY: the VM is alive for 'vm; plain value.
+        // SAFETY: the control holds a reference to the VM; plain value.
         unsafe { sim::avz_sim_vm_guest_vsock_connect(self.vm.raw_for_simulator(), port) }
     }
 
     /// The VM fails now with `code` (`VZErrorDomain`).
     pub fn crash(&self, code: i64) {
-        // SAFETY: the VM is alive for 'vm; plain value.
+        // SAFETY: the control holds a reference to the VM; plain value.
         unsafe { sim::avz_sim_vm_crash(self.vm.raw_for_simulator(), code) }
     }
 }

@@ -165,6 +165,12 @@ pub enum EventKind {
     GuestStopped,
     /// The VM stopped because of an error (delegate `virtualMachine:didStopWithError:`).
     StoppedWithError(FrameworkError),
+    /// A network device's attachment was disconnected (delegate
+    /// `virtualMachine:networkDevice:attachmentWasDisconnectedWithError:`), for example
+    /// the peer of a file-handle network socket went away. The VM's state does not
+    /// change; the description names the device ("network device N: ...", N counting
+    /// from 0 in the order the configuration added network devices).
+    NetworkDisconnected(FrameworkError),
     /// `suspend()` stored the VM's state: the VM is now [`VmState::Suspended`].
     Suspended,
     /// A saved state was restored and deleted, or discarded by `shutdown(Poweroff)`.

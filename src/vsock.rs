@@ -1,17 +1,18 @@
 //! virtio-vsock at run time: connections from the host to guest ports, and listeners
 //! for connections the guest opens.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::callback::lock;
-use crate::error::{Error, Result};
-use crate::native::NativeVm;
+use crate::error::{Error, FrameworkError, Result};
+use crate::native::{NativeSlot, NativeVm};
 
 /// A connected vsock stream. It owns its descriptor and closes it exactly once, when
 /// dropped; it can be moved to and used from any thread.
@@ -117,16 +118,87 @@ impl From<VsockStream> for OwnedFd {
 /// object alive, so drop it before expecting the VM's resources back.
 pub struct VsockListener {
     port: u32,
-    vm: NativeVm,
+    listeners: Arc<VsockListeners>,
     connections: Mutex<Receiver<VsockStream>>,
     removed: bool,
 }
 
+/// The host's vsock listeners of one VM, by port. They outlive the native VM object:
+/// when the VM restores into a fresh one, each is installed there again.
+pub(crate) struct VsockListeners {
+    vm: NativeSlot,
+    accepts: Mutex<HashMap<u32, SharedAccept>>,
+}
+
+/// One listener's accept callback, shared by every native VM object it is installed
+/// on.
+pub(crate) type SharedAccept = Arc<dyn Fn(OwnedFd, u32, u32) + Send + Sync>;
+
+impl VsockListeners {
+    pub(crate) fn new(vm: NativeSlot) -> Self {
+        Self {
+            vm,
+            accepts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Installs `accept` on `port` of the current native VM. A port that has a
+    /// listener already is refused (the framework would silently replace it).
+    pub(crate) fn listen(self: &Arc<Self>, port: u32, accept: SharedAccept) -> Result<()> {
+        let mut accepts = lock(&self.accepts);
+        if accepts.contains_key(&port) {
+            return Err(Error::VsockPortInUse { port });
+        }
+        install(&self.vm.get(), port, &accept)
+            .map_err(Error::during(crate::Operation::VsockListen(port)))?;
+        accepts.insert(port, accept);
+        Ok(())
+    }
+
+    /// Installs every listener on `vm`, a fresh native VM object.
+    pub(crate) fn install_all(&self, vm: &NativeVm) {
+        for (port, accept) in lock(&self.accepts).iter() {
+            if let Err(error) = install(vm, *port, accept) {
+                log::error!("could not listen on vsock port {port} again: {error}");
+            }
+        }
+    }
+
+    fn remove(&self, port: u32) -> Result<()> {
+        let accept = lock(&self.accepts).remove(&port);
+        let result = self
+            .vm
+            .get()
+            .vsock_remove_listener(port)
+            .map_err(Error::during(crate::Operation::VsockListen(port)));
+        // The last reference to the callback (and so its sender) goes with the
+        // native listener; this one goes now.
+        drop(accept);
+        result
+    }
+}
+
+fn install(
+    vm: &NativeVm,
+    port: u32,
+    accept: &SharedAccept,
+) -> std::result::Result<(), FrameworkError> {
+    let accept = Arc::clone(accept);
+    vm.vsock_listen(
+        port,
+        Box::new(move |fd, guest_port, host_port| accept(fd, guest_port, host_port)),
+    )
+}
+
 impl VsockListener {
-    pub(crate) fn new(port: u32, vm: NativeVm, connections: Receiver<VsockStream>) -> Self {
+    pub(crate) fn new(
+        port: u32,
+        listeners: Arc<VsockListeners>,
+        connections: Receiver<VsockStream>,
+    ) -> Self {
         Self {
             port,
-            vm,
+            listeners,
             connections: Mutex::new(connections),
             removed: false,
         }
@@ -158,16 +230,14 @@ impl VsockListener {
     /// Stops listening; connections not yet accepted are closed.
     pub fn remove(mut self) -> Result<()> {
         self.removed = true;
-        self.vm
-            .vsock_remove_listener(self.port)
-            .map_err(Error::during(crate::Operation::VsockListen(self.port)))
+        self.listeners.remove(self.port)
     }
 }
 
 impl Drop for VsockListener {
     fn drop(&mut self) {
         if !self.removed {
-            if let Err(error) = self.vm.vsock_remove_listener(self.port) {
+            if let Err(error) = self.listeners.remove(self.port) {
                 log::warn!(
                     "could not stop listening on vsock port {}: {error}",
                     self.port

@@ -221,7 +221,8 @@ fn main_loop(
                 if *lock(asked) != Asked::Forced {
                     return Err(error.into());
                 }
-                // The boot was cancelled by a forced stop: the VM ends as forced off.
+                // The boot failed after a forced shutdown was asked: the VM ends as
+                // forced off.
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
             }
@@ -244,7 +245,8 @@ fn main_loop(
                 };
                 drop(current);
                 if started || policy == ShutdownPolicy::Poweroff {
-                    // A Poweroff does not wait for the boot: it cancels it.
+                    // A Poweroff is asked at once: it waits for the boot to settle (no
+                    // operation cancels another), then forces the VM off.
                     held_signal = None;
                     signal_shutdowns += 1;
                     spawn_signal_shutdown(vm, messages, policy);
@@ -358,6 +360,12 @@ fn describe(event: &StateEvent) -> String {
         EventKind::StateChanged => event.state.to_string(),
         EventKind::GuestStopped => "the guest powered off".into(),
         EventKind::StoppedWithError(error) => format!("stopped with an error: {error}"),
+        EventKind::NetworkDisconnected(error) => {
+            format!(
+                "{}; a network attachment was disconnected: {error}",
+                event.state
+            )
+        }
         EventKind::Suspended => "suspended".into(),
         EventKind::SavedStateRemoved => {
             format!("{} (saved state restored and removed)", event.state)

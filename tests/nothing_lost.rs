@@ -1,0 +1,381 @@
+//! Nothing lost under concurrency: the reproductions of issue 8, each racing two
+//! threads (or the VM and the file system) through the public API and the simulator.
+//! Each failed on the lifecycle that let a forced stop cancel the operation in flight
+//! and re-read the saved state from the file system on every `state()`.
+#![cfg(applevz_simulator)]
+
+mod common;
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use applevz::sim::{SimOperation, SimulatedGuest};
+use applevz::{
+    Error, EventKind, OnGracefulTimeout, ShutdownPolicy, Timeouts, VirtualMachine, VmState,
+};
+use common::{LeakCheck, PATIENCE, TestDir, builder, events_until, ms, patient_timeouts};
+use serial_test::serial;
+
+const IDENTITY: &str = "vm.state.machine-identifier";
+/// How long the slow operation under test takes.
+const SLOW: Duration = Duration::from_millis(1500);
+/// An answer "at once": far below `SLOW`, generous for valgrind.
+const AT_ONCE: Duration = Duration::from_millis(750);
+
+fn spawn(
+    vm: &Arc<VirtualMachine>,
+    f: fn(&VirtualMachine) -> applevz::Result<()>,
+) -> JoinHandle<applevz::Result<()>> {
+    let vm = Arc::clone(vm);
+    thread::spawn(move || f(&vm))
+}
+
+fn no_partial_files(dir: &TestDir) {
+    assert!(
+        dir.entries().iter().all(|name| !name.contains(".partial-")),
+        "leftover temporary file: {:?}",
+        dir.entries()
+    );
+}
+
+/// A running VM whose saved-state file holds an earlier state of this guest, tracked by
+/// the VM: a suspend whose stop failed put it in place and left the VM paused.
+fn paused_with_an_earlier_saved_state(dir: &TestDir) -> Arc<VirtualMachine> {
+    let vm =
+        VirtualMachine::new(&builder(dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.start().unwrap();
+    vm.simulator().fail_next(SimOperation::Stop, 1);
+    vm.suspend().expect_err("the stop fails");
+    assert_eq!(vm.state(), VmState::Paused);
+    assert!(dir.join("vm.state").exists());
+    Arc::new(vm)
+}
+
+/// Reproduction 1: an earlier saved state survives a Poweroff racing a suspend,
+/// whether the suspend succeeds or fails.
+#[test]
+#[serial]
+fn poweroff_during_a_suspend_never_deletes_a_saved_state() {
+    let leaks = LeakCheck::start();
+    for save_fails in [false, true] {
+        let dir = TestDir::new("race-suspend");
+        let vm = paused_with_an_earlier_saved_state(&dir);
+        let earlier = std::fs::read(dir.join("vm.state")).unwrap();
+        vm.simulator().set_operation_delay(SLOW);
+        if save_fails {
+            vm.simulator().fail_next(SimOperation::Save, 11);
+        }
+        let suspend = spawn(&vm, |vm| vm.suspend());
+        vm.wait_for_state(VmState::Saving, PATIENCE).unwrap();
+        vm.shutdown(ShutdownPolicy::Poweroff)
+            .expect("Poweroff waits for the suspend, then acts");
+        let suspended = suspend.join().unwrap();
+        assert_eq!(suspended.is_err(), save_fails, "{suspended:?}");
+        // Either way the VM is stopped with a saved state of its guest: suspended.
+        assert_eq!(vm.state(), VmState::Suspended, "save fails: {save_fails}");
+        let now = std::fs::read(dir.join("vm.state")).expect("a saved state is kept");
+        if save_fails {
+            assert_eq!(now, earlier, "the earlier saved state is untouched");
+        }
+        no_partial_files(&dir);
+        drop(vm);
+    }
+
+    // A file this VM did not write is never touched: the suspend refuses at once.
+    let dir = TestDir::new("race-suspend-foreign");
+    let vm = Arc::new(
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap(),
+    );
+    vm.start().unwrap();
+    dir.file("vm.state", b"an earlier saved state");
+    assert!(matches!(vm.suspend(), Err(Error::SavedStateChanged { .. })));
+    assert_eq!(vm.state(), VmState::Running, "the suspend did not begin");
+    vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("vm.state")).unwrap(),
+        b"an earlier saved state"
+    );
+    assert_eq!(vm.state(), VmState::Stopped, "never adopted");
+    drop(vm);
+    leaks.finish();
+}
+
+/// Reproduction 2: a Poweroff racing a restore waits for it; a failed restore keeps
+/// the file, exactly as its error says.
+#[test]
+#[serial]
+fn poweroff_during_a_restore_keeps_the_saved_state() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("race-restore");
+    let vm = Arc::new(
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap(),
+    );
+    vm.start().unwrap();
+    vm.suspend().unwrap();
+    let saved = std::fs::read(dir.join("vm.state")).unwrap();
+    vm.simulator().set_operation_delay(SLOW);
+    vm.simulator().fail_next(SimOperation::Restore, 12);
+    let start = spawn(&vm, |vm| vm.start());
+    vm.wait_for_state(VmState::Restoring, PATIENCE).unwrap();
+    vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+    let error = start.join().unwrap().expect_err("the restore fails");
+    assert!(matches!(error, Error::RestoreFailed { .. }), "{error:?}");
+    assert!(error.to_string().contains("the file is kept"), "{error}");
+    assert_eq!(std::fs::read(dir.join("vm.state")).unwrap(), saved, "kept");
+    assert_eq!(vm.state(), VmState::Suspended);
+
+    // A restore that succeeds runs the guest, which spends the file; then the
+    // Poweroff forces it off.
+    vm.simulator().set_operation_delay(SLOW);
+    let start = spawn(&vm, |vm| vm.start());
+    vm.wait_for_state(VmState::Restoring, PATIENCE).unwrap();
+    vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+    start.join().unwrap().expect("the restore is not cancelled");
+    assert_eq!(vm.state(), VmState::Stopped);
+    assert_eq!(dir.entries(), vec![IDENTITY, "vmlinuz"]);
+    drop(vm);
+    leaks.finish();
+}
+
+/// Reproduction 3: subscribers of a suspending VM never see it stopped, and neither
+/// does `state()`.
+#[test]
+#[serial]
+fn a_suspend_ends_in_suspended_without_a_bare_stopped() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("suspend-events");
+    let guest = SimulatedGuest {
+        stop_delay: ms(200),
+        ..Default::default()
+    };
+    let vm = Arc::new(VirtualMachine::new(&builder(&dir, guest).build().unwrap()).unwrap());
+    vm.start().unwrap();
+    let events = vm.subscribe();
+    // A second thread reads state() for as long as the suspend runs.
+    let watcher = {
+        let vm = Arc::clone(&vm);
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            while seen.last() != Some(&VmState::Suspended) {
+                let state = vm.state();
+                if seen.last() != Some(&state) {
+                    seen.push(state);
+                }
+                thread::yield_now();
+            }
+            seen
+        })
+    };
+    vm.suspend().unwrap();
+    let received = events_until(&events, |e| e.kind == EventKind::Suspended);
+    let states: Vec<_> = received.iter().map(|e| e.state).collect();
+    use VmState::*;
+    assert_eq!(
+        states,
+        vec![Pausing, Paused, Saving, Paused, Stopping, Suspended],
+        "{received:?}"
+    );
+    let seen = watcher.join().unwrap();
+    assert!(!seen.contains(&Stopped), "state() said stopped: {seen:?}");
+    drop(vm);
+    leaks.finish();
+}
+
+/// Reproduction 4: when the final rename fails, the VM restores from the newest state
+/// (where the error says it is), never from an older file.
+#[test]
+#[serial]
+fn a_failed_rename_restores_from_the_newest_state() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("rename-fails");
+    let vm = Arc::new(
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap(),
+    );
+    vm.start().unwrap();
+    vm.simulator().set_operation_delay(SLOW);
+    let suspend = spawn(&vm, |vm| vm.suspend());
+    vm.wait_for_state(VmState::Saving, PATIENCE).unwrap();
+    // A directory at the target makes the rename fail.
+    std::fs::create_dir(dir.join("vm.state")).unwrap();
+    std::fs::write(dir.join("vm.state").join("keep"), b"x").unwrap();
+    let error = suspend.join().unwrap().expect_err("the rename fails");
+    let kept = vm.saved_state_file().expect("a saved state is tracked");
+    assert!(kept.to_string_lossy().contains(".partial-"), "{kept:?}");
+    assert!(kept.exists());
+    assert!(
+        error.to_string().contains(&kept.display().to_string()),
+        "the error names where the guest is: {error}"
+    );
+    assert_eq!(vm.state(), VmState::Suspended);
+    // start() restores that file, then spends it.
+    vm.simulator().set_operation_delay(Duration::ZERO);
+    vm.start().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert!(!kept.exists(), "spent");
+    vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+    drop(vm);
+    leaks.finish();
+}
+
+/// Reproduction 5: Powerdown and Halt refuse at once while an operation is in flight;
+/// Poweroff waits for it to settle and then forces the VM off, never cancelling it.
+#[test]
+#[serial]
+fn shutdowns_during_an_operation_in_flight_follow_the_table() {
+    let leaks = LeakCheck::start();
+    type Op = fn(&VirtualMachine) -> applevz::Result<()>;
+    let cases: [(&str, VmState, Op, VmState); 4] = [
+        (
+            "start",
+            VmState::Starting,
+            |vm| vm.start(),
+            VmState::Stopped,
+        ),
+        ("pause", VmState::Pausing, |vm| vm.pause(), VmState::Stopped),
+        (
+            "resume",
+            VmState::Resuming,
+            |vm| vm.resume(),
+            VmState::Stopped,
+        ),
+        (
+            "suspend",
+            VmState::Saving,
+            |vm| vm.suspend(),
+            VmState::Suspended,
+        ),
+    ];
+    for (name, transitional, operation, end) in cases {
+        let dir = TestDir::new(name);
+        let guest = SimulatedGuest {
+            boot_delay: if name == "start" {
+                SLOW
+            } else {
+                Duration::ZERO
+            },
+            ..Default::default()
+        };
+        let vm = Arc::new(VirtualMachine::new(&builder(&dir, guest).build().unwrap()).unwrap());
+        if name != "start" {
+            vm.start().unwrap();
+        }
+        if name == "resume" || name == "suspend" {
+            vm.pause().unwrap();
+        }
+        vm.simulator().set_operation_delay(SLOW);
+        let in_flight = spawn(&vm, operation);
+        vm.wait_for_state(transitional, PATIENCE).unwrap();
+        for policy in [ShutdownPolicy::Powerdown, ShutdownPolicy::Halt] {
+            let began = Instant::now();
+            let refused = vm.shutdown(policy);
+            assert!(
+                matches!(refused, Err(Error::InvalidState { state, .. }) if state == transitional),
+                "{name}: {policy}: {refused:?}"
+            );
+            assert!(began.elapsed() < AT_ONCE, "{name}: {policy} queued");
+        }
+        vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
+        in_flight
+            .join()
+            .unwrap()
+            .unwrap_or_else(|error| panic!("{name} was not cancelled: {error}"));
+        assert_eq!(vm.state(), end, "{name}");
+        no_partial_files(&dir);
+        drop(vm);
+    }
+    leaks.finish();
+}
+
+/// Reproduction 6: forced shutdowns are counted: with two of them waiting behind a
+/// graceful one, neither waits out the graceful timeout, and a second Powerdown
+/// refuses at once.
+#[test]
+#[serial]
+fn every_forced_shutdown_cuts_a_graceful_wait_short() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("forced-count");
+    let guest = SimulatedGuest {
+        ignores_stop_request: true,
+        ..Default::default()
+    };
+    let graceful = Duration::from_secs(30);
+    let config = builder(&dir, guest)
+        .timeouts(Timeouts {
+            graceful_shutdown: graceful,
+            ..patient_timeouts()
+        })
+        .on_graceful_timeout(OnGracefulTimeout::Fail)
+        .build()
+        .unwrap();
+    let vm = Arc::new(VirtualMachine::new(&config).unwrap());
+    vm.start().unwrap();
+    let began = Instant::now();
+    // Two Powerdowns race: one holds the VM waiting for the guest, the other is
+    // refused at once.
+    let powerdowns = [
+        spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown)),
+        spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown)),
+    ];
+    while !powerdowns.iter().any(JoinHandle::is_finished) {
+        thread::sleep(ms(5));
+    }
+    assert!(
+        began.elapsed() < AT_ONCE,
+        "the second Powerdown was refused at once"
+    );
+    let halt = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Halt));
+    let poweroff = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Poweroff));
+    halt.join().unwrap().unwrap();
+    poweroff.join().unwrap().unwrap();
+    let outcomes = powerdowns.map(|p| p.join().unwrap());
+    assert!(
+        outcomes.iter().any(Result::is_ok)
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Err(Error::InvalidState { .. }))),
+        "one graceful wait cut short, one refused: {outcomes:?}"
+    );
+    assert!(began.elapsed() < graceful / 2, "{:?}", began.elapsed());
+    assert_eq!(vm.state(), VmState::Stopped);
+    drop(vm);
+    leaks.finish();
+}
+
+/// The VM tracks its saved state: a file appearing or vanishing behind its back is
+/// reported, never silently adopted or forgotten; two VMs on one path do not see each
+/// other's files.
+#[test]
+#[serial]
+fn the_saved_state_is_tracked_not_re_read() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("tracked");
+    let config = builder(&dir, SimulatedGuest::default()).build().unwrap();
+    let first = VirtualMachine::new(&config).unwrap();
+    let second = VirtualMachine::new(&config).unwrap();
+    first.start().unwrap();
+    first.suspend().unwrap();
+    assert_eq!(first.state(), VmState::Suspended);
+    assert_eq!(second.state(), VmState::Stopped, "not the other VM's file");
+    let error = second.start().expect_err("a file it did not write");
+    assert!(
+        matches!(error, Error::SavedStateChanged { .. }),
+        "{error:?}"
+    );
+    assert!(dir.join("vm.state").exists(), "left alone");
+    drop(second);
+
+    // The file vanishes: the VM still says suspended, and start() says what happened.
+    let saved = std::fs::read(dir.join("vm.state")).unwrap();
+    std::fs::remove_file(dir.join("vm.state")).unwrap();
+    assert_eq!(first.state(), VmState::Suspended);
+    let error = first.start().expect_err("vanished");
+    assert!(error.to_string().contains("vanished"), "{error}");
+    // It comes back: start() restores it.
+    std::fs::write(dir.join("vm.state"), &saved).unwrap();
+    first.start().unwrap();
+    assert_eq!(first.state(), VmState::Running);
+    assert!(!dir.join("vm.state").exists());
+    drop(first);
+    leaks.finish();
+}
