@@ -66,6 +66,11 @@ impl VirtualMachine {
             return Err(error);
         }
 
+        // Guest memory: owner-only, whatever the umask or the framework chose.
+        if let Err(error) = restrict_to_owner(&temporary.path) {
+            log::warn!("could not make the saved state owner-only: {error}");
+        }
+
         // The point of no return: `temporary` holds the guest from here on.
         self.tracker.update(|t| t.suspending = true, None);
         let stopped = self.force_stop(operation);
@@ -274,6 +279,11 @@ impl VirtualMachine {
         drop(self.native.replace(native));
         Ok(())
     }
+}
+
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// A fresh path in the target's directory, so the final rename stays on one file
