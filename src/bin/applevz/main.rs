@@ -145,9 +145,11 @@ enum Command {
 pub(crate) enum Policy {
     /// Ask the guest to power off (ACPI power button).
     Powerdown,
-    /// Stop at once; a suspended VM keeps its saved state.
+    /// Force the VM off; refused while another operation is under way; a suspended
+    /// VM keeps its saved state.
     Halt,
-    /// Stop at once; a suspended VM's saved state is discarded.
+    /// Force the VM off, after waiting for an operation under way to settle; a VM that
+    /// was already suspended has its saved state discarded.
     Poweroff,
 }
 

@@ -32,7 +32,7 @@ pub(crate) struct RunArgs {
     console: Option<ConsoleTarget>,
     /// Seconds Ctrl-C or SIGTERM wait for the guest to power off before forcing it
     /// (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
-    /// forces it at once.
+    /// forces it off (once an operation under way, such as the boot, has settled).
     #[arg(long)]
     graceful_timeout: Option<f64>,
 }
