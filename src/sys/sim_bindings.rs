@@ -67,6 +67,9 @@ unsafe extern "C" {
     pub fn avz_sim_vm_crash(vm: *mut avz_vm, code: i64);
 }
 unsafe extern "C" {
+    pub fn avz_sim_vm_network_disconnect(vm: *mut avz_vm, device_index: u32, code: i64);
+}
+unsafe extern "C" {
     pub fn avz_sim_vm_guest_vsock_connect(vm: *mut avz_vm, port: u32);
 }
 unsafe extern "C" {
