@@ -30,15 +30,20 @@ extern "C" {
 /* Starting -> Running takes this long. */
 void avz_sim_config_set_boot_delay_ms(avz_config *config, uint32_t ms);
 /* A forced stop (Stopping -> Stopped) and a guest's own power-off after a stop request
- * take this long. */
+ * take this long (a power-off that falls due while the VM does not run waits, as for
+ * avz_sim_config_set_power_off_after_ms). */
 void avz_sim_config_set_stop_delay_ms(avz_config *config, uint32_t ms);
 /* Pause, resume, save and restore each take this long. */
 void avz_sim_config_set_operation_delay_ms(avz_config *config, uint32_t ms);
 /* The guest ignores requestStop (no ACPI power-button handling). */
 void avz_sim_config_set_ignores_stop_request(avz_config *config, bool ignores);
-/* The guest powers itself off this long after it reaches Running (0 = never). */
+/* The guest powers itself off this long after it boots (first reaches Running after
+ * a stop; 0 = never). Falling due while the VM is not running (paused, or in the middle
+ * of an operation), it happens as soon as the guest runs again, or never if the guest
+ * stops first. */
 void avz_sim_config_set_power_off_after_ms(avz_config *config, uint32_t ms);
-/* The VM fails with `code` (VZErrorDomain) this long after Running (0 = never). */
+/* The VM fails with `code` (VZErrorDomain) this long after the guest boots (0 = never),
+ * as avz_sim_vm_crash. */
 void avz_sim_config_set_crash_after_ms(avz_config *config, uint32_t ms, int64_t code);
 /* Host without save/restore (Intel Mac, macOS < 14). */
 void avz_sim_config_set_save_restore_unsupported(avz_config *config, bool unsupported);
@@ -67,10 +72,19 @@ void avz_sim_vm_fail_next(avz_vm *vm, int32_t op, int64_t code);
 /* Pause, resume, save and restore begun from now on take `ms` (overrides the
  * configuration's operation delay). */
 void avz_sim_vm_set_operation_delay_ms(avz_vm *vm, uint32_t ms);
-/* The guest powers itself off now (Running or Paused -> Stopped, GUEST_STOPPED). */
+/* The guest powers itself off now: Running -> Stopped, then GUEST_STOPPED. Only a
+ * running guest can; in every other state (Paused included: its vCPUs do not run) the
+ * call is ignored. */
 void avz_sim_vm_guest_power_off(avz_vm *vm);
-/* The VM fails now with `code`: -> Error, STOPPED_WITH_ERROR with that error. */
+/* The VM fails now with `code` (any state but Stopped and Error; ignored there):
+ * -> Error, STOPPED_WITH_ERROR with that error, then the operation in flight, if any,
+ * completes with an error of the same code (a save's partial file is removed). */
 void avz_sim_vm_crash(avz_vm *vm, int64_t code);
+/* The attachment of network device `device_index` (in the order the configuration added
+ * network devices) disconnects with `code` (VZErrorDomain): the observer gets
+ * AVZ_EVENT_NETWORK_DISCONNECTED while the VM is running or paused; ignored otherwise
+ * and for an index the VM does not have. The state does not change. */
+void avz_sim_vm_network_disconnect(avz_vm *vm, uint32_t device_index, int64_t code);
 
 /* The guest opens a vsock connection to host `port` (running VM only; ignored when
  * nothing listens there). The guest's end writes "hello from guest port <port>\n" and

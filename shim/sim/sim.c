@@ -36,6 +36,9 @@
 #define SERIAL_RUNNING_LINE "applevz-sim: guest is running\n"
 #define CONSOLE_READY_FORMAT "applevz-sim: console port %s is ready\n"
 #define ERRBUF 128
+/* Files the simulator creates that hold guest data (saved state, EFI variable store,
+ * serial output) are readable and writable by their owner only. */
+#define GUEST_DATA_MODE 0600
 
 /* ---------------------------------------------------------------------------------- */
 /* Small helpers                                                                      */
@@ -251,6 +254,7 @@ typedef struct sim_net {
 } sim_net;
 
 typedef struct sim_serial {
+    bool file;    /* a file attachment (VZFileSerialPortAttachment), else file handles */
     int read_fd;  /* -1: none */
     int write_fd; /* -1: none */
 } sim_serial;
@@ -448,7 +452,7 @@ bool avz_config_set_efi_boot_loader(avz_config *config, const char *variable_sto
     }
     const char *path = variable_store_path;
     if (create) {
-        int fd = open_cloexec(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fd = open_cloexec(path, O_WRONLY | O_CREAT | O_TRUNC, GUEST_DATA_MODE);
         if (fd < 0) {
             int e = errno;
             return avz_sim_fail(error, POSIX, e,
@@ -865,9 +869,10 @@ bool avz_config_add_rosetta_share(avz_config *config, const char *tag, CFErrorRe
     return true;
 }
 
-static void config_add_serial(avz_config *config, int read_fd, int write_fd) {
+static void config_add_serial(avz_config *config, bool file, int read_fd, int write_fd) {
     array_reserve((void **)&config->serials, &config->serial_capacity,
                   config->serial_count + 1, sizeof *config->serials);
+    config->serials[config->serial_count].file = file;
     config->serials[config->serial_count].read_fd = read_fd;
     config->serials[config->serial_count].write_fd = write_fd;
     config->serial_count++;
@@ -881,13 +886,14 @@ bool avz_config_add_serial_port_file(avz_config *config, const char *path, bool 
         return avz_sim_fail(error, POSIX, ENOENT,
                             "Cannot open the serial port file: no path was given.");
     }
-    int fd = open_cloexec(path, O_CREAT | O_WRONLY | (append ? O_APPEND : O_TRUNC), 0644);
+    int fd = open_cloexec(path, O_CREAT | O_WRONLY | (append ? O_APPEND : O_TRUNC),
+                          GUEST_DATA_MODE);
     if (fd < 0) {
         int e = errno;
         return avz_sim_fail(error, POSIX, e, "Cannot open the serial port file %s: %s.", path,
                             avz_sim_strerror(e, buf, sizeof buf));
     }
-    config_add_serial(config, -1, fd);
+    config_add_serial(config, true, -1, fd);
     return true;
 }
 
@@ -924,7 +930,7 @@ bool avz_config_add_serial_port_fds(avz_config *config, int read_fd, int write_f
     if (!dup_port_fds("serial port", read_fd, write_fd, &r, &w, error)) {
         return false;
     }
-    config_add_serial(config, r, w);
+    config_add_serial(config, false, r, w);
     return true;
 }
 
@@ -1077,20 +1083,74 @@ static uint64_t fnv_string(uint64_t h, const char *s) {
     return fnv_bytes(h, s, strlen(s) + 1);
 }
 
+static uint64_t fnv_bool(uint64_t h, bool value) {
+    uint8_t byte = value ? 1 : 0;
+    return fnv_bytes(h, &byte, 1);
+}
+
+/* Everything a saved state is bound to: the whole configuration except descriptor
+ * numbers (and the simulator's knobs). Each device class starts with its count, so
+ * devices cannot slide from one class into the next. */
 static uint64_t config_fingerprint(const avz_config *config) {
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv_u64(h, config->cpu_count);
     h = fnv_u64(h, config->memory_size);
+    /* Boot loader. */
     h = fnv_u64(h, (uint64_t)config->boot);
     h = fnv_string(h, config->kernel_path);
     h = fnv_string(h, config->initrd_path);
+    h = fnv_string(h, config->command_line);
     h = fnv_string(h, config->efi_store_path);
+    /* Platform. */
+    h = fnv_bool(h, config->has_platform);
+    h = fnv_bytes(h, config->machine_identifier, MACHINE_ID_SIZE);
+    /* Storage. */
     h = fnv_u64(h, config->disk_count);
     for (size_t i = 0; i < config->disk_count; i++) {
-        h = fnv_string(h, config->disks[i].path);
-        h = fnv_u64(h, (uint64_t)config->disks[i].interface);
+        const sim_disk *disk = &config->disks[i];
+        h = fnv_string(h, disk->path);
+        h = fnv_u64(h, (uint64_t)disk->interface);
+        h = fnv_bool(h, disk->read_only);
+        h = fnv_u64(h, (uint64_t)disk->caching_mode);
+        h = fnv_u64(h, (uint64_t)disk->sync_mode);
+        h = fnv_string(h, disk->identifier);
     }
-    h = fnv_bytes(h, config->machine_identifier, MACHINE_ID_SIZE);
+    /* Network, in order: MAC, attachment kind (NAT or file handle) and MTU. */
+    h = fnv_u64(h, config->net_count);
+    for (size_t i = 0; i < config->net_count; i++) {
+        const sim_net *net = &config->nets[i];
+        h = fnv_bytes(h, net->mac, sizeof net->mac);
+        h = fnv_bool(h, net->fd >= 0);
+        h = fnv_u64(h, net->mtu);
+    }
+    /* Serial ports: count and attachment kind. */
+    h = fnv_u64(h, config->serial_count);
+    for (size_t i = 0; i < config->serial_count; i++) {
+        h = fnv_bool(h, config->serials[i].file);
+    }
+    /* Console ports. */
+    h = fnv_u64(h, config->console_count);
+    for (size_t i = 0; i < config->console_count; i++) {
+        h = fnv_string(h, config->consoles[i].name);
+        h = fnv_bool(h, config->consoles[i].is_console);
+    }
+    h = fnv_u64(h, config->entropy_count);
+    h = fnv_u64(h, config->balloon_count);
+    h = fnv_u64(h, config->socket_count);
+    /* Directory sharing devices (directory and Rosetta shares), in order. */
+    h = fnv_u64(h, config->share_count);
+    for (size_t i = 0; i < config->share_count; i++) {
+        const sim_share *share = &config->shares[i];
+        h = fnv_string(h, share->tag);
+        h = fnv_bool(h, share->rosetta);
+        h = fnv_u64(h, share->count);
+        h = fnv_bool(h, share->names != NULL);
+        for (size_t j = 0; j < share->count; j++) {
+            h = fnv_string(h, share->names != NULL ? share->names[j] : NULL);
+            h = fnv_string(h, share->paths[j]);
+            h = fnv_bool(h, share->read_only[j]);
+        }
+    }
     return h;
 }
 
@@ -1154,15 +1214,17 @@ enum task_kind {
     TASK_SET_OPERATION_DELAY, /* avz_sim_vm_set_operation_delay_ms */
     TASK_VSOCK_CONNECT,       /* avz_vm_vsock_connect; holds one VM reference */
     TASK_GUEST_VSOCK_CONNECT, /* avz_sim_vm_guest_vsock_connect */
+    TASK_NETWORK_DISCONNECT,  /* avz_sim_vm_network_disconnect */
     TASK_LISTENER_RELEASE     /* a listener dropped by a synchronous call made on the
                                  worker: its release runs after the current callback */
 };
 
 enum timer_kind {
-    TIMER_OPERATION,      /* an operation's transitional state ends */
+    TIMER_OPERATION,       /* an operation's transitional state ends */
     TIMER_GUEST_POWER_OFF, /* power_off_after */
-    TIMER_GUEST_CRASH,    /* crash_after */
-    TIMER_STOP_REQUEST    /* the guest acts on a stop request */
+    TIMER_GUEST_CRASH,     /* crash_after */
+    TIMER_STOP_REQUEST,    /* the guest acts on a stop request */
+    TIMER_DEFERRED_POWER_OFF /* a power-off that fell due while the guest did not run */
 };
 
 enum sync_kind {
@@ -1203,7 +1265,7 @@ typedef struct sim_task {
     void *context;
     char *path;
     int64_t code;
-    uint32_t port;
+    uint32_t port; /* vsock port; TASK_NETWORK_DISCONNECT: the device index */
     avz_context_release_fn release;
     sync_call *sync;
 } sim_task;
@@ -1223,7 +1285,6 @@ typedef struct sim_op {
     void *context;
     char *path;
     int32_t origin;      /* the state before the operation */
-    int32_t rollback;    /* stop: the state an injected failure returns to */
     uint64_t timer;      /* its TIMER_OPERATION */
     bool inject;         /* avz_sim_vm_fail_next applies */
     int64_t inject_code;
@@ -1248,6 +1309,7 @@ struct avz_vm {
     size_t console_count;
     bool has_balloon;
     bool has_socket_device;
+    size_t net_count; /* network devices */
     uint64_t memory_size;
     uint32_t *guest_ports; /* where the simulated guest listens */
     size_t guest_port_count;
@@ -1262,12 +1324,13 @@ struct avz_vm {
     bool dying;
 
     int32_t state;
-    sim_op *op;      /* the operation in flight, other than a forced stop */
-    sim_op *stop_op; /* the forced stop in flight */
+    bool left_stopped; /* has ever been in a state other than Stopped */
+    sim_op *op;        /* the operation in flight (at most one) */
     bool fail_next[OP_KINDS];
     int64_t fail_code[OP_KINDS];
     bool guest_booted; /* reached Running since it was last stopped */
-    uint64_t power_off_timer, crash_timer, stop_request_timer;
+    bool power_off_pending; /* the guest powers off as soon as it runs again */
+    uint64_t power_off_timer, crash_timer, stop_request_timer, deferred_power_off_timer;
     uint64_t balloon_target;
     sim_listener *listeners; /* host vsock listeners, at most one per port */
     size_t listener_count, listener_capacity;
@@ -1471,6 +1534,9 @@ static void set_state(avz_vm *vm, outbox *out, int32_t state) {
         return;
     }
     vm->state = state;
+    if (state != AVZ_STATE_STOPPED) {
+        vm->left_stopped = true;
+    }
     outbox_item *item = outbox_push(out);
     item->kind = OUT_OBSERVER;
     item->state = state;
@@ -1531,28 +1597,6 @@ static void save_discard(sim_op *op) {
     }
 }
 
-/* Completes the operation in flight (and, with `include_stop`, a forced stop in flight)
- * with OperationCancelled. */
-static void cancel_in_flight(avz_vm *vm, outbox *out, bool include_stop, const char *why) {
-    sim_op *ops[2] = {vm->op, include_stop ? vm->stop_op : NULL};
-    vm->op = NULL;
-    if (include_stop) {
-        vm->stop_op = NULL;
-    }
-    for (int i = 0; i < 2; i++) {
-        sim_op *op = ops[i];
-        if (op == NULL) {
-            continue;
-        }
-        timer_cancel(vm, &op->timer);
-        save_discard(op);
-        CFErrorRef error = avz_sim_error_create(
-            VZ, AVZ_ERROR_OPERATION_CANCELLED, "The %s operation was cancelled because %s.",
-            op_name(op->kind), why);
-        op_complete(out, op, error);
-    }
-}
-
 static void arm_guest_timers(avz_vm *vm) {
     if (vm->knobs.power_off_after_ms > 0 && vm->power_off_timer == 0) {
         vm->power_off_timer = timer_add(vm, vm->knobs.power_off_after_ms, TIMER_GUEST_POWER_OFF);
@@ -1566,20 +1610,27 @@ static void disarm_guest_timers(avz_vm *vm) {
     timer_cancel(vm, &vm->power_off_timer);
     timer_cancel(vm, &vm->crash_timer);
     timer_cancel(vm, &vm->stop_request_timer);
+    timer_cancel(vm, &vm->deferred_power_off_timer);
+    vm->power_off_pending = false;
 }
 
-/* The VM reached Running. The guest "boots" the first time after it was stopped: its
- * timers start and it says so on its serial outputs. */
+/* The VM reached Running (an operation ended there, or a failed pause or stop went
+ * back). The guest "boots" the first time after it was stopped: its timers start and it
+ * says so on its serial outputs. A power-off that fell due while its vCPUs were stopped
+ * happens now (on the next turn of the worker, after this turn's callbacks). */
 static void enter_running(avz_vm *vm, outbox *out) {
     set_state(vm, out, AVZ_STATE_RUNNING);
     if (!vm->guest_booted) {
         vm->guest_booted = true;
         arm_guest_timers(vm);
         out->serial_line = true;
+    } else if (vm->power_off_pending && vm->deferred_power_off_timer == 0) {
+        vm->deferred_power_off_timer = timer_add(vm, 0, TIMER_DEFERRED_POWER_OFF);
     }
 }
 
-/* The VM stopped (or failed): the guest is gone. */
+/* The VM stopped (or failed): the guest is gone, and with it whatever it was about to
+ * do. */
 static void guest_gone(avz_vm *vm) {
     disarm_guest_timers(vm);
     vm->guest_booted = false;
@@ -1587,26 +1638,51 @@ static void guest_gone(avz_vm *vm) {
     vm->balloon_target = vm->memory_size;
 }
 
+/* The guest powers itself off. Only a running guest can: a paused VM's vCPUs do not
+ * run (and no operation is in flight while the VM is running). */
 static void guest_power_off(avz_vm *vm, outbox *out) {
-    if (vm->state != AVZ_STATE_RUNNING && vm->state != AVZ_STATE_PAUSED) {
+    if (vm->state != AVZ_STATE_RUNNING) {
         return;
     }
-    cancel_in_flight(vm, out, false, "the guest powered off");
     guest_gone(vm);
     set_state(vm, out, AVZ_STATE_STOPPED);
     push_event(vm, out, AVZ_EVENT_GUEST_STOPPED, NULL);
 }
 
+/* A power-off timer (power_off_after or the reaction to a stop request) fell due: the
+ * guest acts on it if it runs, or as soon as it runs again. */
+static void guest_power_off_due(avz_vm *vm, outbox *out) {
+    if (vm->state == AVZ_STATE_RUNNING) {
+        guest_power_off(vm, out);
+    } else if (vm->guest_booted) {
+        vm->power_off_pending = true;
+    }
+}
+
+/* The VM fails: -> Error, STOPPED_WITH_ERROR, then the operation in flight (if any)
+ * completes with an error carrying the same code. A save's partial file is removed. */
 static void guest_crash(avz_vm *vm, outbox *out, int64_t code) {
     if (vm->state == AVZ_STATE_STOPPED || vm->state == AVZ_STATE_ERROR) {
         return;
     }
-    cancel_in_flight(vm, out, true, "the virtual machine stopped with an error");
+    sim_op *op = vm->op;
+    vm->op = NULL;
+    if (op != NULL) {
+        timer_cancel(vm, &op->timer);
+        save_discard(op);
+    }
     guest_gone(vm);
     set_state(vm, out, AVZ_STATE_ERROR);
     push_event(vm, out, AVZ_EVENT_STOPPED_WITH_ERROR,
                avz_sim_error_create(VZ, (CFIndex)code,
                                     "The virtual machine stopped unexpectedly."));
+    if (op != NULL) {
+        op_complete(out, op,
+                    avz_sim_error_create(VZ, (CFIndex)code,
+                                         "The virtual machine stopped with an error during "
+                                         "the %s operation.",
+                                         op_name(op->kind)));
+    }
 }
 
 /* A pending avz_sim_vm_fail_next applies to `op`, which was just accepted. */
@@ -1622,13 +1698,13 @@ static void take_injection(avz_vm *vm, sim_op *op) {
  * `delay_ms`. */
 static void op_begin(avz_vm *vm, outbox *out, sim_op *op, int32_t transitional,
                      uint32_t delay_ms) {
+    if (vm->op != NULL) {
+        /* Cannot happen: every operation needs a non-transitional state. */
+        avz_sim_fatal("internal error: two operations in flight");
+    }
     op->origin = vm->state;
     take_injection(vm, op);
-    if (op->kind == AVZ_SIM_OP_STOP) {
-        vm->stop_op = op;
-    } else {
-        vm->op = op;
-    }
+    vm->op = op;
     set_state(vm, out, transitional);
     op->timer = timer_add(vm, delay_ms, TIMER_OPERATION);
 }
@@ -1643,7 +1719,7 @@ static CFErrorRef save_prepare(avz_vm *vm, sim_op *op) {
                                     "cannot be saved (it has a device whose state cannot be "
                                     "saved).");
     }
-    int fd = open_cloexec(op->path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    int fd = open_cloexec(op->path, O_WRONLY | O_CREAT | O_EXCL, GUEST_DATA_MODE);
     if (fd >= 0) {
         op->save_fd = fd;
         return NULL;
@@ -1930,45 +2006,54 @@ static void handle_guest_vsock_connect(avz_vm *vm, outbox *out, uint32_t port) {
     item->host_port = port;
 }
 
-/* A new asynchronous operation (it owns the task's VM reference). */
+/* Refuses `op` because the VM is in the wrong state: `code` with a description naming
+ * the state, the states the operation needs and the operation in flight, if any. */
+static void refuse_state(avz_vm *vm, outbox *out, sim_op *op, CFIndex code,
+                         const char *what, const char *needed) {
+    if (vm->op != NULL) {
+        op_refuse(out, op, code, "Cannot %s: it is %s, not %s (the %s operation is still in "
+                                 "progress).",
+                  what, state_phrase(vm->state), needed, op_name(vm->op->kind));
+    } else {
+        op_refuse(out, op, code, "Cannot %s: it is %s, not %s.", what, state_phrase(vm->state),
+                  needed);
+    }
+}
+
+/* A new asynchronous operation (it owns the task's VM reference). Every operation is
+ * legal only from non-transitional states, so an operation in flight (which always
+ * holds the VM in its transitional state) refuses every other one: nothing cancels
+ * anything. */
 static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
     int32_t state = vm->state;
-    const char *it = state_phrase(state);
-    const char *busy = vm->op != NULL ? op_name(vm->op->kind) : NULL;
     const sim_knobs *knobs = &vm->knobs;
 
     switch (op->kind) {
     case AVZ_SIM_OP_START:
-        if (state != AVZ_STATE_STOPPED) {
-            op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-                      "Cannot start the virtual machine: it is %s, not stopped.", it);
-        } else if (busy != NULL) {
-            break;
+        /* From Stopped, or from Error: the guest boots afresh. */
+        if (state != AVZ_STATE_STOPPED && state != AVZ_STATE_ERROR) {
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
+                         "start the virtual machine", "stopped or in the error state");
         } else {
             op_begin(vm, out, op, AVZ_STATE_STARTING, knobs->boot_delay_ms);
         }
         return;
 
     case AVZ_SIM_OP_STOP:
-        if (state == AVZ_STATE_STOPPED || state == AVZ_STATE_STOPPING) {
-            op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-                      "Cannot stop the virtual machine: it is already %s.", it);
-            return;
+        /* Only from Running or Paused; the code of a refusal is not documented (the
+         * stricter reading: 4, like every other state-transition refusal). */
+        if (state != AVZ_STATE_RUNNING && state != AVZ_STATE_PAUSED) {
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
+                         "stop the virtual machine", "running or paused");
+        } else {
+            op_begin(vm, out, op, AVZ_STATE_STOPPING, knobs->stop_delay_ms);
         }
-        /* An injected failure returns to where the VM was before, or to where the
-         * cancelled operation started from. */
-        op->rollback = vm->op != NULL ? vm->op->origin : state;
-        cancel_in_flight(vm, out, false, "the virtual machine is being stopped");
-        disarm_guest_timers(vm);
-        op_begin(vm, out, op, AVZ_STATE_STOPPING, knobs->stop_delay_ms);
         return;
 
     case AVZ_SIM_OP_PAUSE:
         if (state != AVZ_STATE_RUNNING) {
-            op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-                      "Cannot pause the virtual machine: it is %s, not running.", it);
-        } else if (busy != NULL) {
-            break;
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
+                         "pause the virtual machine", "running");
         } else {
             op_begin(vm, out, op, AVZ_STATE_PAUSING, knobs->operation_delay_ms);
         }
@@ -1976,10 +2061,8 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
 
     case AVZ_SIM_OP_RESUME:
         if (state != AVZ_STATE_PAUSED) {
-            op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-                      "Cannot resume the virtual machine: it is %s, not paused.", it);
-        } else if (busy != NULL) {
-            break;
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
+                         "resume the virtual machine", "paused");
         } else {
             op_begin(vm, out, op, AVZ_STATE_RESUMING, knobs->operation_delay_ms);
         }
@@ -1991,10 +2074,8 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
                         save_restore_unsupported_error("save the virtual machine state"));
         } else if (state != AVZ_STATE_PAUSED) {
             /* The framework documents code 3 (not 4) for a save from the wrong state. */
-            op_refuse(out, op, AVZ_ERROR_INVALID_STATE,
-                      "Cannot save the virtual machine state: it is %s, not paused.", it);
-        } else if (busy != NULL) {
-            break;
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE,
+                         "save the virtual machine state", "paused");
         } else {
             CFErrorRef error = save_prepare(vm, op);
             if (error != NULL) {
@@ -2010,10 +2091,15 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
             op_complete(out, op,
                         save_restore_unsupported_error("restore the virtual machine state"));
         } else if (state != AVZ_STATE_STOPPED) {
+            refuse_state(vm, out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
+                         "restore the virtual machine state", "stopped");
+        } else if (vm->left_stopped) {
+            /* The framework documents restore into a stopped VM and says nothing about a
+             * VM object that already ran: the stricter reading refuses it. */
             op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-                      "Cannot restore the virtual machine state: it is %s, not stopped.", it);
-        } else if (busy != NULL) {
-            break;
+                      "Cannot restore the virtual machine state: this virtual machine object "
+                      "has already left the stopped state once; restore into a newly created "
+                      "virtual machine.");
         } else {
             op_begin(vm, out, op, AVZ_STATE_RESTORING, knobs->operation_delay_ms);
         }
@@ -2022,19 +2108,11 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
     default:
         avz_sim_fatal("internal error: operation kind %" PRId32, op->kind);
     }
-    /* Only reached when another operation is still in flight. */
-    op_refuse(out, op, AVZ_ERROR_INVALID_STATE_TRANSITION,
-              "Cannot %s the virtual machine: the %s operation is still in progress.",
-              op_name(op->kind), busy);
 }
 
 /* An operation's transitional state ended. */
 static void finish_operation(avz_vm *vm, outbox *out, sim_op *op) {
-    if (op == vm->stop_op) {
-        vm->stop_op = NULL;
-    } else {
-        vm->op = NULL;
-    }
+    vm->op = NULL;
     op->timer = 0;
     CFErrorRef error = op->inject ? injected_error(op) : NULL;
 
@@ -2048,20 +2126,22 @@ static void finish_operation(avz_vm *vm, outbox *out, sim_op *op) {
         break;
 
     case AVZ_SIM_OP_STOP:
-        if (error != NULL) {
-            set_state(vm, out, op->rollback);
-            if (vm->guest_booted &&
-                (op->rollback == AVZ_STATE_RUNNING || op->rollback == AVZ_STATE_PAUSED)) {
-                arm_guest_timers(vm);
-            }
-        } else {
+        if (error == NULL) {
             guest_gone(vm);
             set_state(vm, out, AVZ_STATE_STOPPED);
+        } else if (op->origin == AVZ_STATE_RUNNING) {
+            enter_running(vm, out);
+        } else {
+            set_state(vm, out, op->origin);
         }
         break;
 
     case AVZ_SIM_OP_PAUSE:
-        set_state(vm, out, error != NULL ? op->origin : AVZ_STATE_PAUSED);
+        if (error != NULL) {
+            enter_running(vm, out);
+        } else {
+            set_state(vm, out, AVZ_STATE_PAUSED);
+        }
         break;
 
     case AVZ_SIM_OP_RESUME:
@@ -2094,28 +2174,48 @@ static void finish_operation(avz_vm *vm, outbox *out, sim_op *op) {
     op_complete(out, op, error);
 }
 
+/* avz_sim_vm_network_disconnect: the delegate's attachmentWasDisconnectedWithError:
+ * while the VM is running or paused, for a device it has; ignored otherwise. */
+static void handle_network_disconnect(avz_vm *vm, outbox *out, uint32_t index, int64_t code) {
+    if (vm->state != AVZ_STATE_RUNNING && vm->state != AVZ_STATE_PAUSED) {
+        return;
+    }
+    if (index >= vm->net_count) {
+        return;
+    }
+    push_event(vm, out, AVZ_EVENT_NETWORK_DISCONNECTED,
+               avz_sim_error_create(VZ, (CFIndex)code,
+                                    "network device %" PRIu32 ": the network attachment was "
+                                    "disconnected (code %" PRId64 ").",
+                                    index, code));
+}
+
 static void handle_timer(avz_vm *vm, outbox *out, const sim_timer *timer) {
     switch (timer->kind) {
     case TIMER_OPERATION:
         if (vm->op != NULL && vm->op->timer == timer->id) {
             finish_operation(vm, out, vm->op);
-        } else if (vm->stop_op != NULL && vm->stop_op->timer == timer->id) {
-            finish_operation(vm, out, vm->stop_op);
         }
         break;
     case TIMER_GUEST_POWER_OFF:
         vm->power_off_timer = 0;
-        guest_power_off(vm, out);
+        guest_power_off_due(vm, out);
+        break;
+    case TIMER_STOP_REQUEST:
+        vm->stop_request_timer = 0;
+        guest_power_off_due(vm, out);
+        break;
+    case TIMER_DEFERRED_POWER_OFF:
+        vm->deferred_power_off_timer = 0;
+        /* Paused again before this turn came: guest_power_off does nothing and the
+         * power-off stays pending until the guest next runs. */
+        if (vm->power_off_pending) {
+            guest_power_off(vm, out);
+        }
         break;
     case TIMER_GUEST_CRASH:
         vm->crash_timer = 0;
         guest_crash(vm, out, vm->knobs.crash_code);
-        break;
-    case TIMER_STOP_REQUEST:
-        vm->stop_request_timer = 0;
-        if (vm->state == AVZ_STATE_RUNNING) {
-            guest_power_off(vm, out);
-        }
         break;
     }
 }
@@ -2272,6 +2372,9 @@ static void handle_task(avz_vm *vm, outbox *out, sim_task *task) {
     case TASK_GUEST_VSOCK_CONNECT:
         handle_guest_vsock_connect(vm, out, task->port);
         break;
+    case TASK_NETWORK_DISCONNECT:
+        handle_network_disconnect(vm, out, task->port, task->code);
+        break;
     case TASK_LISTENER_RELEASE: {
         outbox_item *item = outbox_push(out);
         item->kind = OUT_RELEASE;
@@ -2320,7 +2423,7 @@ static void vm_free(avz_vm *vm) {
         free(task->path);
         free(task);
     }
-    if (vm->op != NULL || vm->stop_op != NULL) {
+    if (vm->op != NULL) {
         avz_sim_fatal("internal error: VM destroyed with an operation in flight");
     }
     /* Every listener still installed is released exactly once. */
@@ -2470,6 +2573,7 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
     vm->state = AVZ_STATE_STOPPED;
     vm->has_balloon = config->balloon_count > 0;
     vm->has_socket_device = config->socket_count > 0;
+    vm->net_count = config->net_count;
     vm->memory_size = config->memory_size;
     vm->balloon_target = config->memory_size;
     vm->guest_port_count = config->guest_port_count;
@@ -2632,12 +2736,13 @@ int32_t avz_vm_state(avz_vm *vm) {
 }
 
 bool avz_vm_can_start(avz_vm *vm) {
-    return vm_read_state(vm, "avz_vm_can_start") == AVZ_STATE_STOPPED;
+    int32_t state = vm_read_state(vm, "avz_vm_can_start");
+    return state == AVZ_STATE_STOPPED || state == AVZ_STATE_ERROR;
 }
 
 bool avz_vm_can_stop(avz_vm *vm) {
     int32_t state = vm_read_state(vm, "avz_vm_can_stop");
-    return state != AVZ_STATE_STOPPED && state != AVZ_STATE_STOPPING;
+    return state == AVZ_STATE_RUNNING || state == AVZ_STATE_PAUSED;
 }
 
 bool avz_vm_can_pause(avz_vm *vm) {
@@ -2770,6 +2875,15 @@ void avz_sim_vm_guest_power_off(avz_vm *vm) {
 
 void avz_sim_vm_crash(avz_vm *vm, int64_t code) {
     vm_trigger(vm, TASK_CRASH, 0, code, "avz_sim_vm_crash");
+}
+
+void avz_sim_vm_network_disconnect(avz_vm *vm, uint32_t device_index, int64_t code) {
+    vm_check(vm, "avz_sim_vm_network_disconnect");
+    sim_task *task = avz_sim_alloc(sizeof *task);
+    task->kind = TASK_NETWORK_DISCONNECT;
+    task->port = device_index;
+    task->code = code;
+    vm_post(vm, task);
 }
 
 void avz_sim_vm_guest_vsock_connect(avz_vm *vm, uint32_t port) {

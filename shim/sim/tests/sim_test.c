@@ -155,6 +155,16 @@ static void observer(void *ctx, int32_t state, int32_t event, CFErrorRef error) 
         log_add(l, "X:%s:%s:%ld", sname(state), i.domain, i.code);
         if (strcmp(i.desc, "The virtual machine stopped unexpectedly.") != 0)
             log_add(l, "BADDESC");
+    } else if (event == AVZ_EVENT_NETWORK_DISCONNECTED) {
+        /* N:<state>:<domain>:<code>:dev<index from the description> */
+        CFRetain(error);
+        err_info i = take_error(error); /* releases our retain */
+        unsigned index = 0;
+        char colon = 0;
+        if (sscanf(i.desc, "network device %u%c", &index, &colon) != 2 || colon != ':' ||
+            strncmp(i.desc + strcspn(i.desc, ":"), ": ", 2) != 0)
+            log_add(l, "BADDESC");
+        log_add(l, "N:%s:%s:%ld:dev%u", sname(state), i.domain, i.code, index);
     } else {
         log_add(l, "?%d", event);
     }
@@ -551,7 +561,8 @@ static void test_refusals(void) {
         comp rs = {.log = &l, .name = "restore"};
         avz_vm_restore_state(vm, path_in("refused.state"), completion, &rs);
         EXPECT_LOG(&l, 4, "C:start:4 C:resume:4 C:save:3 C:restore:4");
-        CHECK(strcmp(s2.err.desc, "Cannot start the virtual machine: it is running, not stopped.") == 0,
+        CHECK(strcmp(s2.err.desc, "Cannot start the virtual machine: it is running, not stopped "
+                                  "or in the error state.") == 0,
               "%s", s2.err.desc);
         CHECK(avz_vm_state(vm) == AVZ_STATE_RUNNING, "unchanged");
     }
@@ -569,7 +580,9 @@ static void test_refusals(void) {
         OP(vm, avz_vm_start, s2, "start2", &l);
         OP(vm, avz_vm_pause, p, "pause", &l);
         EXPECT_LOG(&l, 5, "S:starting C:start2:4 C:pause:4 S:running C:start:0");
-        CHECK(strstr(s2.err.desc, "starting") != NULL, "%s", s2.err.desc);
+        CHECK(strcmp(s2.err.desc, "Cannot start the virtual machine: it is starting, not stopped "
+                                  "or in the error state (the start operation is still in "
+                                  "progress).") == 0, "%s", s2.err.desc);
         OP(vm, avz_vm_pause, p2, "pause", &l);
         OP(vm, avz_vm_resume, r, "resume", &l);
         OP(vm, avz_vm_pause, p3, "pause3", &l);
@@ -580,96 +593,6 @@ static void test_refusals(void) {
         EXPECT_LOG(&l, 5, "S:stopping C:stop2:4 C:start3:4 S:stopped C:stop:0");
         CHECK(strstr(st2.err.desc, "stopping") != NULL, "%s", st2.err.desc);
         CHECK(!avz_vm_can_stop(vm), "stopped");
-    }
-    destroy_vm(vm, &l);
-}
-
-static void test_cancellation(void) {
-    avz_config *c = base_config();
-    avz_sim_config_set_boot_delay_ms(c, 300);
-    avz_sim_config_set_operation_delay_ms(c, 300);
-    logbuf l;
-    avz_vm *vm = make_vm(c, &l);
-    CFRelease(c);
-    {
-        /* stop during starting */
-        OP(vm, avz_vm_start, s, "start", &l);
-        sleep_ms(30);
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "S:starting C:start:9 S:stopping S:stopped C:stop:0");
-        CHECK(strstr(s.err.desc, "cancelled") != NULL, "%s", s.err.desc);
-        sleep_ms(350); /* the cancelled start's timer must not fire */
-        char buf[256];
-        log_take(&l, buf, sizeof buf);
-        CHECK(buf[0] == 0, "nothing more: %s", buf);
-        CHECK(avz_vm_state(vm) == AVZ_STATE_STOPPED, "stopped");
-    }
-    {
-        OP(vm, avz_vm_start, s, "start", &l);
-        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
-        /* stop during pausing */
-        OP(vm, avz_vm_pause, p, "pause", &l);
-        sleep_ms(30);
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "S:pausing C:pause:9 S:stopping S:stopped C:stop:0");
-    }
-    {
-        /* stop during resuming */
-        OP(vm, avz_vm_start, s, "start", &l);
-        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
-        OP(vm, avz_vm_pause, p, "pause", &l);
-        EXPECT_LOG(&l, 3, "S:pausing S:paused C:pause:0");
-        OP(vm, avz_vm_resume, r, "resume", &l);
-        sleep_ms(30);
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "S:resuming C:resume:9 S:stopping S:stopped C:stop:0");
-    }
-    {
-        /* stop during saving removes the partial file */
-        OP(vm, avz_vm_start, s, "start", &l);
-        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
-        OP(vm, avz_vm_pause, p, "pause", &l);
-        EXPECT_LOG(&l, 3, "S:pausing S:paused C:pause:0");
-        const char *state = path_in("cancelled.state");
-        comp sv = {.log = &l, .name = "save"};
-        avz_vm_save_state(vm, state, completion, &sv);
-        CHECK(wait_entries(&l, 1, 2000), "saving");
-        sleep_ms(30);
-        CHECK(exists(state), "partial file exists while saving");
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "S:saving C:save:9 S:stopping S:stopped C:stop:0");
-        CHECK(!exists(state), "partial file removed");
-    }
-    {
-        /* stop during restoring */
-        const char *state = path_in("some.state");
-        write_file(state, "AVZSIM-STATE 1\nconfig=0000000000000000\n");
-        comp rs = {.log = &l, .name = "restore"};
-        avz_vm_restore_state(vm, state, completion, &rs);
-        sleep_ms(30);
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "S:restoring C:restore:9 S:stopping S:stopped C:stop:0");
-        CHECK(exists(state), "restore never deletes");
-    }
-    {
-        /* crash during pausing */
-        OP(vm, avz_vm_start, s, "start", &l);
-        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
-        OP(vm, avz_vm_pause, p, "pause", &l);
-        sleep_ms(30);
-        avz_sim_vm_crash(vm, 1);
-        EXPECT_LOG(&l, 4, "S:pausing C:pause:9 S:error X:error:VZErrorDomain:1");
-        /* stop from error */
-        CHECK(avz_vm_can_stop(vm) && !avz_vm_can_start(vm), "error can_*");
-        OP(vm, avz_vm_start, s2, "start", &l);
-        OP(vm, avz_vm_pause, p2, "pause", &l);
-        OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 5, "C:start:4 C:pause:4 S:stopping S:stopped C:stop:0");
-        avz_sim_vm_crash(vm, 1); /* ignored when stopped */
-        sleep_ms(50);
-        char buf[256];
-        log_take(&l, buf, sizeof buf);
-        CHECK(buf[0] == 0, "crash ignored when stopped: %s", buf);
     }
     destroy_vm(vm, &l);
 }
@@ -713,6 +636,13 @@ static void test_save_restore(void) {
     struct stat before;
     stat(state, &before);
     {
+        /* the VM that ran (and saved) cannot restore: only a VM object that never left
+         * the stopped state can */
+        comp rs0 = {.log = &l, .name = "restore"};
+        avz_vm_restore_state(vm, state, completion, &rs0);
+        EXPECT_LOG(&l, 1, "C:restore:4");
+        destroy_vm(vm, &l);
+        vm = make_vm(c, &l);
         comp rs = {.log = &l, .name = "restore"};
         avz_vm_restore_state(vm, state, completion, &rs);
         EXPECT_LOG(&l, 3, "S:restoring S:paused C:restore:0");
@@ -749,23 +679,22 @@ static void test_save_restore(void) {
         destroy_vm(vm2, &l2);
         avz_config_set_cpu_count(c, 1);
     }
-    {
-        comp rs = {.log = &l, .name = "restore"};
-        avz_vm_restore_state(vm, path_in("missing.state"), completion, &rs);
-        EXPECT_LOG(&l, 3, "S:restoring S:stopped C:restore:12");
-        CHECK(strstr(rs.err.desc, "does not exist") != NULL, "%s", rs.err.desc);
-        write_file(path_in("garbage.state"), "garbage");
-        comp rs2 = {.log = &l, .name = "restore"};
-        avz_vm_restore_state(vm, path_in("garbage.state"), completion, &rs2);
-        EXPECT_LOG(&l, 3, "S:restoring S:stopped C:restore:12");
-        CHECK(strstr(rs2.err.desc, "not a saved") != NULL, "%s", rs2.err.desc);
-        write_file(path_in("damaged.state"), "AVZSIM-STATE 1\nconfig=zz\n");
-        comp rs3 = {.log = &l, .name = "restore"};
-        avz_vm_restore_state(vm, path_in("damaged.state"), completion, &rs3);
-        EXPECT_LOG(&l, 3, "S:restoring S:stopped C:restore:12");
-        CHECK(strstr(rs3.err.desc, "damaged") != NULL, "%s", rs3.err.desc);
-    }
     destroy_vm(vm, &l);
+    {
+        /* each attempt on a VM object that never left the stopped state */
+        write_file(path_in("garbage.state"), "garbage");
+        write_file(path_in("damaged.state"), "AVZSIM-STATE 1\nconfig=zz\n");
+        const char *files[] = {"missing.state", "garbage.state", "damaged.state"};
+        const char *why[] = {"does not exist", "not a saved", "damaged"};
+        for (int k = 0; k < 3; k++) {
+            vm = make_vm(c, &l);
+            comp rs = {.log = &l, .name = "restore"};
+            avz_vm_restore_state(vm, path_in(files[k]), completion, &rs);
+            EXPECT_LOG(&l, 3, "S:restoring S:stopped C:restore:12");
+            CHECK(strstr(rs.err.desc, why[k]) != NULL, "%s", rs.err.desc);
+            destroy_vm(vm, &l);
+        }
+    }
 
     /* host without save/restore */
     avz_sim_config_set_save_restore_unsupported(c, true);
@@ -839,9 +768,16 @@ static void test_guest(void) {
         char buf[256];
         log_take(&l, buf, sizeof buf);
         CHECK(buf[0] == 0 && avz_vm_state(vm) == AVZ_STATE_RUNNING, "ignored: %s", buf);
-        /* guest power off from paused */
+        /* a paused guest cannot power itself off (its vCPUs are stopped) */
         OP(vm, avz_vm_pause, p, "pause", &l);
         EXPECT_LOG(&l, 3, "S:pausing S:paused C:pause:0");
+        avz_sim_vm_guest_power_off(vm); /* ignored */
+        sleep_ms(50);
+        log_take(&l, buf, sizeof buf);
+        CHECK(buf[0] == 0 && avz_vm_state(vm) == AVZ_STATE_PAUSED,
+              "power off ignored when paused: %s", buf);
+        OP(vm, avz_vm_resume, r, "resume", &l);
+        EXPECT_LOG(&l, 3, "S:resuming S:running C:resume:0");
         avz_sim_vm_guest_power_off(vm);
         EXPECT_LOG(&l, 2, "S:stopped G:stopped");
         avz_sim_vm_guest_power_off(vm); /* ignored */
@@ -870,8 +806,9 @@ static void test_guest(void) {
     {
         OP(vm, avz_vm_start, s, "start", &l);
         EXPECT_LOG(&l, 5, "S:starting S:running C:start:0 S:error X:error:VZErrorDomain:42");
+        /* a forced stop is refused from error; a start boots afresh */
         OP(vm, avz_vm_stop, st, "stop", &l);
-        EXPECT_LOG(&l, 3, "S:stopping S:stopped C:stop:0");
+        EXPECT_LOG(&l, 1, "C:stop:4");
         /* timers re-armed on the next boot; a pause/resume does not restart them */
         OP(vm, avz_vm_start, s2, "start", &l);
         EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
@@ -895,7 +832,9 @@ static void test_guest(void) {
         OP(vm, avz_vm_stop, st, "stop", &l);
         sleep_ms(30);
         avz_sim_vm_crash(vm, 3);
-        EXPECT_LOG(&l, 4, "S:stopping C:stop:9 S:error X:error:VZErrorDomain:3");
+        EXPECT_LOG(&l, 4, "S:stopping S:error X:error:VZErrorDomain:3 C:stop:3");
+        CHECK(strcmp(st.err.desc, "The virtual machine stopped with an error during the stop "
+                                  "operation.") == 0, "%s", st.err.desc);
     }
     destroy_vm(vm, &l);
     CFRelease(c);
@@ -989,13 +928,30 @@ static void test_fail_next(void) {
         OP(vm, avz_vm_stop, st3, "stop", &l);
         EXPECT_LOG(&l, 3, "S:stopping S:stopped C:stop:0");
 
-        avz_sim_vm_fail_next(vm, AVZ_SIM_OP_RESTORE, 12);
+    }
+    destroy_vm(vm, &l);
+    for (int k = 0; k < 2; k++) {
+        /* restore needs a VM object that never left the stopped state */
+        vm = make_vm(c, &l);
+        if (k == 0) avz_sim_vm_fail_next(vm, AVZ_SIM_OP_RESTORE, 12);
         comp rs = {.log = &l, .name = "restore"};
         avz_vm_restore_state(vm, path_in("ok.state"), completion, &rs);
-        EXPECT_LOG(&l, 3, "S:restoring S:stopped C:restore:12");
-        comp rs2 = {.log = &l, .name = "restore"};
-        avz_vm_restore_state(vm, path_in("ok.state"), completion, &rs2);
-        EXPECT_LOG(&l, 3, "S:restoring S:paused C:restore:0");
+        EXPECT_LOG(&l, 3, k == 0 ? "S:restoring S:stopped C:restore:12"
+                                 : "S:restoring S:paused C:restore:0");
+        destroy_vm(vm, &l);
+    }
+    /* a failed start from error goes back to error */
+    vm = make_vm(c, &l);
+    {
+        OP(vm, avz_vm_start, s, "start", &l);
+        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
+        avz_sim_vm_crash(vm, 1);
+        EXPECT_LOG(&l, 2, "S:error X:error:VZErrorDomain:1");
+        avz_sim_vm_fail_next(vm, AVZ_SIM_OP_START, 2);
+        OP(vm, avz_vm_start, s2, "start", &l);
+        EXPECT_LOG(&l, 3, "S:starting S:error C:start:2");
+        OP(vm, avz_vm_start, s3, "start", &l);
+        EXPECT_LOG(&l, 3, "S:starting S:running C:start:0");
     }
     destroy_vm(vm, &l);
     CFRelease(c);
@@ -1184,6 +1140,7 @@ static bool write_all_test(int fd, const void *data, size_t n) {
     return true;
 }
 #include "device_tests.inc"
+#include "contract_tests.inc"
 
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/simtest/work-%d", (int)getpid());
@@ -1198,8 +1155,16 @@ int main(void) {
     test_config();
     test_basic_lifecycle();
     test_refusals();
-    test_cancellation();
+    test_stop_refusals();
+    test_start_from_error();
+    test_no_cancellation();
+    test_crash_during_operation();
+    test_power_off_only_while_running();
     test_save_restore();
+    test_restore_into_used_vm();
+    test_restore_fingerprint();
+    test_network_disconnect();
+    test_guest_data_file_modes();
     test_guest();
     test_fail_next();
     test_lifetime();
