@@ -8,7 +8,8 @@ CC=${CC:-cc}
 out=target/sanitize-sim
 mkdir -p "$out"
 flags=(-std=c11 -Wall -Wextra -Wpedantic -Werror -g -O1 -D_GNU_SOURCE -Ishim/sim -Iinclude -pthread)
-sources=(shim/sim/cf.c shim/sim/sim.c shim/sim/tests/sim_test.c)
+# Every .c file directly in shim/sim, as build.rs compiles them, plus the test program.
+sources=(shim/sim/*.c shim/sim/tests/sim_test.c)
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export TSAN_OPTIONS=halt_on_error=1
 for variant in "address,undefined" "thread"; do
