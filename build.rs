@@ -41,8 +41,99 @@ fn main() {
         println!("cargo::rustc-cfg=applevz_simulator");
     }
 
+    shim_check_tools();
+
     #[cfg(feature = "bindgen")]
     bindings::check_or_update(&manifest_dir);
+}
+
+/// tests/shim_compile.rs needs clang-19 (and llvm-nm-19 for its symbol tests) on the
+/// host. When one is missing, its tests are marked ignored with the reason, through the
+/// cfgs `applevz_no_clang19` / `applevz_no_llvm_nm19`, instead of passing without
+/// checking anything. Under `CI=true` a missing tool is not excused (the cfg is not
+/// emitted, so the tests run and fail saying what is missing), except where
+/// `APPLEVZ_SHIM_CHECK_OPTIONAL=1` says the host is not meant to run them (the macOS
+/// workflow: a Mac compiles the real shim against the real SDK instead).
+///
+/// `$CLANG` / `$LLVM_NM` name other tools, as for scripts/check-shim.sh. Cargo reruns
+/// this when those variables change, when a tool found goes away, and, while one is
+/// missing, when a directory on `PATH` changes (installing it adds a file there). Not
+/// on every change of `PATH` itself: tools that run cargo with another `PATH` (editors)
+/// would rebuild the native half each time.
+fn shim_check_tools() {
+    println!("cargo::rustc-check-cfg=cfg(applevz_no_clang19)");
+    println!("cargo::rustc-check-cfg=cfg(applevz_no_llvm_nm19)");
+    for variable in ["CLANG", "LLVM_NM", "CI", "APPLEVZ_SHIM_CHECK_OPTIONAL"] {
+        println!("cargo::rerun-if-env-changed={variable}");
+    }
+    let required = env::var("CI").is_ok_and(|v| v == "true")
+        && !env::var("APPLEVZ_SHIM_CHECK_OPTIONAL").is_ok_and(|v| v == "1");
+    let mut watching_path = false;
+    for (variable, default, cfg) in [
+        ("CLANG", "clang-19", "applevz_no_clang19"),
+        ("LLVM_NM", "llvm-nm-19", "applevz_no_llvm_nm19"),
+    ] {
+        let tool = env::var(variable)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_string());
+        match find_program(&tool) {
+            Some(path) => println!("cargo::rerun-if-changed={}", path.display()),
+            None => {
+                if !watching_path {
+                    watching_path = true;
+                    for dir in path_dirs() {
+                        println!("cargo::rerun-if-changed={}", dir.display());
+                    }
+                }
+                if !required {
+                    println!("cargo::rustc-cfg={cfg}");
+                }
+            }
+        }
+    }
+}
+
+/// The directories on `PATH` that exist, canonical and without duplicates.
+fn path_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|path| env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dir| dir.is_absolute())
+        .filter_map(|dir| dir.canonicalize().ok())
+        .filter(|dir| dir.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// `program` as the shell would find it: a path when it contains a slash, otherwise the
+/// first executable file of that name in a `PATH` directory.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let is_executable = |path: &Path| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            path.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        }
+        #[cfg(not(unix))]
+        {
+            path.is_file()
+        }
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return is_executable(&path).then_some(path);
+    }
+    env::var_os("PATH")
+        .map(|path| env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
 }
 
 fn build_objc_shim(manifest_dir: &Path) {
@@ -51,6 +142,9 @@ fn build_objc_shim(manifest_dir: &Path) {
         .file(manifest_dir.join("shim/applevz.m"))
         .include(manifest_dir.join("include"))
         .flag("-fobjc-arc")
+        // ARC releases the objects of the frames an Objective-C exception unwinds on its
+        // way to the shim's @catch (without it they leak); shim/check/clang-flags has it too.
+        .flag("-fobjc-arc-exceptions")
         .flag("-Wall")
         .flag("-Wextra")
         .flag("-Wunguarded-availability");

@@ -20,6 +20,29 @@
  *   documented as "synchronous" hop onto the VM's queue and may be called from any
  *   other thread.
  *
+ * Callbacks that can run before the function that caused them returns (every other
+ * callback runs later, on the VM's queue, never inside the call):
+ *   - avz_vm_create failing: `observer_release(observer_context)`, inline on the
+ *     caller's thread, before NULL returns.
+ *   - avz_vm_start/stop/pause/resume/save_state/restore_state and avz_vm_vsock_connect
+ *     with `vm` NULL (a programming error; the Rust side never passes NULL): the macOS
+ *     shim calls `completion` inline with a +1 AVZ_ERROR_INTERNAL error (there is no
+ *     queue to call it on); the simulator aborts the process instead.
+ *   - avz_vm_vsock_listen with `vm` NULL or `accept` NULL: the macOS shim calls
+ *     `release(context)` inline, then returns false with AVZ_ERROR_INTERNAL; the
+ *     simulator aborts the process instead.
+ *   - avz_vm_vsock_listen refused (no socket device), and avz_vm_vsock_listen /
+ *     avz_vm_vsock_remove_listener replacing or removing a listener: the listener's
+ *     `release` runs before the function returns, synchronously (the macOS shim calls it
+ *     on the VM's queue while the caller waits; the simulator on the caller's thread).
+ *     Called from the VM's queue (a callback: not part of the contract, see above), a
+ *     replaced or removed listener is released later instead, in a work item of its own.
+ *   The synchronous functions report their own errors through their `error`
+ *   out-parameter (or result), never through a callback.
+ *   No other function calls a completion, observer or release function before it
+ *   returns: asynchronous operations report every refusal (wrong state, not supported,
+ *   bad path) through their completion, later, on the VM's queue.
+ *
  * Strings and paths cross as NUL-terminated UTF-8. The caller has already rejected
  * interior NUL bytes.
  *
@@ -90,6 +113,16 @@ extern "C" {
 #define AVZ_EVENT_STATE_CHANGED 0    /* the VM's `state` property changed */
 #define AVZ_EVENT_GUEST_STOPPED 1    /* delegate: guestDidStopVirtualMachine: */
 #define AVZ_EVENT_STOPPED_WITH_ERROR 2 /* delegate: virtualMachine:didStopWithError: */
+/* delegate: virtualMachine:networkDevice:attachmentWasDisconnectedWithError: (macOS 12).
+ * The error's domain and code are the framework's; its description begins with
+ * "network device N: " where N is the device's index in the order the configuration
+ * added network devices (on a Mac: its index in VZVirtualMachine.networkDevices, which
+ * has one runtime device per configured one, assumed in the same order; "?" if the
+ * device is not in that list). The VM's state does not change. The framework reports
+ * this each time a network interface fails to start (also at boot, device reset or
+ * reboot, so possibly several times per run); the device has no attachment afterwards.
+ * The error is made by the native half and borrowed by the observer for the call. */
+#define AVZ_EVENT_NETWORK_DISCONNECTED 3
 
 /* Storage device interfaces (avz_config_add_storage_device). */
 #define AVZ_STORAGE_VIRTIO_BLOCK 0 /* VZVirtioBlockDeviceConfiguration (macOS 11) */
@@ -116,14 +149,41 @@ typedef struct avz_config avz_config;
  * released with CFRelease. Thread-safe: every function hops onto the VM's queue. */
 typedef struct avz_vm avz_vm;
 
-/* Called exactly once per asynchronous operation, on the VM's queue.
+/* Called exactly once per asynchronous operation, on the VM's queue (a NULL `vm` is the
+ * one exception, see "Callbacks that can run before ..." above), in its place in the
+ * order of events below.
  * `error` is +1 (the callee releases it) or NULL on success. */
 typedef void (*avz_completion_fn)(void *context, CFErrorRef error);
 
 /* Called on the VM's queue for every state change and delegate event, in order.
- * `state` is the VM state after the event (AVZ_STATE_*); `event` is AVZ_EVENT_*;
+ * `state` is the VM state after the event (AVZ_STATE_*): for STATE_CHANGED the new
+ * state, for the other events the state last reported; `event` is AVZ_EVENT_*;
  * `error` is borrowed (retain it to keep it) and non-NULL only for
- * AVZ_EVENT_STOPPED_WITH_ERROR. */
+ * AVZ_EVENT_STOPPED_WITH_ERROR and AVZ_EVENT_NETWORK_DISCONNECTED.
+ *
+ * Order of events (one sequence per VM, shared by the observer and the completions):
+ *   - STATE_CHANGED reports each value of the framework's `state` property, as its
+ *     key-value notifications carry it, in order; a value equal to the state last
+ *     reported is not repeated, and no change is left out (running -> stopping ->
+ *     running is three events after running, never collapsed).
+ *   - A completion is called only after the STATE_CHANGED for the state its outcome
+ *     implies: on success, start and resume -> running, pause, save and restore ->
+ *     paused, stop -> stopped (or any settled state reported after the framework
+ *     answered, if the VM moved on); on an error from the framework, a settled state
+ *     (not starting/pausing/resuming/stopping/saving/restoring). So the state an
+ *     observer cached is the operation's outcome when the completion runs. A refusal
+ *     that changed nothing (wrong state, not supported, bad path), a vsock connection
+ *     and an operation the framework dropped without completing wait for nothing but
+ *     the events ahead of them.
+ *   - GUEST_STOPPED and STOPPED_WITH_ERROR come only after the STATE_CHANGED to
+ *     stopped or error.
+ *   - NETWORK_DISCONNECTED comes in the order it happened; the state does not change.
+ *   - Whichever the framework sends first, the shim holds the later-due event. If the
+ *     framework never reports the implied state, the macOS shim waits 2 seconds, then
+ *     reads `state` once, reports it if it differs from the state last reported, and
+ *     delivers what it held (a notification arriving after that is still reported, in
+ *     the order it arrives).
+ *   Both native halves keep this order; the hold limit is the macOS shim's only. */
 typedef void (*avz_state_observer_fn)(void *context, int32_t state, int32_t event,
                                       CFErrorRef error);
 
@@ -214,7 +274,12 @@ bool avz_config_add_nat_network_device(avz_config *config, const char *mac_addre
  * connected datagram socket `socket_fd` (borrowed: the callee duplicates it). `mac_address`
  * as for NAT. `mtu` is the maximum transmission unit (macOS 13; 0 = the framework's
  * default 1500; 1500...65535). Errors: AVZ_ERROR_NOT_SUPPORTED (an MTU before macOS 13),
- * AVZ_ERROR_INVALID_CONFIGURATION, file-system errors (bad descriptor). */
+ * AVZ_ERROR_INVALID_CONFIGURATION, file-system errors (bad descriptor).
+ * Socket buffers: Apple asks for this socket's SO_RCVBUF to be at least twice its
+ * SO_SNDBUF, and recommends four times for best throughput (set with setsockopt; the
+ * larger the MTU, the larger the buffers need to be). The caller sets them; the macOS
+ * shim leaves both as they are (the duplicate is the same socket, so options set before
+ * or after this call apply) and does not check them. */
 bool avz_config_add_file_handle_network_device(avz_config *config, int socket_fd,
                                                const char *mac_address, uint32_t mtu,
                                                CFErrorRef *error);
@@ -285,16 +350,29 @@ bool avz_config_validate_save_restore(avz_config *config, CFErrorRef *error);
 
 /* Returns +1: a VM built from a copy of `config` (borrowed) on its own serial queue.
  * `observer` receives every event until the VM is destroyed; `observer_release` is
- * called exactly once with `observer_context`: when the VM is destroyed, or before this
- * function returns NULL. The VM is destroyed after its last CFRelease once no
- * operation is in flight (operations keep it alive until their completion ran).
- * Errors: AVZ_ERROR_INVALID_CONFIGURATION. */
+ * called exactly once with `observer_context`: when the VM is destroyed (on its queue),
+ * or, inline, before this function returns NULL. The VM is destroyed after its last
+ * CFRelease once no operation is in flight (operations keep it alive until their
+ * completion ran). Errors: AVZ_ERROR_INVALID_CONFIGURATION.
+ *
+ * Limit (macOS): an operation in flight holds the VM. The framework keeps each
+ * completion handler the shim gives it (start, stop, pause, resume, save, restore,
+ * vsock connect); the handler holds the shim's completion record, which holds the VM
+ * object, which holds its queue, the VZVirtualMachine (one of the host's limited VM
+ * slots: AVZ_ERROR_LIMIT_EXCEEDED) and the observer context. All of it is freed once
+ * the framework calls the handler (the completion then runs) or releases it without
+ * calling it (the completion then runs with AVZ_ERROR_INTERNAL), and the last CFRelease
+ * was made. If the framework does neither, nothing frees them until the process exits:
+ * CFRelease does not, `observer_release` is never called, and the host slot stays
+ * taken. The ABI has no call to abandon an operation; after a timeout the Rust side can
+ * only stop waiting, release its handle and report that the VM may stay pinned. */
 avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
                       void *observer_context, avz_context_release_fn observer_release,
                       CFErrorRef *error);
 
 /* Asynchronous operations: each returns at once and calls `completion(context, error)`
- * exactly once on the VM's queue, also when the operation is refused (wrong state:
+ * exactly once on the VM's queue, after the state its outcome implies was reported (see
+ * "Order of events"), also when the operation is refused (wrong state:
  * AVZ_ERROR_INVALID_STATE_TRANSITION, or AVZ_ERROR_INVALID_STATE for save, as the
  * framework documents) or cancelled by a forced stop (AVZ_ERROR_OPERATION_CANCELLED
  * from macOS 13; macOS 12 reports another code). `vm` borrowed; `context` is the
@@ -317,14 +395,20 @@ void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completio
                        void *context);
 /* restoreMachineStateFromURL:completionHandler: (macOS 14, arm64). The VM must be
  * stopped; it ends paused. `path` borrowed. Errors: AVZ_ERROR_RESTORE (file from
- * another host or configuration, unreadable file). */
+ * another host or configuration, unreadable file).
+ * The Rust side restores only into a fresh VM (made by avz_vm_create for the restore
+ * and never started), every time: Apple documents restoring into a stopped
+ * VZVirtualMachine but not into one that already ran, so that is never relied on. */
 void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn completion,
                           void *context);
 
 /* Synchronous (hop onto the VM's queue; never call from a callback). */
 
 /* requestStopWithError: — asks the guest to power off; the guest may ignore it.
- * Errors: AVZ_ERROR_INVALID_STATE when the VM is not running. */
+ * canRequestStop is checked first. Errors: AVZ_ERROR_INVALID_STATE when canRequestStop
+ * is false (the VM is not running; the description names its state); the framework's
+ * own error (or AVZ_ERROR_INVALID_STATE when it gives none) when requestStopWithError:
+ * fails. */
 bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error);
 /* The `state` property (AVZ_STATE_*). */
 int32_t avz_vm_state(avz_vm *vm);

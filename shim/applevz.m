@@ -28,15 +28,16 @@
  * 4. Asynchronous ABI functions (start, stop, pause, resume, save, restore,
  *    vsock connect) always dispatch_async onto the queue and return at once. Their
  *    completion (an AVZCompletion) is called exactly once, on the queue, never inside
- *    the ABI call itself: also when the shim refuses the operation (wrong state: code
- *    4 for start, stop, pause and resume, checked with the framework's canStart/
- *    canStop/canPause/canResume; code 3 for a vsock connect to a VM that is not
- *    running, code 2 without a socket device; not supported on this Mac: code 10),
- *    when the framework raises an Objective-C exception (code 1), when it calls the
- *    handler twice (the first call counts; a later connection's descriptor is
- *    closed), and when it releases the handler without calling it (code 1). A vsock
- *    connection's descriptor is duplicated (F_DUPFD_CLOEXEC) and the connection
- *    object closed at once: the callee owns the duplicate.
+ *    the ABI call itself (except with a NULL avz_vm: no queue, so inline): also when
+ *    the shim refuses the operation (wrong state: code 4 for start, stop, pause and
+ *    resume, checked with the framework's canStart/canStop/canPause/canResume; code 3
+ *    for a vsock connect to a VM that is not running, code 2 without a socket device;
+ *    not supported on this Mac: code 10), when the framework raises an Objective-C
+ *    exception (code 1), when it calls the handler twice (the first call counts; a
+ *    later connection's descriptor is closed), and when it releases the handler
+ *    without calling it (code 1, from a work item of its own: see 9). A vsock
+ *    connection's descriptor is duplicated (F_DUPFD_CLOEXEC) and the connection object
+ *    closed at once: the callee owns the duplicate.
  * 5. Framework callbacks (completion handlers, delegate methods, key-value
  *    notifications) are documented to arrive on the queue. If one ever arrives
  *    elsewhere, -performOnQueue: forwards it with dispatch_async, so observer and
@@ -53,31 +54,49 @@
  *    callback, in a work item of its own, so never inside its own accept call), at
  *    teardown (see 8), or, when it could not be installed, before avz_vm_vsock_listen
  *    returns false. No accept call starts after the release.
- * 8. Lifetime: every AVZCompletion holds its AVZMachine strongly, so a VM lives until
- *    each of its completions ran. When the last reference goes, -dealloc (on whatever
- *    thread dropped it, the queue included) never blocks and never touches the
- *    framework object inline: it dispatches one block onto the queue that removes the
- *    key-value observation, clears the delegate, releases the contexts of the vsock
- *    listeners still installed, then calls the observer's release function exactly
- *    once, and drops the last reference to the VZVirtualMachine, so the
- *    framework object is detached and destroyed on its queue, outside any of its own
- *    callouts. From the moment -dealloc begins no observer call can start (the
- *    delegate's reference to the machine is weak and reads nil). Only a machine whose
- *    framework object was never created (avz_vm_create failing) releases the observer
- *    context inline, so that happens before avz_vm_create returns NULL.
+ * 8. Lifetime: every AVZCompletion holds its AVZMachine strongly, and so does a
+ *    completion waiting for its turn (see ORDER OF EVENTS), so a VM lives until each of
+ *    its completions ran. The framework holds each completion handler it was given (and
+ *    through it the AVZCompletion): an operation whose handler the framework neither
+ *    calls nor releases therefore keeps the AVZMachine, its queue, the
+ *    VZVirtualMachine (one of the host's limited VM slots) and the observer context
+ *    alive until the process exits, whatever Rust releases; include/applevz.h documents
+ *    this limit. When the last reference goes, -dealloc (on whatever thread dropped it,
+ *    the queue included) never blocks and never touches the framework object inline: it
+ *    dispatches one block onto the queue that removes the key-value observation, clears
+ *    the delegate, releases the contexts of the vsock listeners still installed, then
+ *    calls the observer's release function exactly once, and drops the last reference
+ *    to the VZVirtualMachine, so the framework object is detached and destroyed on its
+ *    queue, outside any of its own callouts. From the moment -dealloc begins no observer
+ *    call can start (the delegate's reference to the machine is weak and reads nil).
+ *    A machine whose framework object was never created (init failing) does not own
+ *    the observer context: avz_vm_create releases it before returning NULL.
+ * 9. No -dealloc in this file calls the framework or Rust inline: AVZMachine and
+ *    AVZCompletion (a handler dropped uncalled) hand that work to a work item on the
+ *    queue (dispatch_async).
  *
- * ORDER OF EVENTS (what the Rust side relies on)
- * ==============================================
- * Rust reads the state its observer cached as soon as a completion arrives, and expects
- * a stop's STATE_CHANGED before the delegate's GUEST_STOPPED / STOPPED_WITH_ERROR. The
- * shim does not depend on the order in which the framework sends key-value
- * notifications, delegate calls and completion handlers: STATE_CHANGED comes only from
- * -[AVZMachine reportCurrentState], which reads `state` on the queue and reports it
- * when it differs from the state last reported (so each change is reported once).
- * It runs for every key-value notification, before every completion (a completion that
- * finds a transitional state waits once for the end of the framework's current work on
- * the queue) and before every delegate stop event (an event whose stop `state` does not
- * show yet is held until the state settles, see -stopEvent:error:).
+ * ORDER OF EVENTS (what the Rust side relies on; the rule is stated in include/applevz.h)
+ * ======================================================================================
+ * STATE_CHANGED reports exactly the values the framework's key-value notifications for
+ * `state` carry (NSKeyValueChangeNewKey), one event per notification whose value differs
+ * from the state last reported, in the order they arrive: running -> stopping -> running
+ * is reported as such, never collapsed, and `state` is not re-read to decide what to
+ * report. Everything else that reaches the observer or a completion goes through one
+ * line of AVZDelivery objects (-[AVZMachine enqueue:]), in the order it arrived, and
+ * leaves it only when the state it implies has been reported:
+ *   - a completion with the framework's success: the operation's end state (start and
+ *     resume: running; pause, save and restore: paused; stop: stopped), or any settled
+ *     (not transitional) state reported after the completion came;
+ *   - a completion with the framework's error: a settled state;
+ *   - GUEST_STOPPED and STOPPED_WITH_ERROR: stopped or error;
+ *   - the shim's own refusals (wrong state, not supported, exceptions), a handler
+ *     dropped uncalled, vsock connections and NETWORK_DISCONNECTED: nothing (they only
+ *     keep their place in line).
+ * The framework documents none of these orders, so none is assumed: whichever comes
+ * first waits for the other. Last resort (-deliveryExpired:): a delivery still waiting
+ * AVZ_HOLD_LIMIT_NS after it came means the notification it waits for did not come;
+ * the shim then reads `state` once, reports it if it differs from the state last
+ * reported, and lets everything up to that delivery through.
  *
  * Ownership: objects given to C/Rust leave with __bridge_retained (+1; released with
  * CFRelease) and are borrowed back with __bridge. NSError is toll-free bridged to
@@ -97,10 +116,12 @@
  * hand-written declarations, and that its object defines and exports every function
  * include/applevz.h declares (and no other avz_ function). Only a Mac can show the
  * run-time facts this file relies on: that key-value notifications for `state` and
- * delegate calls arrive on the VM's queue, that `state` already shows an operation's
- * outcome when its completion handler runs (or by the end of the framework's work item,
- * see ORDER OF EVENTS), in which order the framework updates `state` and calls
- * guestDidStopVirtualMachine: / virtualMachine:didStopWithError:, that
+ * delegate calls arrive on the VM's queue, that the framework sends a notification for
+ * every state an operation ends in (otherwise a completion waits AVZ_HOLD_LIMIT_NS, see
+ * ORDER OF EVENTS), in which order it sends them, completion handlers and
+ * guestDidStopVirtualMachine: / virtualMachine:didStopWithError: /
+ * virtualMachine:networkDevice:attachmentWasDisconnectedWithError:, that
+ * VZVirtualMachine.networkDevices lists the devices in the configuration's order, that
  * canStart/canStop/canPause/canResume are exactly the framework's own refusal
  * conditions, and the error codes it reports for save and restore refused in the wrong
  * state (documented as 3 and 4). Likewise for the devices: on which queue the framework
@@ -218,7 +239,9 @@ static NSError *avz_posix_error(int code, NSString *description)
 /* Runs `body` in an autorelease pool and turns its result into the ABI's convention:
  * true and *out = NULL on success; false and *out = +1 error on failure. An Objective-C
  * exception from the framework becomes an error (code 1) instead of unwinding into the
- * caller (Rust cannot unwind a foreign exception: the process would abort). */
+ * caller (Rust cannot unwind a foreign exception: the process would abort). Every
+ * @catch in this file relies on -fobjc-arc-exceptions (build.rs, shim/check/clang-flags):
+ * without it ARC does not release the objects held by the frames an exception unwinds. */
 static bool avz_run(CFErrorRef _Nullable *_Nullable out,
                     NSError *_Nullable (^__attribute__((noescape)) body)(void))
 {
@@ -642,6 +665,23 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 
 @class AVZMachine, AVZListener;
 
+/* What a delivery to the observer or to a completion waits for before it runs (see
+ * ORDER OF EVENTS at the top of this file). Deliveries also run in the order they
+ * arrived: one that may run waits for those ahead of it. */
+typedef NS_ENUM(NSInteger, AVZWait) {
+    AVZWaitNothing = 0, /* only for the deliveries ahead of it */
+    AVZWaitSettled = 1, /* a state reported that is not transitional */
+    AVZWaitStop = 2,    /* stopped or error reported */
+    AVZWaitState = 3,   /* its state reported, or any settled state reported after it came */
+};
+
+/* How long a delivery waits for the state change it implies before the shim gives up
+ * waiting for the framework's key-value notification (see -deliveryExpired:). */
+#define AVZ_HOLD_LIMIT_NS ((int64_t)(2 * NSEC_PER_SEC))
+
+/* No state implied (AVZCompletion's successState for a vsock connection). */
+#define AVZ_NO_STATE ((NSInteger)-1)
+
 /* The VZVirtualMachine's delegate and the observer of its `state`. The framework holds
  * its delegate weakly; the AVZMachine keeps this object alive. Its reference to the
  * machine is weak: once the machine's -dealloc has begun, events are dropped here. */
@@ -650,11 +690,23 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (instancetype)initWithMachine:(AVZMachine *)machine;
 @end
 
-/* A delegate stop event waiting for the state change it belongs to. */
-@interface AVZStopEvent : NSObject
-@property (nonatomic, readonly) int32_t event;
-@property (nonatomic, readonly, nullable) NSError *error;
-- (instancetype)initWithEvent:(int32_t)event error:(nullable NSError *)error;
+/* One observer event or one completion waiting for its turn (queue only). */
+@interface AVZDelivery : NSObject
+@property (nonatomic, readonly) AVZWait wait;
+@property (nonatomic, readonly) NSInteger state; /* for AVZWaitState */
+@property (nonatomic, readonly) int32_t event;   /* AVZ_EVENT_*, when `completion` is nil */
+@property (nonatomic, readonly, nullable) NSError *error; /* the event's, borrowed by it */
+@property (nonatomic, readonly, nullable) dispatch_block_t completion;
+/* A completion's machine, held strongly until the completion ran (the AVZCompletion that
+ * kept it alive may be gone by then); nil for observer events. */
+@property (nonatomic, strong, nullable) AVZMachine *machine;
+@property (nonatomic) BOOL moved; /* a state change was reported since it arrived */
+@property (nonatomic) BOOL done;  /* it ran */
+- (instancetype)initWithWait:(AVZWait)wait
+                       state:(NSInteger)state
+                       event:(int32_t)event
+                       error:(nullable NSError *)error
+                  completion:(nullable dispatch_block_t)completion;
 @end
 
 /* A host vsock listener (avz_vm_vsock_listen): the VZVirtioSocketListener set on the
@@ -678,6 +730,8 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 /* The VM, for blocks running on the queue. Never nil once init succeeded. */
 @property (nonatomic, readonly) VZVirtualMachine *vm;
 @property (nonatomic, readonly) dispatch_queue_t queue;
+/* The observer is stored at once but owned by the machine only once init succeeded: when
+ * init fails (returns nil) the caller releases the observer context itself. */
 - (nullable instancetype)initWithConfiguration:(nullable VZVirtualMachineConfiguration *)configuration
                                       observer:(nullable avz_state_observer_fn)observer
                                observerContext:(nullable void *)observerContext
@@ -689,13 +743,18 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (void)asyncOnQueue:(dispatch_block_t)block;
 /* Runs `block` on the queue: inline when already on it, else dispatch_async. */
 - (void)performOnQueue:(dispatch_block_t)block;
-/* On the queue: reads `state` and, when it differs from the state last reported, reports
- * it (STATE_CHANGED) first. Returns the state. The one place STATE_CHANGED comes from. */
-- (NSInteger)reportCurrentState;
-/* Any thread: the framework says `state` changed (key-value observing). */
-- (void)stateDidChange;
+/* Any thread: a key-value notification for `state`; `newValue` is its change
+ * dictionary's NSKeyValueChangeNewKey value. The one source of STATE_CHANGED (apart from
+ * the last resort in -deliveryExpired:). */
+- (void)stateDidChange:(nullable id)newValue;
 /* Any thread: a delegate stop event (AVZ_EVENT_GUEST_STOPPED / _STOPPED_WITH_ERROR). */
 - (void)stopEvent:(int32_t)event error:(nullable NSError *)error;
+/* Any thread: the delegate's network attachment disconnection (macOS 12). */
+- (void)networkDevice:(VZNetworkDevice *)networkDevice
+    disconnectedWithError:(nullable NSError *)error API_AVAILABLE(macos(12.0));
+/* On the queue: runs `completion` in its turn, once `wait` (with `state`) is met. Keeps
+ * the machine alive until then. */
+- (void)deliverCompletion:(dispatch_block_t)completion wait:(AVZWait)wait state:(NSInteger)state;
 /* Any thread: whether the caller runs on the VM's queue. */
 - (BOOL)isOnQueue;
 /* On the queue: installs `listener` for `port` (nil: removes it) in the listener table
@@ -703,16 +762,24 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (nullable AVZListener *)exchangeListener:(nullable AVZListener *)listener forPort:(uint32_t)port;
 @end
 
-/* One asynchronous operation's completion. Called exactly once, on the VM's queue, after
- * the observer was told the state the operation left behind; also when the framework
+/* One asynchronous operation's completion. Called exactly once, on the VM's queue, in
+ * its turn among the observer's events (see ORDER OF EVENTS); also when the framework
  * drops the handler without calling it. Keeps the machine alive until then. */
 @interface AVZCompletion : NSObject
-- (instancetype)initWithMachine:(AVZMachine *)machine deliver:(AVZDeliverBlock)deliver;
-/* Any thread, any number of times: only the first call counts. */
+/* `successState`: the state a successful outcome from the framework implies
+ * (AVZ_NO_STATE: none). */
+- (instancetype)initWithMachine:(AVZMachine *)machine
+                   successState:(NSInteger)successState
+                        deliver:(AVZDeliverBlock)deliver;
+/* Any thread, any number of times: the framework's outcome. Only the first outcome
+ * (this or -refuseWithError:) counts. */
 - (void)completeWithError:(nullable NSError *)error;
-/* The same with a descriptor the completion takes over (vsock connect; -1 for none): a
- * call that does not count closes its descriptor. */
+/* The same with a descriptor the completion takes over (vsock connect; -1 for none): an
+ * outcome that does not count closes its descriptor. */
 - (void)completeWithError:(nullable NSError *)error descriptor:(int)descriptor;
+/* Any thread: an outcome the shim decided without the framework changing the state
+ * (refused in the wrong state, not supported here, an exception): nothing to wait for. */
+- (void)refuseWithError:(NSError *)error;
 @end
 
 @implementation AVZListener {
@@ -822,6 +889,17 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     [self.machine stopEvent:AVZ_EVENT_STOPPED_WITH_ERROR error:error];
 }
 
+/* macOS 12. The framework calls it each time a network interface fails to start and
+ * its attachment is disconnected (also at boot, device reset or reboot, so possibly
+ * several times per run); the device's `attachment` is nil afterwards. */
+- (void)virtualMachine:(VZVirtualMachine *)virtualMachine
+                         networkDevice:(VZNetworkDevice *)networkDevice
+    attachmentWasDisconnectedWithError:(NSError *)error API_AVAILABLE(macos(12.0))
+{
+    (void)virtualMachine;
+    [self.machine networkDevice:networkDevice disconnectedWithError:error];
+}
+
 - (void)observeValueForKeyPath:(nullable NSString *)keyPath
                       ofObject:(nullable id)object
                         change:(nullable NSDictionary<NSKeyValueChangeKey, id> *)change
@@ -831,27 +909,61 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
         [super observeValueForKeyPath:keyPath ofObject:object change:change context:context];
         return;
     }
-    /* The machine reads `state` itself, on the queue, rather than trusting the value in
-     * `change`: a notification forwarded from another thread may be stale by then, and a
-     * completion may already have reported the new state (see -reportCurrentState). */
-    [self.machine stateDidChange];
+    /* The value this notification carries (observed with NSKeyValueObservingOptionNew),
+     * never a later read of `state`: each change is reported as it happened, in order,
+     * so stopped -> starting -> stopped is not collapsed into nothing. */
+    [self.machine stateDidChange:change != nil ? change[NSKeyValueChangeNewKey] : nil];
 }
 
 @end
 
-@implementation AVZStopEvent
+@implementation AVZDelivery
 
-- (instancetype)initWithEvent:(int32_t)event error:(nullable NSError *)error
+- (instancetype)initWithWait:(AVZWait)wait
+                       state:(NSInteger)state
+                       event:(int32_t)event
+                       error:(nullable NSError *)error
+                  completion:(nullable dispatch_block_t)completion
 {
     self = [super init];
     if (self != nil) {
+        _wait = wait;
+        _state = state;
         _event = event;
         _error = error;
+        _completion = completion;
     }
     return self;
 }
 
 @end
+
+/* An AVZ_EVENT_NETWORK_DISCONNECTED error: the framework's domain and code (and user
+ * info), its description prefixed with "network device N: " (N: the device's index in
+ * VZVirtualMachine.networkDevices, "?" if it is not there), the original as the
+ * underlying error. Made here (+1 for the shim), borrowed by the observer. */
+static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInteger index)
+{
+    NSString *device = index == NSNotFound
+                           ? @"network device ?"
+                           : [NSString stringWithFormat:@"network device %lu", (unsigned long)index];
+    if (error == nil) {
+        return [[NSError alloc]
+            initWithDomain:VZErrorDomain
+                      code:AVZ_ERROR_NETWORK
+                  userInfo:@{
+                      NSLocalizedDescriptionKey : [NSString
+                          stringWithFormat:@"%@: the network attachment was disconnected (the "
+                                           @"framework gave no error)",
+                                           device]
+                  }];
+    }
+    NSMutableDictionary<NSErrorUserInfoKey, id> *info = [error.userInfo mutableCopy];
+    info[NSLocalizedDescriptionKey] =
+        [NSString stringWithFormat:@"%@: %@", device, error.localizedDescription];
+    info[NSUnderlyingErrorKey] = error;
+    return [[NSError alloc] initWithDomain:error.domain code:error.code userInfo:info];
+}
 
 @implementation AVZMachine {
     dispatch_queue_t _queue;
@@ -860,8 +972,9 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     avz_state_observer_fn _Nullable _observer;
     void *_Nullable _observerContext;
     avz_context_release_fn _Nullable _observerRelease;
-    NSInteger _reportedState;                     /* queue only: last state reported */
-    NSMutableArray<AVZStopEvent *> *_pendingStops; /* queue only: see -stopEvent:error: */
+    NSInteger _reportedState; /* queue only: the state last reported (STATE_CHANGED) */
+    /* queue only: observer events and completions waiting for their turn, in order */
+    NSMutableArray<AVZDelivery *> *_deliveries;
     /* queue only: host vsock listeners by port (avz_vm_vsock_listen) */
     NSMutableDictionary<NSNumber *, AVZListener *> *_listeners;
 }
@@ -874,19 +987,16 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 {
     self = [super init];
     if (self == nil) {
-        if (observerRelease != NULL) {
-            observerRelease(observerContext);
-        }
         *error = avz_error(AVZ_ERROR_INTERNAL, @"out of memory creating the virtual machine");
         return nil;
     }
-    /* From here on -dealloc owns the observer: it calls the release function exactly
-     * once, also when this initializer fails and returns nil (then before it returns). */
+    /* Stored now (events during init would find them), owned from a successful return
+     * on: -dealloc releases the context only when the framework object exists. */
     _observer = observer;
     _observerContext = observerContext;
     _observerRelease = observerRelease;
     _reportedState = AVZ_STATE_STOPPED;
-    _pendingStops = [NSMutableArray array];
+    _deliveries = [NSMutableArray array];
     _listeners = [NSMutableDictionary dictionary];
 
     dispatch_queue_attr_t attributes = dispatch_queue_attr_make_with_autorelease_frequency(
@@ -949,10 +1059,12 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 
 - (void)dealloc
 {
-    /* Never capture `self` here: copy what the teardown needs into locals. No observer
+    /* Never capture `self` here, and never call the framework or Rust inline: copy what
+     * the teardown needs into locals and do it in a work item on the queue. No observer
      * call can start from now on: every path to the observer goes through a strong
-     * reference to this machine (blocks, completions) or through the delegate's weak
-     * one, which reads nil once deallocation has begun. */
+     * reference to this machine (blocks, completions, held completions) or through the
+     * delegate's weak one, which reads nil once deallocation has begun. Observer events
+     * still held in _deliveries are dropped with it. */
     avz_context_release_fn release = _observerRelease;
     void *context = _observerContext;
     _observer = NULL;
@@ -961,10 +1073,8 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     _vm = nil;
     if (vm == nil) {
         /* -init failed before the framework object existed: no observation, no delegate,
-         * no observer call ever happened. Release now, before avz_vm_create returns. */
-        if (release != NULL) {
-            release(context);
-        }
+         * no observer call ever happened, and the observer context is not ours
+         * (avz_vm_create releases it before returning NULL). */
         return;
     }
     /* Detach and release on the queue, in a work item of its own, never inline: this
@@ -1065,37 +1175,113 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
     }
 }
 
-/* On the queue: delivers the pending delegate stop events, in order. */
-- (void)flushStopEvents
+/* On the queue: whether `delivery`'s wait is over (see AVZWait). */
+- (BOOL)isReady:(AVZDelivery *)delivery
 {
-    if (_pendingStops.count == 0) {
+    NSInteger state = _reportedState;
+    switch (delivery.wait) {
+    case AVZWaitNothing:
+        return YES;
+    case AVZWaitSettled:
+        return !avz_state_is_transitional(state);
+    case AVZWaitStop:
+        return avz_state_ends_a_stop(state);
+    case AVZWaitState:
+        return state == delivery.state || (delivery.moved && !avz_state_is_transitional(state));
+    }
+    return YES;
+}
+
+/* On the queue: runs the deliveries at the head of the line whose wait is over, in
+ * order. With `until` (still waiting), first runs every delivery up to and including
+ * it, ready or not. */
+- (void)runDeliveriesUntil:(nullable AVZDelivery *)until
+{
+    /* A completion or observer call may drop the last other reference to this machine. */
+    __attribute__((objc_precise_lifetime)) AVZMachine *keepAlive = self;
+    (void)keepAlive;
+    while (_deliveries.count > 0) {
+        AVZDelivery *head = _deliveries[0];
+        BOOL forced = until != nil && !until.done;
+        if (!forced && ![self isReady:head]) {
+            return;
+        }
+        [_deliveries removeObjectAtIndex:0];
+        head.done = YES;
+        dispatch_block_t completion = head.completion;
+        if (completion != nil) {
+            completion();
+        } else {
+            [self notifyObserver:head.event error:head.error];
+        }
+        head.machine = nil; /* a held completion's reference to this machine */
+    }
+}
+
+/* On the queue: queues `delivery` behind those waiting and runs what can run. One that
+ * still waits gets a deadline (see -deliveryExpired:). */
+- (void)enqueue:(AVZDelivery *)delivery
+{
+    [_deliveries addObject:delivery];
+    [self runDeliveriesUntil:nil];
+    if (delivery.done) {
         return;
     }
-    NSArray<AVZStopEvent *> *events = _pendingStops;
-    _pendingStops = [NSMutableArray array];
-    for (NSUInteger i = 0; i < events.count; i++) {
-        AVZStopEvent *stop = events[i];
-        [self notifyObserver:stop.event error:stop.error];
-    }
-}
-
-- (NSInteger)reportCurrentState
-{
-    NSInteger state = _vm.state;
-    if (state != _reportedState) {
-        _reportedState = state;
-        [self notifyObserver:AVZ_EVENT_STATE_CHANGED error:nil];
-        if (!avz_state_is_transitional(state)) {
-            [self flushStopEvents]; /* stop events waiting for the state to settle */
+    __weak AVZMachine *weakSelf = self;
+    dispatch_after(dispatch_time(DISPATCH_TIME_NOW, AVZ_HOLD_LIMIT_NS), _queue, ^{
+        @autoreleasepool {
+            [weakSelf deliveryExpired:delivery];
         }
-    }
-    return state;
+    });
 }
 
-- (void)stateDidChange
+/* On the queue, AVZ_HOLD_LIMIT_NS after `delivery` came and found its state not
+ * reported: the framework's key-value notification did not come (or not yet). Last
+ * resort, never the normal path: read `state` once, report it if it differs from the
+ * state last reported, then run every delivery up to and including this one. A
+ * notification still in flight then reports its (older) value afterwards. */
+- (void)deliveryExpired:(AVZDelivery *)delivery
 {
+    if (delivery.done) {
+        return;
+    }
+    VZVirtualMachine *vm = _vm;
+    if (vm != nil) {
+        [self reportState:vm.state];
+    }
+    [self runDeliveriesUntil:delivery];
+}
+
+/* On the queue: reports `state` (STATE_CHANGED) unless it is the state last reported,
+ * then runs the deliveries this lets through. */
+- (void)reportState:(NSInteger)state
+{
+    if (state == _reportedState) {
+        return;
+    }
+    _reportedState = state;
+    for (NSUInteger i = 0; i < _deliveries.count; i++) {
+        _deliveries[i].moved = YES;
+    }
+    __attribute__((objc_precise_lifetime)) AVZMachine *keepAlive = self;
+    (void)keepAlive;
+    [self notifyObserver:AVZ_EVENT_STATE_CHANGED error:nil];
+    [self runDeliveriesUntil:nil];
+}
+
+- (void)stateDidChange:(nullable id)newValue
+{
+    BOOL carried = [newValue isKindOfClass:[NSNumber class]];
+    NSInteger state = carried ? ((NSNumber *)newValue).integerValue : AVZ_STATE_STOPPED;
     [self performOnQueue:^{
-        [self reportCurrentState];
+        /* A notification without a new value (never seen; the observation asks for one)
+         * falls back to reading `state`. */
+        VZVirtualMachine *vm = self->_vm;
+        if (carried) {
+            [self reportState:state];
+        } else if (vm != nil) {
+            [self reportState:vm.state];
+        }
     }];
 }
 
@@ -1106,43 +1292,66 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
         stopError = avz_error(AVZ_ERROR_INTERNAL,
                               @"the virtual machine stopped because of an unspecified error");
     }
-    AVZStopEvent *stop = [[AVZStopEvent alloc] initWithEvent:event error:stopError];
+    AVZDelivery *delivery = [[AVZDelivery alloc] initWithWait:AVZWaitStop
+                                                        state:AVZ_NO_STATE
+                                                        event:event
+                                                        error:stopError
+                                                   completion:nil];
     [self performOnQueue:^{
-        /* The ABI delivers a stop event after the state change it belongs to. Whichever
-         * order the framework uses, report the state first. If `state` does not show
-         * the stop yet, hold the event: the next settled (not transitional) state that
-         * -reportCurrentState reports delivers it; and once the framework's current
-         * work on the queue is done, a state that is still not transitional delivers
-         * it as it is (the framework did not update `state` in that time). An event is
-         * never lost, and comes after its state change when the framework makes that
-         * change in the same work item or through a transitional state. */
-        NSInteger state = [self reportCurrentState];
-        [self->_pendingStops addObject:stop];
-        if (avz_state_ends_a_stop(state)) {
-            [self flushStopEvents];
-            return;
-        }
-        [self asyncOnQueue:^{
-            if (!avz_state_is_transitional([self reportCurrentState])) {
-                [self flushStopEvents];
-            }
-        }];
+        [self enqueue:delivery];
     }];
+}
+
+- (void)networkDevice:(VZNetworkDevice *)networkDevice
+    disconnectedWithError:(nullable NSError *)error
+{
+    [self performOnQueue:^{
+        NSUInteger index = NSNotFound;
+        VZVirtualMachine *vm = self->_vm;
+        if (vm != nil) {
+            NSArray<VZNetworkDevice *> *devices = vm.networkDevices;
+            for (NSUInteger i = 0; i < devices.count && index == NSNotFound; i++) {
+                if (devices[i] == networkDevice) {
+                    index = i;
+                }
+            }
+        }
+        [self enqueue:[[AVZDelivery alloc] initWithWait:AVZWaitNothing
+                                                   state:AVZ_NO_STATE
+                                                   event:AVZ_EVENT_NETWORK_DISCONNECTED
+                                                   error:avz_network_disconnected_error(error, index)
+                                              completion:nil]];
+    }];
+}
+
+- (void)deliverCompletion:(dispatch_block_t)completion wait:(AVZWait)wait state:(NSInteger)state
+{
+    AVZDelivery *delivery = [[AVZDelivery alloc] initWithWait:wait
+                                                        state:state
+                                                        event:AVZ_EVENT_STATE_CHANGED
+                                                        error:nil
+                                                   completion:completion];
+    delivery.machine = self; /* until it ran: a completion is due exactly once */
+    [self enqueue:delivery];
 }
 
 @end
 
 @implementation AVZCompletion {
     AVZMachine *_machine; /* strong: the VM lives until each of its completions ran */
-    AVZDeliverBlock _Nullable _deliver; /* nil once called */
-    BOOL _called; /* queue only */
+    NSInteger _successState;
+    AVZDeliverBlock _Nullable _deliver; /* nil once an outcome counted */
+    BOOL _called;                       /* queue only: an outcome counted */
 }
 
-- (instancetype)initWithMachine:(AVZMachine *)machine deliver:(AVZDeliverBlock)deliver
+- (instancetype)initWithMachine:(AVZMachine *)machine
+                   successState:(NSInteger)successState
+                        deliver:(AVZDeliverBlock)deliver
 {
     self = [super init];
     if (self != nil) {
         _machine = machine;
+        _successState = successState;
         _deliver = deliver;
     }
     return self;
@@ -1156,16 +1365,23 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
 - (void)completeWithError:(nullable NSError *)error descriptor:(int)descriptor
 {
     [_machine performOnQueue:^{
-        [self finishWithError:error descriptor:descriptor mayWait:YES];
+        [self finishWithError:error descriptor:descriptor fromFramework:YES];
     }];
 }
 
-/* On the queue. Rust reads the state its observer cached as soon as a completion
- * arrives, so the observer must have the state the operation left behind first:
- * -reportCurrentState reports it if the framework's own notification has not come yet.
- * A state still transitional may mean the framework updates `state` right after calling
- * the handler: wait once for the end of its current work on the queue. */
-- (void)finishWithError:(nullable NSError *)error descriptor:(int)descriptor mayWait:(BOOL)mayWait
+- (void)refuseWithError:(NSError *)error
+{
+    [_machine performOnQueue:^{
+        [self finishWithError:error descriptor:-1 fromFramework:NO];
+    }];
+}
+
+/* On the queue: the first outcome is handed to the machine, to run in its turn once the
+ * state it implies was reported: a success, the operation's state; a failure from the
+ * framework, a settled state (the operation is over); the shim's own refusal, nothing. */
+- (void)finishWithError:(nullable NSError *)error
+             descriptor:(int)descriptor
+          fromFramework:(BOOL)fromFramework
 {
     if (_called) {
         if (descriptor >= 0) {
@@ -1173,22 +1389,22 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
         }
         return;
     }
-    AVZMachine *machine = _machine;
-    NSInteger state = [machine reportCurrentState];
-    if (mayWait && avz_state_is_transitional(state)) {
-        [machine asyncOnQueue:^{
-            [self finishWithError:error descriptor:descriptor mayWait:NO];
-        }];
-        return;
-    }
     _called = YES;
     AVZDeliverBlock deliver = _deliver;
     _deliver = nil;
-    if (deliver != nil) {
-        deliver(error, descriptor);
-    } else if (descriptor >= 0) {
-        close(descriptor);
+    AVZWait wait = AVZWaitNothing;
+    if (fromFramework && _successState != AVZ_NO_STATE) {
+        wait = error == nil ? AVZWaitState : AVZWaitSettled;
     }
+    [_machine deliverCompletion:^{
+        if (deliver != nil) {
+            deliver(error, descriptor);
+        } else if (descriptor >= 0) {
+            close(descriptor);
+        }
+    }
+                           wait:wait
+                          state:_successState];
 }
 
 - (void)dealloc
@@ -1197,14 +1413,19 @@ static NSError *avz_refused(NSString *operation, NSInteger state)
         return;
     }
     /* The framework released the handler without calling it: the completion is still
-     * due exactly once. Never capture `self` here. */
+     * due exactly once. Never inline (this may run on any thread, or on the queue inside
+     * a framework callout): a work item of its own on the queue calls it, after the
+     * deliveries already waiting. Never capture `self` here. */
     AVZDeliverBlock deliver = _deliver;
     AVZMachine *machine = _machine;
     NSError *error = avz_error(AVZ_ERROR_INTERNAL,
                                @"the framework dropped the operation without completing it");
-    [machine performOnQueue:^{
-        [machine reportCurrentState];
-        deliver(error, -1);
+    [machine asyncOnQueue:^{
+        [machine deliverCompletion:^{
+            deliver(error, -1);
+        }
+                              wait:AVZWaitNothing
+                             state:AVZ_NO_STATE];
     }];
 }
 
@@ -1256,17 +1477,23 @@ static AVZDeliverBlock avz_connect_delivery(avz_connect_fn _Nullable function,
 }
 
 /* The common shape of the asynchronous ABI functions: returns at once; `operation` runs
- * on the VM's queue and must end by calling `done` (directly or through the framework).
- * `done` may be called any number of times from any thread; the completion runs
- * exactly once (see AVZCompletion), also when `operation` raises. */
+ * on the VM's queue and must end by calling `done` with the framework's outcome
+ * (directly or as the framework's completion handler) or `refuse` with the shim's own
+ * refusal. Either may be called any number of times from any thread; the completion runs
+ * exactly once (see AVZCompletion), also when `operation` raises. A successful `done`
+ * implies `successState` (see ORDER OF EVENTS). */
+typedef void (^AVZOperationBlock)(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                                  AVZCompletionBlock refuse);
+
 static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable completion,
-                         void *_Nullable context, NSString *what,
-                         void (^operation)(VZVirtualMachine *virtualMachine, AVZCompletionBlock done))
+                         void *_Nullable context, NSString *what, NSInteger successState,
+                         AVZOperationBlock operation)
 {
     @autoreleasepool {
         AVZMachine *machine = avz_machine(vm);
         if (machine == nil) {
-            /* No queue to complete on: a programming error, reported at once. */
+            /* No queue to complete on: a programming error, reported inline (documented
+             * in include/applevz.h). */
             if (completion != NULL) {
                 NSError *error = avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
                 completion(context, (__bridge_retained CFErrorRef)error);
@@ -1275,15 +1502,20 @@ static void avz_vm_async(avz_vm *_Nullable vm, avz_completion_fn _Nullable compl
         }
         AVZCompletion *pending =
             [[AVZCompletion alloc] initWithMachine:machine
+                                      successState:successState
                                            deliver:avz_completion_delivery(completion, context)];
         AVZCompletionBlock done = ^(NSError *_Nullable error) {
             [pending completeWithError:error];
         };
+        AVZCompletionBlock refuse = ^(NSError *_Nullable error) {
+            [pending refuseWithError:error != nil ? (NSError *_Nonnull)error
+                                                  : avz_error(AVZ_ERROR_INTERNAL, what)];
+        };
         [machine asyncOnQueue:^{
             @try {
-                operation(machine.vm, done);
+                operation(machine.vm, done, refuse);
             } @catch (NSException *exception) {
-                done(avz_exception_error(exception, what));
+                refuse(avz_exception_error(exception, what));
             }
         }];
     }
@@ -1718,7 +1950,10 @@ bool avz_config_add_file_handle_network_device(avz_config *config, int socket_fd
                 return avz_not_supported(@"Setting a network device's MTU", @"macOS 13");
             }
         }
-        /* The attachment's handle owns a duplicate: the caller keeps its descriptor. */
+        /* The attachment's handle owns a duplicate: the caller keeps its descriptor. The
+         * duplicate is the same socket, so its buffer sizes are the caller's: Apple asks
+         * for SO_RCVBUF at least twice SO_SNDBUF (four times for best throughput), and
+         * the shim leaves both as the caller set them (include/applevz.h). */
         NSFileHandle *handle = avz_duplicate_handle(socket_fd, @"a network device", &failure);
         if (handle == nil) {
             return failure;
@@ -2067,8 +2302,6 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer, void *
     __block AVZMachine *machine = nil;
     bool created = avz_run(error, ^NSError *_Nullable {
         NSError *failure = nil;
-        /* On failure the half-built machine is deallocated inside this call, and its
-         * -dealloc calls observer_release: exactly once, before NULL is returned. */
         machine = [[AVZMachine alloc] initWithConfiguration:avz_config_object(config).configuration
                                                    observer:observer
                                             observerContext:observer_context
@@ -2081,6 +2314,13 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer, void *
                               : avz_error(AVZ_ERROR_INTERNAL, @"cannot create the virtual machine");
     });
     if (!created) {
+        /* No machine owns the observer context (a failed init leaves it to us, and its
+         * -dealloc never calls out): released here, exactly once, inline on the caller's
+         * thread, before NULL is returned. */
+        machine = nil;
+        if (observer_release != NULL) {
+            observer_release(observer_context);
+        }
         return NULL;
     }
     return (__bridge_retained avz_vm *)machine;
@@ -2090,56 +2330,68 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer, void *
  * (canStart, canStop, canPause, canResume, read on the queue in the same work item), so
  * a refusal carries the ABI's code 4 whatever code the framework itself would use: Rust
  * relies on it to tell "already stopped" from a failed stop. Save and restore leave the
- * check to the framework, which documents their codes (3 for save, 4 for restore). */
+ * check to the framework, which documents their codes (3 for save, 4 for restore).
+ * A refusal by the shim changes no state: its completion waits for nothing (see ORDER
+ * OF EVENTS); the framework's outcome waits for the state it implies. */
 
 void avz_vm_start(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, @"start", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        if (!virtualMachine.canStart) {
-            done(avz_refused(@"start", virtualMachine.state));
-            return;
-        }
-        [virtualMachine startWithCompletionHandler:done];
-    });
+    avz_vm_async(vm, completion, context, @"start", AVZ_STATE_RUNNING,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     if (!virtualMachine.canStart) {
+                         refuse(avz_refused(@"start", virtualMachine.state));
+                         return;
+                     }
+                     [virtualMachine startWithCompletionHandler:done];
+                 });
 }
 
 void avz_vm_stop(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, @"stop", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        if (@available(macOS 12, *)) {
-            if (!virtualMachine.canStop) {
-                done(avz_refused(@"stop", virtualMachine.state));
-                return;
-            }
-            [virtualMachine stopWithCompletionHandler:done];
-        } else {
-            done(avz_not_supported(@"A forced stop", @"macOS 12"));
-        }
-    });
+    avz_vm_async(vm, completion, context, @"stop", AVZ_STATE_STOPPED,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     if (@available(macOS 12, *)) {
+                         if (!virtualMachine.canStop) {
+                             refuse(avz_refused(@"stop", virtualMachine.state));
+                             return;
+                         }
+                         [virtualMachine stopWithCompletionHandler:done];
+                     } else {
+                         refuse(avz_not_supported(@"A forced stop", @"macOS 12"));
+                     }
+                 });
 }
 
 void avz_vm_pause(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, @"pause", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        if (!virtualMachine.canPause) {
-            done(avz_refused(@"pause", virtualMachine.state));
-            return;
-        }
-        [virtualMachine pauseWithCompletionHandler:done];
-    });
+    avz_vm_async(vm, completion, context, @"pause", AVZ_STATE_PAUSED,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     if (!virtualMachine.canPause) {
+                         refuse(avz_refused(@"pause", virtualMachine.state));
+                         return;
+                     }
+                     [virtualMachine pauseWithCompletionHandler:done];
+                 });
 }
 
 void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context)
 {
-    avz_vm_async(vm, completion, context, @"resume", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        if (!virtualMachine.canResume) {
-            done(avz_refused(@"resume", virtualMachine.state));
-            return;
-        }
-        [virtualMachine resumeWithCompletionHandler:done];
-    });
+    avz_vm_async(vm, completion, context, @"resume", AVZ_STATE_RUNNING,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     if (!virtualMachine.canResume) {
+                         refuse(avz_refused(@"resume", virtualMachine.state));
+                         return;
+                     }
+                     [virtualMachine resumeWithCompletionHandler:done];
+                 });
 }
 
+/* Save ends where it began (paused, through saving); restore ends paused (through
+ * restoring). */
 void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completion, void *context)
 {
 #if defined(__arm64__)
@@ -2147,28 +2399,34 @@ void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completio
         /* `path` is borrowed for this call only: turn it into a URL now. */
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_SAVE, &invalid);
-        avz_vm_async(vm, completion, context, @"save",
-                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        avz_vm_async(vm, completion, context, @"save", AVZ_STATE_PAUSED,
+                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                       AVZCompletionBlock refuse) {
                          if (url == nil) {
-                             done(invalid);
+                             refuse(invalid);
                          } else if (@available(macOS 14, *)) {
-                             [virtualMachine saveMachineStateToURL:url
-                                                 completionHandler:done];
+                             [virtualMachine saveMachineStateToURL:url completionHandler:done];
                          } else {
-                             done(avz_not_supported(@"Saving a virtual machine's state",
-                                                    @"macOS 14"));
+                             refuse(avz_not_supported(@"Saving a virtual machine's state",
+                                                      @"macOS 14"));
                          }
                      });
     }
 #else
     (void)path;
-    avz_vm_async(vm, completion, context, @"save", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        (void)virtualMachine;
-        done(avz_not_supported(@"Saving a virtual machine's state", @"Apple silicon and macOS 14"));
-    });
+    avz_vm_async(vm, completion, context, @"save", AVZ_STATE_PAUSED,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     (void)virtualMachine;
+                     (void)done;
+                     refuse(avz_not_supported(@"Saving a virtual machine's state",
+                                              @"Apple silicon and macOS 14"));
+                 });
 #endif
 }
 
+/* The Rust side restores only into a VM object that never ran (a fresh avz_vm_create):
+ * Apple does not document restoring into a VZVirtualMachine that already did. */
 void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn completion,
                           void *context)
 {
@@ -2176,26 +2434,30 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
     @autoreleasepool {
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_RESTORE, &invalid);
-        avz_vm_async(vm, completion, context, @"restore",
-                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
+        avz_vm_async(vm, completion, context, @"restore", AVZ_STATE_PAUSED,
+                     ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                       AVZCompletionBlock refuse) {
                          if (url == nil) {
-                             done(invalid);
+                             refuse(invalid);
                          } else if (@available(macOS 14, *)) {
                              [virtualMachine restoreMachineStateFromURL:url
                                                       completionHandler:done];
                          } else {
-                             done(avz_not_supported(@"Restoring a virtual machine's state",
-                                                    @"macOS 14"));
+                             refuse(avz_not_supported(@"Restoring a virtual machine's state",
+                                                      @"macOS 14"));
                          }
                      });
     }
 #else
     (void)path;
-    avz_vm_async(vm, completion, context, @"restore", ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done) {
-        (void)virtualMachine;
-        done(avz_not_supported(@"Restoring a virtual machine's state",
-                               @"Apple silicon and macOS 14"));
-    });
+    avz_vm_async(vm, completion, context, @"restore", AVZ_STATE_PAUSED,
+                 ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
+                   AVZCompletionBlock refuse) {
+                     (void)virtualMachine;
+                     (void)done;
+                     refuse(avz_not_supported(@"Restoring a virtual machine's state",
+                                              @"Apple silicon and macOS 14"));
+                 });
 #endif
 }
 
@@ -2208,19 +2470,19 @@ bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error)
         }
         __block NSError *failure = nil;
         [machine syncOnQueue:^{
-            VZVirtualMachine *virtualMachine = machine.vm;
-            /* The ABI promises code 3 when the VM is not running; the framework does not
-             * document what it reports then, so check here. */
-            NSInteger state = virtualMachine.state;
-            if (state != AVZ_STATE_RUNNING) {
-                failure = avz_error(AVZ_ERROR_INVALID_STATE,
-                                    [NSString stringWithFormat:@"Cannot ask the guest to stop: "
-                                                               @"the virtual machine is %@, not "
-                                                               @"running",
-                                                               avz_state_name(state)]);
-                return;
-            }
             @try {
+                VZVirtualMachine *virtualMachine = machine.vm;
+                /* The framework's own predicate first: the ABI promises code 3 when the
+                 * guest cannot be asked (the framework documents only NO + an error). */
+                if (!virtualMachine.canRequestStop) {
+                    failure = avz_error(
+                        AVZ_ERROR_INVALID_STATE,
+                        [NSString stringWithFormat:@"Cannot ask the guest to stop: the virtual "
+                                                   @"machine is %@ (canRequestStop is false; "
+                                                   @"only a running guest can be asked)",
+                                                   avz_state_name(virtualMachine.state)]);
+                    return;
+                }
                 NSError *frameworkError = nil;
                 if (![virtualMachine requestStopWithError:&frameworkError]) {
                     failure = avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
@@ -2331,7 +2593,8 @@ void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion, 
     @autoreleasepool {
         AVZMachine *machine = avz_machine(vm);
         if (machine == nil) {
-            /* No queue to complete on: a programming error, reported at once. */
+            /* No queue to complete on: a programming error, reported inline (documented
+             * in include/applevz.h). */
             if (completion != NULL) {
                 NSError *error = avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
                 completion(context, -1, (__bridge_retained CFErrorRef)error);
@@ -2339,9 +2602,11 @@ void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion, 
             return;
         }
         /* Exactly once, on the queue, through the same machinery as start/stop/...; the
-         * completion keeps the machine alive until it ran. */
+         * completion keeps the machine alive until it ran. A connection changes no state:
+         * its completion waits for nothing but the deliveries ahead of it. */
         AVZCompletion *pending =
             [[AVZCompletion alloc] initWithMachine:machine
+                                      successState:AVZ_NO_STATE
                                            deliver:avz_connect_delivery(completion, context)];
         [machine asyncOnQueue:^{
             @try {
@@ -2390,7 +2655,7 @@ void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion, 
                         [pending completeWithError:nil descriptor:fd];
                     }];
             } @catch (NSException *exception) {
-                [pending completeWithError:avz_exception_error(exception, @"vsock connect")];
+                [pending refuseWithError:avz_exception_error(exception, @"vsock connect")];
             }
         }];
     }

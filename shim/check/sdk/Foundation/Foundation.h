@@ -93,6 +93,7 @@ NS_ASSUME_NONNULL_BEGIN
 @interface NSMutableArray<ObjectType> : NSArray<ObjectType>
 + (instancetype)array;
 - (void)addObject:(ObjectType)anObject;
+- (void)removeObjectAtIndex:(NSUInteger)index;
 @end
 
 /* ---- NSDictionary / NSMutableDictionary ------------------------------------- */
@@ -150,6 +151,11 @@ extern NSErrorUserInfoKey const NSFilePathErrorKey;
 /* ---- NSException ------------------------------------------------------------- */
 typedef NSString *NSExceptionName;
 
+/* As in the SDK: marked as an exception class, so @catch (NSException *) matches it by
+ * its runtime type information (OBJC_EHTYPE_$_NSException, defined by Foundation). */
+#if __OBJC2__
+__attribute__((__objc_exception__))
+#endif
 @interface NSException : NSObject <NSCopying>
 @property (readonly, copy) NSExceptionName name;
 @property (nullable, readonly, copy) NSString *reason;

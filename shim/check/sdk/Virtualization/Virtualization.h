@@ -207,6 +207,15 @@ VZ_AVAILABLE(11.0)
 - (instancetype)init NS_DESIGNATED_INITIALIZER;
 @end
 
+/* Runtime device (VZVirtualMachine.networkDevices), one per configured network device.
+ * Its `attachment` becomes nil when the framework reports the attachment disconnected. */
+VZ_AVAILABLE(12.0)
+@interface VZNetworkDevice : NSObject
++ (instancetype)new NS_UNAVAILABLE;
+- (instancetype)init NS_UNAVAILABLE;
+@property (nullable, strong) VZNetworkDeviceAttachment *attachment;
+@end
+
 /* ---- Serial ports -------------------------------------------------------------- */
 
 VZ_AVAILABLE(11.0)
@@ -493,6 +502,9 @@ VZ_AVAILABLE(11.0)
 @optional
 - (void)guestDidStopVirtualMachine:(VZVirtualMachine *)virtualMachine;
 - (void)virtualMachine:(VZVirtualMachine *)virtualMachine didStopWithError:(NSError *)error;
+- (void)virtualMachine:(VZVirtualMachine *)virtualMachine
+                         networkDevice:(VZNetworkDevice *)networkDevice
+    attachmentWasDisconnectedWithError:(NSError *)error VZ_AVAILABLE(12.0);
 @end
 
 VZ_AVAILABLE(11.0)
@@ -514,6 +526,7 @@ VZ_AVAILABLE(11.0)
 @property (readonly) BOOL canRequestStop;
 
 @property (readonly, copy) NSArray<VZMemoryBalloonDevice *> *memoryBalloonDevices;
+@property (readonly, copy) NSArray<VZNetworkDevice *> *networkDevices VZ_AVAILABLE(12.0);
 @property (readonly, copy) NSArray<VZSocketDevice *> *socketDevices;
 
 - (void)startWithCompletionHandler:(void (^)(NSError *_Nullable errorOrNil))completionHandler;

@@ -51,7 +51,16 @@ AVZ_DISPATCH_AVAILABLE(10.6) __attribute__((ns_returns_retained, warn_unused_res
 dispatch_queue_t dispatch_queue_create(const char *_Nullable label,
                                        dispatch_queue_attr_t _Nullable attr);
 
+/* <dispatch/time.h> */
+typedef uint64_t dispatch_time_t;
+#define DISPATCH_TIME_NOW (0ull)
+#define NSEC_PER_SEC 1000000000ull
+AVZ_DISPATCH_AVAILABLE(10.6) __attribute__((warn_unused_result)) dispatch_time_t
+dispatch_time(dispatch_time_t when, int64_t delta);
+
 AVZ_DISPATCH_AVAILABLE(10.6) void dispatch_async(dispatch_queue_t queue, dispatch_block_t block);
+AVZ_DISPATCH_AVAILABLE(10.6) void dispatch_after(dispatch_time_t when, dispatch_queue_t queue,
+                                                 dispatch_block_t block);
 AVZ_DISPATCH_AVAILABLE(10.6) void dispatch_sync(dispatch_queue_t queue,
                                                 __attribute__((noescape)) dispatch_block_t block);
 
