@@ -1,6 +1,7 @@
 //! Builds the native half of applevz for the *target* (not the host):
-//! - macOS targets: the ARC Objective-C shim `shim/applevz.m`, linked against
-//!   Virtualization, Foundation and CoreFoundation;
+//! - macOS targets: the ARC Objective-C shim (every `.m` file in `shim/`: `applevz.m` and
+//!   the `applevz_*.m` it is split into), linked against Virtualization, Foundation and
+//!   CoreFoundation;
 //! - every other target: the portable C simulator in `shim/sim/`, which also provides
 //!   the few CoreFoundation functions the Rust side calls. Rust code sees the cfg
 //!   `applevz_simulator` there.
@@ -22,7 +23,12 @@ fn main() {
 
     println!("cargo::rustc-check-cfg=cfg(applevz_simulator)");
     println!("cargo::rerun-if-changed=include/applevz.h");
-    println!("cargo::rerun-if-changed=shim/applevz.m");
+    // The shim's files (its .m files and private header in shim/). A file added there is
+    // noticed once a listed one changes: in practice the internal header, which declares
+    // what the new file provides.
+    for path in shim_files(&manifest_dir) {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
     println!("cargo::rerun-if-changed=shim/sim");
     println!("cargo::rerun-if-env-changed=MACOSX_DEPLOYMENT_TARGET");
     println!("cargo::rerun-if-env-changed=APPLEVZ_UPDATE_BINDINGS");
@@ -136,10 +142,31 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|path| is_executable(path))
 }
 
+/// The top-level files of `shim/` (the macOS shim's `.m` files and its private header),
+/// sorted; `shim/sim/` and `shim/check/` are not among them.
+fn shim_files(manifest_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest_dir.join("shim"))
+        .expect("shim/ exists")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.is_file() && path.extension().is_some_and(|ext| ext == "m" || ext == "h")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 fn build_objc_shim(manifest_dir: &Path) {
+    // Every .m file in shim/ (scripts/check-shim.sh and tests/shim_compile.rs check the
+    // same set); each is compiled with the same flags.
+    let sources: Vec<PathBuf> = shim_files(manifest_dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "m"))
+        .collect();
+    assert!(!sources.is_empty(), "no Objective-C sources in shim/");
     let mut build = cc::Build::new();
     build
-        .file(manifest_dir.join("shim/applevz.m"))
+        .files(&sources)
         .include(manifest_dir.join("include"))
         .flag("-fobjc-arc")
         // ARC releases the objects of the frames an Objective-C exception unwinds on its

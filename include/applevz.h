@@ -164,8 +164,8 @@ typedef void (*avz_completion_fn)(void *context, CFErrorRef error);
  * Order of events (one sequence per VM, shared by the observer and the completions):
  *   - STATE_CHANGED reports each value of the framework's `state` property, as its
  *     key-value notifications carry it, in order; a value equal to the state last
- *     reported is not repeated, and no change is left out (running -> stopping ->
- *     running is three events after running, never collapsed).
+ *     reported is not repeated, and no change is left out (a failed start seen as
+ *     stopped -> starting -> stopped gives two events, never none).
  *   - A completion is called only after the STATE_CHANGED for the state its outcome
  *     implies: on success, start and resume -> running, pause, save and restore ->
  *     paused, stop -> stopped (or any settled state reported after the framework

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # scripts/check-shim.sh — compile-check the macOS shim on any host (no Mac, no SDK).
 #
-# 1. Compiles shim/applevz.m with clang (-fobjc-arc -Werror, unguarded availability
+# The shim is every .m file in shim/ (shim/applevz.m and the applevz_*.m files it is
+# split into, sharing shim/applevz_internal.h), the same set build.rs compiles.
+#
+# 1. Compiles each shim file with clang (-fobjc-arc -Werror, unguarded availability
 #    is an error) for every target in shim/check/targets, against the hand-written
 #    declarations in shim/check/sdk/ (never Apple's headers), and requires zero
 #    diagnostics.
@@ -10,13 +13,16 @@
 #    output and no error that is not one of them; and to PASS (no diagnostics) on
 #    every `CHECK-PASS: <target> [args]` line, which shows the mistake is the only
 #    fault.
-# 3. Symbol completeness, which -fsyntax-only cannot see: compiles shim/applevz.m to a
-#    Mach-O object (-c) for every target and requires, with llvm-nm, an exported
-#    (`external`, not `private external`) text symbol _avz_NAME for every function
-#    avz_NAME that include/applevz.h declares (names taken from the header as
-#    preprocessed for that target, so comments do not count), and no exported _avz_
-#    symbol the header does not declare (a stale ABI function). Then checks the check:
-#    the shim compiled with one function renamed (-D) must be reported.
+# 3. Symbol completeness, which -fsyntax-only cannot see: compiles each shim file to a
+#    Mach-O object (-c) for every target and requires, with llvm-nm, across the objects
+#    together: an exported (`external`, not `private external`) text symbol _avz_NAME
+#    for every function avz_NAME that include/applevz.h declares (names taken from the
+#    header as preprocessed for that target, so comments do not count), no exported
+#    _avz_ symbol the header does not declare (a stale ABI function; the files' shared
+#    helpers are hidden, `private external`), and no _avz_ symbol one object needs that
+#    none defines (the Mac's link would fail). Then checks the check: the shim compiled
+#    with one function renamed (-D) must be reported both ways, and the shim without
+#    shim/applevz_util.m must be reported as needing its helpers.
 #
 # Flags come from shim/check/clang-flags (shared with tests/shim_compile.rs); the
 # object compile drops -fsyntax-only from them.
@@ -69,12 +75,22 @@ fail() {
 }
 
 # ---- 1. the shim ------------------------------------------------------------------
+shopt -s nullglob
+SOURCES=(shim/*.m)
+if [ ${#SOURCES[@]} -eq 0 ]; then
+    echo "check-shim: no shim sources (shim/*.m)" >&2
+    exit 2
+fi
+echo "check-shim: shim sources: ${SOURCES[*]}"
+
 for target in "${TARGETS[@]}"; do
-    if compile "$target" shim/applevz.m && [ ! -s "$out" ]; then
-        pass "shim/applevz.m compiles for $target with no diagnostics"
-    else
-        fail "shim/applevz.m for $target (expected success with no diagnostics)"
-    fi
+    for source in "${SOURCES[@]}"; do
+        if compile "$target" "$source" && [ ! -s "$out" ]; then
+            pass "$source compiles for $target with no diagnostics"
+        else
+            fail "$source for $target (expected success with no diagnostics)"
+        fi
+    done
 done
 
 # ---- 2. the mistakes ----------------------------------------------------------------
@@ -83,7 +99,6 @@ directive() {
     sed -n "s/^[[:space:]/*]*$2:[[:space:]]*//p" "$1"
 }
 
-shopt -s nullglob
 mistakes=(shim/check/mistakes/*.m)
 if [ ${#mistakes[@]} -eq 0 ]; then
     echo "FAIL  no mistake files in shim/check/mistakes/"
@@ -151,32 +166,56 @@ declared() {
         grep -o '\bavz_[A-Za-z0-9_]*[[:space:]]*(' | sed 's/[[:space:]]*($//' | sort -u
 }
 
-# defined OBJECT: the exported text symbols _avz_NAME of a Mach-O object, as avz_NAME.
+# defined OBJECT...: the exported text symbols _avz_NAME of Mach-O objects, as avz_NAME.
 # llvm-nm's darwin format (-m) tells `external` from `private external` (hidden).
 defined() {
-    "$NM" -m --defined-only "$1" |
+    "$NM" -m --defined-only "$@" |
         sed -n 's/^.*(__TEXT,__text) external _\(avz_[A-Za-z0-9_]*\)$/\1/p' | sort -u
 }
 
-# symbols TARGET OBJECT [EXTRA CLANG ARGS...]: compiles the shim to OBJECT and compares.
-# Sets $declared_count, $missing and $extra; returns 1 when the header or the compile
-# gave nothing usable (details in $out).
+# provided OBJECT...: every _avz_NAME the objects define, exported or hidden.
+provided() {
+    "$NM" -m --defined-only "$@" |
+        sed -n 's/^.* _\(avz_[A-Za-z0-9_]*\)$/\1/p' | sort -u
+}
+
+# needed OBJECT...: every _avz_NAME the objects refer to without defining it.
+needed() {
+    "$NM" -m --undefined-only "$@" |
+        sed -n 's/^.*(undefined) external _\(avz_[A-Za-z0-9_]*\)$/\1/p' | sort -u
+}
+
+# symbols TARGET DIR [EXTRA CLANG ARGS...]: compiles each file of $SYMBOL_SOURCES (the
+# shim's sources unless set) to an object in DIR and compares. Sets $declared_count,
+# $missing, $extra and $unresolved; returns 1 when the header or a compile gave nothing
+# usable (details in $out).
 symbols() {
-    local target=$1 object=$2
+    local target=$1 dir=$2
     shift 2
+    local sources=("${SYMBOL_SOURCES[@]:-${SOURCES[@]}}") source objects=()
     declared "$target" >"$work/declared"
     declared_count=$(wc -l <"$work/declared")
     if [ "$declared_count" -eq 0 ]; then
         echo "found no avz_ function declarations in include/applevz.h" >"$out"
         return 1
     fi
-    if ! "$CLANG" -target "$target" "${OBJ_FLAGS[@]}" "$@" -c -o "$object" shim/applevz.m \
-        >"$out" 2>&1 || [ -s "$out" ]; then
-        return 1
-    fi
-    defined "$object" >"$work/defined"
+    mkdir -p "$dir"
+    for source in "${sources[@]}"; do
+        local object
+        object="$dir/$(basename "$source" .m).o"
+        if ! "$CLANG" -target "$target" "${OBJ_FLAGS[@]}" "$@" -c -o "$object" "$source" \
+            >"$out" 2>&1 || [ -s "$out" ]; then
+            { echo "$source:"; cat "$out"; } >"$work/compile-output" && mv "$work/compile-output" "$out"
+            return 1
+        fi
+        objects+=("$object")
+    done
+    defined "${objects[@]}" >"$work/defined"
+    provided "${objects[@]}" >"$work/provided"
+    needed "${objects[@]}" >"$work/needed"
     missing=$(comm -23 "$work/declared" "$work/defined" | tr '\n' ' ')
     extra=$(comm -13 "$work/declared" "$work/defined" | tr '\n' ' ')
+    unresolved=$(comm -23 "$work/needed" "$work/provided" | tr '\n' ' ')
 }
 
 if ! command -v "$NM" >/dev/null 2>&1; then
@@ -188,17 +227,18 @@ if ! command -v "$NM" >/dev/null 2>&1; then
 else
     echo "check-shim: $("$NM" --version | grep -m 1 -i version)"
     for target in "${TARGETS[@]}"; do
-        label="shim/applevz.m object for $target"
-        if ! symbols "$target" "$work/$target.o"; then
-            fail "$label (expected a clean compile and the header's declarations)"
-        elif [ -n "$missing" ] || [ -n "$extra" ]; then
+        label="the shim's ${#SOURCES[@]} objects for $target"
+        if ! symbols "$target" "$work/$target"; then
+            fail "$label (expected clean compiles and the header's declarations)"
+        elif [ -n "$missing" ] || [ -n "$extra" ] || [ -n "$unresolved" ]; then
             {
                 [ -z "$missing" ] || echo "declared in include/applevz.h, not defined and exported: $missing"
                 [ -z "$extra" ] || echo "exported, not declared in include/applevz.h: $extra"
+                [ -z "$unresolved" ] || echo "needed by one object, defined by none: $unresolved"
             } >"$out"
-            fail "$label: the exported avz_ functions differ from the header's"
+            fail "$label: the avz_ symbols differ from the header's, or do not resolve"
         else
-            pass "$label defines and exports all $declared_count avz_ functions of include/applevz.h, and no other"
+            pass "$label define and export all $declared_count avz_ functions of include/applevz.h, and no other; every avz_ symbol they need is defined"
         fi
     done
 
@@ -207,14 +247,34 @@ else
     target=${TARGETS[0]}
     probe=avz_vm_vsock_remove_listener
     label="symbol check with $probe renamed (-D$probe=avz_check_renamed), $target"
-    if ! symbols "$target" "$work/renamed.o" "-D$probe=avz_check_renamed"; then
+    if ! symbols "$target" "$work/renamed" "-D$probe=avz_check_renamed"; then
         fail "$label (expected a clean compile)"
-    elif [ "$missing" = "$probe " ] && [ "$extra" = "avz_check_renamed " ]; then
+    elif [ "$missing" = "$probe " ] && [ "$extra" = "avz_check_renamed " ] && [ -z "$unresolved" ]; then
         pass "$label is caught: missing $probe, extra avz_check_renamed"
     else
-        echo "missing: '$missing' extra: '$extra'" >"$out"
+        echo "missing: '$missing' extra: '$extra' unresolved: '$unresolved'" >"$out"
         fail "$label was not reported as expected"
     fi
+
+    # And without one file: the helpers it provides the others must be reported.
+    left_out=shim/applevz_util.m
+    label="symbol check without $left_out, $target"
+    SYMBOL_SOURCES=()
+    for source in "${SOURCES[@]}"; do
+        [ "$source" = "$left_out" ] || SYMBOL_SOURCES+=("$source")
+    done
+    if [ ${#SYMBOL_SOURCES[@]} -eq ${#SOURCES[@]} ]; then
+        : >"$out"
+        fail "$label: $left_out is not among the shim's sources"
+    elif ! symbols "$target" "$work/without-util"; then
+        fail "$label (expected clean compiles)"
+    elif [ -z "$missing" ] && [ -z "$extra" ] && [[ " $unresolved" == *" avz_error "* ]]; then
+        pass "$label is caught: needed, defined by none: $unresolved"
+    else
+        echo "missing: '$missing' extra: '$extra' unresolved: '$unresolved'" >"$out"
+        fail "$label was not reported as expected"
+    fi
+    SYMBOL_SOURCES=()
 fi
 
 echo "check-shim: $checks checks, $((checks - failures)) as expected, $failures unexpected"

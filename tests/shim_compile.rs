@@ -1,20 +1,24 @@
-//! Compile checks of the macOS shim (`shim/applevz.m`) on any host.
+//! Compile checks of the macOS shim on any host. The shim is every `.m` file in `shim/`
+//! (`shim/applevz.m` and the `applevz_*.m` files it is split into, which share
+//! `shim/applevz_internal.h`): the same set build.rs compiles on a Mac.
 //!
 //! The same checks as `scripts/check-shim.sh`, done with `std::process::Command`:
-//! clang (`$CLANG`, default `clang-19`) compiles the shim with `-fobjc-arc -Werror`
+//! clang (`$CLANG`, default `clang-19`) compiles each shim file with `-fobjc-arc -Werror`
 //! (unguarded availability is an error) for each target in `shim/check/targets`,
 //! against the hand-written declarations in `shim/check/sdk/`, and must report
 //! nothing; each file in `shim/check/mistakes/` must fail on its `CHECK-FAIL:` targets
 //! with every `CHECK-DIAG:` text and no other error, and compile cleanly on its
 //! `CHECK-PASS:` lines. Flags come from `shim/check/clang-flags`.
 //!
-//! Symbol completeness, which `-fsyntax-only` cannot see: for each target the shim is
-//! compiled to a Mach-O object (the same flags without `-fsyntax-only`) and llvm-nm
-//! (`$LLVM_NM`, default `llvm-nm-19`, Debian package `llvm-19`) must list an exported
-//! (`external`, not `private external`) text symbol `_avz_NAME` for every function
-//! `avz_NAME` declared in `include/applevz.h` (as preprocessed for that target, so
-//! comments do not count), and no exported `_avz_` symbol the header does not declare.
-//! One more test shows the check reports a function renamed with `-D`.
+//! Symbol completeness, which `-fsyntax-only` cannot see: for each target every shim
+//! file is compiled to a Mach-O object (the same flags without `-fsyntax-only`) and
+//! llvm-nm (`$LLVM_NM`, default `llvm-nm-19`, Debian package `llvm-19`) must list, across
+//! the objects together, an exported (`external`, not `private external`) text symbol
+//! `_avz_NAME` for every function `avz_NAME` declared in `include/applevz.h` (as
+//! preprocessed for that target, so comments do not count), no exported `_avz_` symbol
+//! the header does not declare (the files' shared helpers are hidden), and no `_avz_`
+//! symbol one object needs and none defines. Two more tests check the check: a function
+//! renamed with `-D`, and the shim without `shim/applevz_util.m`, must be reported.
 //!
 //! Without clang (or, for the symbol tests, llvm-nm) on the host the tests that need it
 //! are reported as *ignored*, with the reason, never as passed: build.rs looks for the
@@ -29,6 +33,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicUsize;
+
+/// Numbers the symbol tests' object directories (tests run in parallel).
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -105,6 +113,29 @@ fn compile(clang: &str, target: &str, file: &Path, extra: &[String]) -> Outcome 
     }
 }
 
+/// The shim's sources: every `.m` file in `shim/` (as build.rs compiles them), sorted,
+/// relative to the repository root.
+fn shim_sources() -> Vec<String> {
+    let mut sources: Vec<String> = std::fs::read_dir(root().join("shim"))
+        .expect("shim/ exists")
+        .map(|entry| {
+            entry
+                .expect("readable entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".m"))
+        .map(|name| format!("shim/{name}"))
+        .collect();
+    sources.sort();
+    assert!(
+        sources.iter().any(|s| s == "shim/applevz.m"),
+        "shim/applevz.m is missing from the shim's sources: {sources:?}"
+    );
+    sources
+}
+
 /// The flags for compiling to an object: `shim/check/clang-flags` without `-fsyntax-only`.
 fn object_flags() -> Vec<String> {
     lines_of("shim/check/clang-flags")
@@ -157,25 +188,43 @@ fn declared_functions(clang: &str, target: &str) -> Vec<String> {
 
 /// The exported text symbols `_avz_NAME` of a Mach-O object, as `avz_NAME`, sorted.
 /// llvm-nm's darwin format tells `external` from `private external` (hidden).
-fn exported_functions(nm: &str, object: &Path) -> Vec<String> {
+fn exported_functions(nm: &str, objects: &[PathBuf]) -> Vec<String> {
+    avz_symbols(nm, objects, "--defined-only", "(__TEXT,__text) external _")
+}
+
+/// Every `_avz_NAME` the objects define, exported or hidden (`private external`).
+fn provided_symbols(nm: &str, objects: &[PathBuf]) -> Vec<String> {
+    avz_symbols(nm, objects, "--defined-only", " _")
+}
+
+/// Every `_avz_NAME` the objects refer to without defining it.
+fn needed_symbols(nm: &str, objects: &[PathBuf]) -> Vec<String> {
+    avz_symbols(nm, objects, "--undefined-only", "(undefined) external _")
+}
+
+/// The `avz_NAME`s of the lines of `llvm-nm -m <selection> objects` that contain
+/// `marker` followed by `avz_NAME` (to the end of the line), sorted.
+fn avz_symbols(nm: &str, objects: &[PathBuf], selection: &str, marker: &str) -> Vec<String> {
     let output = Command::new(nm)
-        .args(["-m", "--defined-only"])
-        .arg(object)
+        .args(["-m", selection])
+        .args(objects)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {nm}: {e}"));
     assert!(
         output.status.success(),
-        "{nm} failed on {}:\n{}",
-        object.display(),
+        "{nm} failed on {objects:?}:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| {
-            let (_, symbol) = line.split_once("(__TEXT,__text) external _")?;
-            symbol
-                .starts_with("avz_")
-                .then(|| symbol.trim().to_string())
+            let (_, symbol) = line.rsplit_once(marker)?;
+            let symbol = symbol.trim();
+            (symbol.starts_with("avz_")
+                && symbol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .then(|| symbol.to_string())
         })
         .collect();
     names.sort();
@@ -184,46 +233,65 @@ fn exported_functions(nm: &str, object: &Path) -> Vec<String> {
 }
 
 /// What the symbol check found: (declared but not exported, exported but not declared,
-/// how many the header declares).
+/// needed by an object but defined by none, how many the header declares).
 struct SymbolReport {
     missing: Vec<String>,
     extra: Vec<String>,
+    unresolved: Vec<String>,
     declared: usize,
 }
 
-/// Compiles the shim to an object for `target` (with `extra` clang arguments) and
-/// compares its exported `avz_` functions with the header's declarations.
-fn symbol_report(clang: &str, nm: &str, target: &str, extra: &[String]) -> SymbolReport {
+/// Compiles `sources` to objects for `target` (with `extra` clang arguments) and
+/// compares their exported `avz_` functions with the header's declarations.
+fn symbol_report(
+    clang: &str,
+    nm: &str,
+    target: &str,
+    extra: &[String],
+    sources: &[String],
+) -> SymbolReport {
     let declared = declared_functions(clang, target);
     assert!(
         !declared.is_empty(),
         "found no avz_ function declarations in include/applevz.h for {target}"
     );
-    let tag = if extra.is_empty() { "" } else { "-probe" };
-    let object = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "applevz-shim-{target}{tag}-{}.o",
-        std::process::id()
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "applevz-shim-{target}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let output = Command::new(clang)
-        .current_dir(root())
-        .arg("-target")
-        .arg(target)
-        .args(object_flags())
-        .args(extra)
-        .arg("-c")
-        .arg("-o")
-        .arg(&object)
-        .arg("shim/applevz.m")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
-    let mut diagnostics = String::from_utf8_lossy(&output.stderr).into_owned();
-    diagnostics.push_str(&String::from_utf8_lossy(&output.stdout));
-    assert!(
-        output.status.success() && diagnostics.trim().is_empty(),
-        "shim/applevz.m must compile to an object for {target} {extra:?} with no diagnostics:\n{diagnostics}"
-    );
-    let exported = exported_functions(nm, &object);
-    let _ = std::fs::remove_file(&object);
+    std::fs::create_dir_all(&dir).expect("create a directory for the objects");
+    let objects: Vec<PathBuf> = sources
+        .iter()
+        .map(|source| {
+            let stem = Path::new(source).file_stem().expect("a file name");
+            let object = dir.join(stem).with_extension("o");
+            let output = Command::new(clang)
+                .current_dir(root())
+                .arg("-target")
+                .arg(target)
+                .args(object_flags())
+                .args(extra)
+                .arg("-c")
+                .arg("-o")
+                .arg(&object)
+                .arg(source)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {clang}: {e}"));
+            let mut diagnostics = String::from_utf8_lossy(&output.stderr).into_owned();
+            diagnostics.push_str(&String::from_utf8_lossy(&output.stdout));
+            assert!(
+                output.status.success() && diagnostics.trim().is_empty(),
+                "{source} must compile to an object for {target} {extra:?} with no \
+                 diagnostics:\n{diagnostics}"
+            );
+            object
+        })
+        .collect();
+    let exported = exported_functions(nm, &objects);
+    let provided = provided_symbols(nm, &objects);
+    let needed = needed_symbols(nm, &objects);
+    let _ = std::fs::remove_dir_all(&dir);
     SymbolReport {
         missing: declared
             .iter()
@@ -233,6 +301,11 @@ fn symbol_report(clang: &str, nm: &str, target: &str, extra: &[String]) -> Symbo
         extra: exported
             .iter()
             .filter(|name| !declared.contains(name))
+            .cloned()
+            .collect(),
+        unresolved: needed
+            .iter()
+            .filter(|name| !provided.contains(name))
             .cloned()
             .collect(),
         declared: declared.len(),
@@ -246,20 +319,27 @@ fn check_symbols(target: &str) {
     );
     let clang = clang();
     let nm = llvm_nm();
-    let report = symbol_report(&clang, &nm, target, &[]);
+    let sources = shim_sources();
+    let report = symbol_report(&clang, &nm, target, &[], &sources);
     assert!(
         report.missing.is_empty(),
-        "declared in include/applevz.h but not defined and exported by shim/applevz.m for \
+        "declared in include/applevz.h but not defined and exported by the shim for \
          {target}: {:?}",
         report.missing
     );
     assert!(
         report.extra.is_empty(),
-        "exported by shim/applevz.m for {target} but not declared in include/applevz.h: {:?}",
+        "exported by the shim for {target} but not declared in include/applevz.h: {:?}",
         report.extra
     );
+    assert!(
+        report.unresolved.is_empty(),
+        "needed by one of the shim's objects for {target} but defined by none: {:?}",
+        report.unresolved
+    );
     eprintln!(
-        "shim/applevz.m for {target} exports all {} avz_ functions of the header",
+        "the shim's {} objects for {target} export all {} avz_ functions of the header",
+        sources.len(),
         report.declared
     );
 }
@@ -270,12 +350,14 @@ fn check_shim(target: &str) {
         "{target} is not listed in shim/check/targets"
     );
     let clang = clang();
-    let outcome = compile(&clang, target, Path::new("shim/applevz.m"), &[]);
-    assert!(
-        outcome.success && outcome.diagnostics.trim().is_empty(),
-        "shim/applevz.m must compile for {target} with no diagnostics:\n{}",
-        outcome.diagnostics
-    );
+    for source in shim_sources() {
+        let outcome = compile(&clang, target, Path::new(&source), &[]);
+        assert!(
+            outcome.success && outcome.diagnostics.trim().is_empty(),
+            "{source} must compile for {target} with no diagnostics:\n{}",
+            outcome.diagnostics
+        );
+    }
 }
 
 /// The `CHECK-...:` directives of a mistake file.
@@ -524,6 +606,7 @@ fn symbol_check_reports_a_renamed_function() {
         &nm,
         "arm64-apple-macos14",
         &[format!("-D{probe}=avz_check_renamed")],
+        &shim_sources(),
     );
     assert_eq!(
         report.missing,
@@ -534,5 +617,37 @@ fn symbol_check_reports_a_renamed_function() {
         report.extra,
         ["avz_check_renamed"],
         "the new name must be reported as not declared"
+    );
+    assert!(report.unresolved.is_empty(), "{:?}", report.unresolved);
+}
+
+/// The symbol check across objects: without `shim/applevz_util.m` the helpers it
+/// provides the other files (hidden symbols, so not "exported") must be reported as
+/// needed and defined by none, and nothing else.
+#[test]
+#[cfg_attr(
+    any(applevz_no_clang19, applevz_no_llvm_nm19),
+    ignore = "clang-19 or llvm-nm-19 not installed (apt-get install clang-19 llvm-19, or set CLANG and LLVM_NM)"
+)]
+fn symbol_check_reports_a_missing_file() {
+    let clang = clang();
+    let nm = llvm_nm();
+    let left_out = "shim/applevz_util.m";
+    let sources: Vec<String> = shim_sources()
+        .into_iter()
+        .filter(|source| source != left_out)
+        .collect();
+    assert_eq!(
+        sources.len() + 1,
+        shim_sources().len(),
+        "{left_out} is one of the shim's sources"
+    );
+    let report = symbol_report(&clang, &nm, "arm64-apple-macos14", &[], &sources);
+    assert!(report.missing.is_empty(), "{:?}", report.missing);
+    assert!(report.extra.is_empty(), "{:?}", report.extra);
+    assert!(
+        report.unresolved.iter().any(|name| name == "avz_error"),
+        "avz_error (defined in {left_out}) must be reported as needed: {:?}",
+        report.unresolved
     );
 }

@@ -1,7 +1,7 @@
 /*
  * Foundation/Foundation.h — compile-check stand-in (NOT Apple's header).
  *
- * Hand-written declarations of exactly the Foundation API that shim/applevz.m
+ * Hand-written declarations of exactly the Foundation API that the shim (shim/applevz*.m)
  * uses, with the same types, nullability and ownership conventions as the real
  * SDK, so that `clang -fobjc-arc -Werror` on a non-Apple host catches the same
  * mistakes (missing bridge casts, unknown selectors, wrong argument types)

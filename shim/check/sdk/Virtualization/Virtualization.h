@@ -3,7 +3,7 @@
  *
  * Hand-written from Apple's public documentation of Virtualization.framework
  * (see /work/shared/VZ-FACTS.md), limited to the classes, selectors and enums
- * shim/applevz.m uses. What matters for the check and must match the real SDK:
+ * the shim (shim/applevz*.m) uses. What matters for the check and must match the real SDK:
  *   - availability: every declaration carries the macOS version that introduced it
  *     (VZ_AVAILABLE(N)), so -Werror=unguarded-availability rejects an unguarded use
  *     when the deployment target is older;

@@ -2,7 +2,7 @@
  * objc/objc.h — compile-check stand-in (NOT Apple's header).
  *
  * Written for applevz's shim compile check on non-Apple hosts: just the
- * Objective-C runtime basics that shim/applevz.m and Foundation.h below need.
+ * Objective-C runtime basics that the shim (shim/applevz*.m) and Foundation.h below need.
  * `id`, `Class`, `SEL` and `instancetype` are built into clang.
  */
 #ifndef AVZ_CHECK_OBJC_OBJC_H
