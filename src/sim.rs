@@ -137,6 +137,17 @@ impl SimulatorControl<'_> {
         unsafe { sim::avz_sim_vm_guest_vsock_connect(self.vm.raw_for_simulator(), port) }
     }
 
+    /// The attachment of network device `device_index` (in the order the configuration
+    /// added network devices) disconnects with `code` (`VZErrorDomain`): subscribers
+    /// get [`crate::EventKind::NetworkDisconnected`] while the VM is running or paused;
+    /// ignored otherwise.
+    pub fn network_disconnect(&self, device_index: u32, code: i64) {
+        // SAFETY: the control holds a reference to the VM; plain values.
+        unsafe {
+            sim::avz_sim_vm_network_disconnect(self.vm.raw_for_simulator(), device_index, code)
+        }
+    }
+
     /// The VM fails now with `code` (`VZErrorDomain`).
     pub fn crash(&self, code: i64) {
         // SAFETY: the control holds a reference to the VM; plain value.

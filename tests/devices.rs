@@ -222,6 +222,31 @@ fn vsock_listener_accepts_guest_connections_and_can_be_removed() {
 
 #[test]
 #[serial]
+fn a_vsock_listener_lasts_across_a_suspend_and_restore() {
+    // Every restore goes into a fresh native VM object: the listener moves along.
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("vsock-restore");
+    let vm = running(&vsock_guest(&dir, &[]));
+    let listener = vm.vsock_listen(5000).unwrap();
+    vm.suspend().unwrap();
+    vm.start().unwrap();
+    vm.simulator().guest_vsock_connect(5000);
+    let stream = listener
+        .accept_timeout(PATIENCE)
+        .unwrap()
+        .expect("a guest connection after the restore");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(&stream).read_line(&mut greeting).unwrap();
+    assert_eq!(greeting, "hello from guest port 5000\n");
+    drop(stream);
+    listener.remove().unwrap();
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
 fn directory_shares_build_and_boot() {
     let leaks = LeakCheck::start();
     let dir = TestDir::new("shares");

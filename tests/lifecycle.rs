@@ -713,6 +713,104 @@ fn a_guest_powering_off_by_itself_is_observed_without_any_call() {
 
 #[test]
 #[serial]
+fn a_network_attachment_that_disconnects_is_reported_without_a_state_change() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("net-disconnect");
+    let config = builder(&dir, SimulatedGuest::default())
+        .nat_network(Some("52:54:00:12:34:56"))
+        .nat_network(Some("52:54:00:12:34:57"))
+        .build()
+        .unwrap();
+    let vm = VirtualMachine::new(&config).unwrap();
+    let events = vm.subscribe();
+    // Not running: no attachment to lose, nothing reported.
+    vm.simulator().network_disconnect(1, 7);
+    vm.start().unwrap();
+    vm.simulator().network_disconnect(1, 7);
+    let received = events_until(&events, |e| {
+        matches!(e.kind, EventKind::NetworkDisconnected(_))
+    });
+    let states: Vec<_> = received.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        vec![VmState::Starting, VmState::Running, VmState::Running]
+    );
+    match &received.last().unwrap().kind {
+        EventKind::NetworkDisconnected(error) => {
+            assert_eq!(error.code, VzErrorCode::NetworkError);
+            assert!(
+                error.description.starts_with("network device 1: "),
+                "{error:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(vm.state(), VmState::Running);
+    // An index the VM does not have is ignored.
+    vm.simulator().network_disconnect(2, 7);
+    vm.shutdown(ShutdownPolicy::Halt).unwrap();
+    let rest = events_until(&events, |e| e.state == VmState::Stopped);
+    assert!(
+        rest.iter()
+            .all(|e| !matches!(e.kind, EventKind::NetworkDisconnected(_))),
+        "{rest:?}"
+    );
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn a_paused_guest_cannot_power_itself_off() {
+    // Its vCPUs are stopped: the simulator, like the framework, ignores it.
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("paused-power-off");
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.start().unwrap();
+    vm.pause().unwrap();
+    let events = vm.subscribe();
+    vm.simulator().guest_power_off();
+    // Queued after the power-off on the VM's queue, so it has been handled by then.
+    vm.resume().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert!(
+        drain(&events)
+            .iter()
+            .all(|e| e.kind != EventKind::GuestStopped && e.state != VmState::Stopped)
+    );
+    vm.shutdown(ShutdownPolicy::Halt).unwrap();
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
+fn a_saved_state_does_not_restore_under_another_mac_address() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("other-mac");
+    let with_mac = |mac: &str| {
+        builder(&dir, SimulatedGuest::default())
+            .nat_network(Some(mac))
+            .build()
+            .unwrap()
+    };
+    let vm = VirtualMachine::new(&with_mac("52:54:00:00:00:01")).unwrap();
+    vm.start().unwrap();
+    vm.suspend().unwrap();
+    drop(vm);
+    let saved = std::fs::read(dir.join("vm.state")).unwrap();
+    let vm = VirtualMachine::new(&with_mac("52:54:00:00:00:02")).unwrap();
+    let error = vm.start().expect_err("another MAC address");
+    assert_eq!(error.vz_code(), Some(VzErrorCode::Restore), "{error:?}");
+    assert_eq!(vm.state(), VmState::Suspended);
+    assert_eq!(std::fs::read(dir.join("vm.state")).unwrap(), saved);
+    drop(vm);
+    leaks.finish();
+}
+
+#[test]
+#[serial]
 fn a_crash_reaches_every_subscriber_with_the_framework_error() {
     let leaks = LeakCheck::start();
     let dir = TestDir::new("crash");
