@@ -374,9 +374,10 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
  * exactly once on the VM's queue, after the state its outcome implies was reported (see
  * "Order of events"), also when the operation is refused (wrong state:
  * AVZ_ERROR_INVALID_STATE_TRANSITION, or AVZ_ERROR_INVALID_STATE for save, as the
- * framework documents) or cancelled by a forced stop (AVZ_ERROR_OPERATION_CANCELLED
- * from macOS 13; macOS 12 reports another code). `vm` borrowed; `context` is the
- * caller's. */
+ * framework documents), or when the VM fails during the operation (an error). No
+ * operation cancels another: a forced stop is legal only from running or paused, so
+ * it never cuts into a start, pause, resume, save or restore. `vm` borrowed;
+ * `context` is the caller's. */
 
 /* startWithCompletionHandler:. Errors: AVZ_ERROR_LIMIT_EXCEEDED when the host runs too
  * many VMs, AVZ_ERROR_INVALID_CONFIGURATION (also a missing entitlement). */

@@ -28,7 +28,8 @@ pub enum VzErrorCode {
     NetworkError,
     /// 8: the host ran out of disk space.
     OutOfDiskSpace,
-    /// 9: the operation was cancelled (for example by a forced stop).
+    /// 9: the operation was cancelled (Apple documents it for cancelled installations,
+    /// not for lifecycle calls).
     OperationCancelled,
     /// 10: not supported on this host.
     NotSupported,
