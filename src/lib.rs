@@ -44,6 +44,7 @@ mod native;
 pub mod sim;
 mod state;
 mod sys;
+mod util;
 mod vsock;
 
 pub use config::{

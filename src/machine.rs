@@ -17,11 +17,12 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::{NativeEvent, lock};
+use crate::callback::NativeEvent;
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, FrameworkError, Result, VzErrorCode};
 use crate::native::{AsyncOp, BuiltConfig, NativeConfig, NativeSlot, NativeVm};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
+use crate::util::lock;
 use crate::vsock::VsockListeners;
 use tracker::{Busy, Tracker};
 

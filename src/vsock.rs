@@ -10,9 +10,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::lock;
 use crate::error::{Error, FrameworkError, Result};
 use crate::native::{NativeSlot, NativeVm};
+use crate::util::lock;
 
 /// A connected vsock stream. It owns its descriptor and closes it exactly once, when
 /// dropped; it can be moved to and used from any thread.

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{VirtualMachine, create_native, hint, refusal_hint};
-use crate::callback::{lock, remove_if_present};
 use crate::config::CPath;
 use crate::error::{Error, Result};
 use crate::native::AsyncOp;
 use crate::state::{EventKind, Operation, VmState};
+use crate::util::{lock, remove_if_present};
 
 impl VirtualMachine {
     /// Suspends a running or paused VM to its saved-state file: pause, save to a
