@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::cf::CfError;
-use crate::error::FrameworkError;
+use crate::framework_error::FrameworkError;
 use crate::state::{EventKind, VmState};
 use crate::sys;
 use crate::sys::cf::CFErrorRef;
@@ -146,6 +146,24 @@ pub(crate) struct NativeEvent {
     pub(crate) kind: EventKind,
 }
 
+/// Maps the framework's raw `VZVirtualMachineState`; an unknown value (from a newer
+/// framework) is reported as `Error` rather than guessed.
+pub(crate) fn state_from_raw(raw: i32) -> VmState {
+    match raw as u32 {
+        sys::AVZ_STATE_STOPPED => VmState::Stopped,
+        sys::AVZ_STATE_RUNNING => VmState::Running,
+        sys::AVZ_STATE_PAUSED => VmState::Paused,
+        sys::AVZ_STATE_ERROR => VmState::Error,
+        sys::AVZ_STATE_STARTING => VmState::Starting,
+        sys::AVZ_STATE_PAUSING => VmState::Pausing,
+        sys::AVZ_STATE_RESUMING => VmState::Resuming,
+        sys::AVZ_STATE_STOPPING => VmState::Stopping,
+        sys::AVZ_STATE_SAVING => VmState::Saving,
+        sys::AVZ_STATE_RESTORING => VmState::Restoring,
+        _ => VmState::Error,
+    }
+}
+
 /// The Rust side of the state observer.
 pub(crate) type ObserverFn = Box<dyn Fn(NativeEvent) + Send + Sync>;
 
@@ -183,7 +201,7 @@ pub(crate) unsafe extern "C" fn observer_trampoline(
             _ => EventKind::StateChanged,
         };
         observer(NativeEvent {
-            state: VmState::from_raw(state),
+            state: state_from_raw(state),
             kind,
         });
     }));

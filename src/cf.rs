@@ -13,6 +13,7 @@
 use std::ffi::c_char;
 use std::ptr::NonNull;
 
+use crate::framework_error::{FrameworkError, VzErrorCode};
 use crate::sys::cf::{
     CFErrorCopyDescription, CFErrorGetCode, CFErrorGetDomain, CFErrorRef, CFRelease, CFRetain,
     CFStringGetCString, CFStringGetLength, CFStringGetMaximumSizeForEncoding, CFStringRef,
@@ -130,6 +131,20 @@ impl CfError {
             // SAFETY: the handle keeps the CFString alive during the read.
             Some(handle) => unsafe { string_to_rust(handle.as_ptr().cast()) },
             None => String::new(),
+        }
+    }
+}
+
+impl From<CfError> for FrameworkError {
+    /// The one place where a native error becomes a Rust error.
+    fn from(error: CfError) -> Self {
+        let domain = error.domain();
+        let raw_code = error.code();
+        Self {
+            code: VzErrorCode::from_domain_and_code(&domain, raw_code),
+            raw_code,
+            description: error.description(),
+            domain,
         }
     }
 }

@@ -38,6 +38,7 @@ mod config;
 pub mod definition;
 mod devices;
 mod error;
+mod framework_error;
 mod machine;
 mod native;
 #[cfg(applevz_simulator)]
@@ -57,7 +58,8 @@ pub use devices::{
     RosettaAvailability, SerialPort, SharedDirectory, StorageInterface, SyncMode,
     rosetta_availability,
 };
-pub use error::{Error, FrameworkError, Result, VZ_ERROR_DOMAIN, VzErrorCode};
+pub use error::{Error, Result};
+pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};
 pub use machine::VirtualMachine;
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
 pub use vsock::{VsockListener, VsockStream};

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use crate::callback::NativeEvent;
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
-use crate::error::{Error, FrameworkError, Result, VzErrorCode};
+use crate::error::{Error, Result};
+use crate::framework_error::{FrameworkError, VzErrorCode};
 use crate::native::{AsyncOp, BuiltConfig, NativeConfig, NativeSlot, NativeVm};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
 use crate::util::lock;

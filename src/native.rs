@@ -14,7 +14,7 @@ use crate::callback::{
     completion_trampoline, connect_trampoline, observer_trampoline, release_box,
 };
 use crate::cf::{CfError, CfHandle};
-use crate::error::FrameworkError;
+use crate::framework_error::FrameworkError;
 use crate::state::VmState;
 use crate::sys;
 use crate::sys::cf::CFErrorRef;
@@ -562,7 +562,7 @@ impl NativeVm {
     /// The framework's current state.
     pub(crate) fn state(&self) -> VmState {
         // SAFETY: live VM; not called from a callback.
-        VmState::from_raw(unsafe { sys::avz_vm_state(self.raw()) })
+        callback::state_from_raw(unsafe { sys::avz_vm_state(self.raw()) })
     }
 
     /// The memory balloon's target size in bytes.

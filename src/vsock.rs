@@ -10,7 +10,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::error::{Error, FrameworkError, Result};
+use crate::error::{Error, Result};
+use crate::framework_error::FrameworkError;
 use crate::native::{NativeSlot, NativeVm};
 use crate::util::lock;
 
