@@ -186,7 +186,7 @@ unsafe fn string_to_rust(string: CFStringRef) -> String {
 #[cfg(all(test, applevz_simulator))]
 mod tests {
     use super::*;
-    use crate::sim::live_objects;
+    use crate::knobs::live_objects;
     use crate::sys;
     use serial_test::serial;
 

@@ -499,7 +499,7 @@ impl VmConfig {
             native.add_socket_device().map_err(create_error)?;
         }
         #[cfg(applevz_simulator)]
-        native.apply_simulated_guest(&self.simulated_guest);
+        self.simulated_guest.apply_to(&mut native);
         Ok(native)
     }
 }

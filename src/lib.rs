@@ -39,6 +39,8 @@ pub mod definition;
 mod devices;
 mod error;
 mod framework_error;
+#[cfg(applevz_simulator)]
+mod knobs;
 mod machine;
 mod native;
 #[cfg(applevz_simulator)]

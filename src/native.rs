@@ -140,7 +140,7 @@ impl NativeConfig {
         }
     }
 
-    fn raw(&self) -> *mut sys::avz_config {
+    pub(crate) fn raw(&self) -> *mut sys::avz_config {
         self.handle.as_ptr().cast_mut().cast()
     }
 
@@ -390,34 +390,6 @@ impl NativeConfig {
             unsafe { sys::avz_config_validate_save_restore(self.raw(), error) }
         })
     }
-
-    /// Applies a simulated guest script (simulator only).
-    #[cfg(applevz_simulator)]
-    pub(crate) fn apply_simulated_guest(&mut self, guest: &crate::sim::SimulatedGuest) {
-        use crate::sys::sim_bindings as sim;
-        let config = self.raw();
-        let ms = |duration: Duration| u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
-        // SAFETY: live configuration, used on this thread only; plain values.
-        unsafe {
-            sim::avz_sim_config_set_boot_delay_ms(config, ms(guest.boot_delay));
-            sim::avz_sim_config_set_stop_delay_ms(config, ms(guest.stop_delay));
-            sim::avz_sim_config_set_operation_delay_ms(config, ms(guest.operation_delay));
-            sim::avz_sim_config_set_ignores_stop_request(config, guest.ignores_stop_request);
-            sim::avz_sim_config_set_power_off_after_ms(config, guest.power_off_after.map_or(0, ms));
-            let (crash_after, crash_code) = guest
-                .crash_after
-                .map_or((0, 0), |(after, code)| (ms(after), code));
-            sim::avz_sim_config_set_crash_after_ms(config, crash_after, crash_code);
-            sim::avz_sim_config_set_save_restore_unsupported(
-                config,
-                guest.save_restore_unsupported,
-            );
-            sim::avz_sim_config_set_not_savable(config, guest.not_savable);
-            for port in &guest.guest_vsock_ports {
-                sim::avz_sim_config_add_guest_vsock_listener(config, *port);
-            }
-        }
-    }
 }
 
 /// A native VM. `Send + Sync` through [`CfHandle`]: the native side serializes every
@@ -497,7 +469,7 @@ impl NativeVm {
         Ok(Self { handle })
     }
 
-    fn raw(&self) -> *mut sys::avz_vm {
+    pub(crate) fn raw(&self) -> *mut sys::avz_vm {
         self.handle.as_ptr().cast_mut().cast()
     }
 
@@ -623,11 +595,5 @@ impl NativeVm {
             // SAFETY: live VM; valid out-param; not called from a callback.
             unsafe { sys::avz_vm_vsock_remove_listener(self.raw(), port, error) }
         })
-    }
-
-    /// The raw handle, for the simulator's runtime knobs.
-    #[cfg(applevz_simulator)]
-    pub(crate) fn raw_for_simulator(&self) -> *mut sys::avz_vm {
-        self.raw()
     }
 }
