@@ -6,7 +6,7 @@
 //!   `applevz_simulator` there.
 //!
 //! With the `bindgen` feature it also regenerates the raw bindings from the header and
-//! fails when they differ from the checked-in `src/sys/*.rs` (set
+//! fails when they differ from the checked-in `src/ffi/sys/*.rs` (set
 //! `APPLEVZ_UPDATE_BINDINGS=1` to write them instead).
 
 use std::env;
@@ -111,14 +111,14 @@ mod bindings {
             functions: "avz_.*",
             constants: "AVZ_.*",
             imported_types: None,
-            output: "src/sys/bindings.rs",
+            output: "src/ffi/sys/bindings.rs",
         },
         Generated {
             header: "shim/sim/avz_sim.h",
             functions: "avz_sim_.*",
             constants: "AVZ_SIM_.*",
             imported_types: Some("avz_config|avz_vm"),
-            output: "src/sys/sim_bindings.rs",
+            output: "src/ffi/sys/sim_bindings.rs",
         },
     ];
 

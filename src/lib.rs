@@ -23,48 +23,42 @@
 //! # }
 //! ```
 //!
-//! Layers, following the data flow: `sys` (raw bindings) → `cf` (RAII over
-//! CoreFoundation handles) → `native` (safe wrappers, callbacks) → [`VirtualMachine`]
-//! (lifecycle). On macOS the native half is the Objective-C shim over
-//! Virtualization.framework; everywhere else it is a simulator of the same ABI, scripted
-//! through the `sim` module.
+//! Layers, following the data flow: `ffi` (raw bindings, RAII over CoreFoundation
+//! handles, callbacks, safe native wrappers) → `config` (the validated configuration
+//! and its lowering to a native one) → `vm` ([`VirtualMachine`]: the lifecycle). On
+//! macOS the native half is the Objective-C shim over Virtualization.framework;
+//! everywhere else it is a simulator of the same ABI, scripted through the `sim`
+//! module.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod callback;
-mod cf;
 mod config;
-pub mod definition;
-mod devices;
 mod error;
+mod ffi;
 mod framework_error;
-#[cfg(applevz_simulator)]
-mod knobs;
-mod machine;
-mod native;
 #[cfg(applevz_simulator)]
 pub mod sim;
 mod state;
-mod sys;
 mod util;
-mod vsock;
+mod vm;
 
-pub use config::{
-    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
-    VmConfig, VmConfigBuilder, is_supported, save_restore_supported,
-};
-pub use definition::VmDefinition;
-pub use devices::{
+pub use config::definition;
+pub use config::definition::VmDefinition;
+pub use config::devices::{
     CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network,
     RosettaAvailability, SerialPort, SharedDirectory, StorageInterface, SyncMode,
     rosetta_availability,
 };
+pub use config::{
+    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
+    VmConfig, VmConfigBuilder, is_supported, save_restore_supported,
+};
 pub use error::{Error, Result};
 pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};
-pub use machine::VirtualMachine;
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
-pub use vsock::{VsockListener, VsockStream};
+pub use vm::VirtualMachine;
+pub use vm::vsock::{VsockListener, VsockStream};
 
 /// True when this build runs against the simulator rather than Virtualization.framework.
 pub const fn is_simulator() -> bool {

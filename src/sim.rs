@@ -5,8 +5,9 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::knobs;
-use crate::native::{NativeConfig, NativeVm};
+use crate::ffi::knobs;
+use crate::ffi::native_config::NativeConfig;
+use crate::ffi::native_vm::NativeVm;
 
 /// How the simulated guest behaves; set with
 /// [`crate::VmConfigBuilder::simulated_guest`]. The default guest boots, pauses and

@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::native::host;
-use crate::sys;
+use crate::ffi::host;
+use crate::ffi::sys;
 
 /// How a disk image is cached by the host (`VZDiskImageCachingMode`, macOS 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

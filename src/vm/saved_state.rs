@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{VirtualMachine, create_native, hint, refusal_hint};
 use crate::config::CPath;
 use crate::error::{Error, Result};
-use crate::native::AsyncOp;
+use crate::ffi::native_vm::AsyncOp;
 use crate::state::{EventKind, Operation, VmState};
 use crate::util::{lock, remove_if_present};
 

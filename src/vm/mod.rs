@@ -1,5 +1,5 @@
 //! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
-//! native wrappers.
+//! native wrappers in `crate::ffi`.
 //!
 //! The framework's contract, which everything here builds on: start from stopped or
 //! error; pause from running; resume from paused; forced stop from running or paused
@@ -10,6 +10,7 @@
 mod devices;
 mod saved_state;
 mod tracker;
+pub(crate) mod vsock;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +18,15 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::NativeEvent;
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, Result};
+use crate::ffi::callback::NativeEvent;
+use crate::ffi::native_config::{BuiltConfig, NativeConfig};
+use crate::ffi::native_vm::{AsyncOp, NativeSlot, NativeVm};
 use crate::framework_error::{FrameworkError, VzErrorCode};
-use crate::native::{AsyncOp, BuiltConfig, NativeConfig, NativeSlot, NativeVm};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
 use crate::util::lock;
-use crate::vsock::VsockListeners;
+use crate::vm::vsock::VsockListeners;
 use tracker::{Busy, Tracker};
 
 /// A Linux virtual machine.

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::cf::CfError;
+use crate::ffi::cf::CfError;
+use crate::ffi::sys;
+use crate::ffi::sys::cf::CFErrorRef;
 use crate::framework_error::FrameworkError;
 use crate::state::{EventKind, VmState};
-use crate::sys;
-use crate::sys::cf::CFErrorRef;
 use crate::util::{deadline_after, lock, remove_if_present, wait_until_deadline};
 
 /// Where one asynchronous operation's outcome lands: `()` for lifecycle operations,

@@ -13,12 +13,12 @@
 use std::ffi::c_char;
 use std::ptr::NonNull;
 
-use crate::framework_error::{FrameworkError, VzErrorCode};
-use crate::sys::cf::{
+use crate::ffi::sys::cf::{
     CFErrorCopyDescription, CFErrorGetCode, CFErrorGetDomain, CFErrorRef, CFRelease, CFRetain,
     CFStringGetCString, CFStringGetLength, CFStringGetMaximumSizeForEncoding, CFStringRef,
     CFTypeRef, kCFStringEncodingUTF8,
 };
+use crate::framework_error::{FrameworkError, VzErrorCode};
 
 /// One owned reference to a CoreFoundation-compatible object.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub(crate) struct CfHandle(NonNull<std::ffi::c_void>);
 // SAFETY: CFRetain/CFRelease are thread-safe for every CF-compatible object, and the
 // objects applevz owns are either immutable (errors, strings) or internally serialized
 // by the native side (a VM hops onto its own queue for every call). The configuration
-// handle, which is not thread-safe, is wrapped by `native::NativeConfig`, which is
+// handle, which is not thread-safe, is wrapped by `native_config::NativeConfig`, which is
 // neither Send nor Sync.
 unsafe impl Send for CfHandle {}
 // SAFETY: as for Send: shared access only reaches thread-safe native functions.
@@ -149,6 +149,23 @@ impl From<CfError> for FrameworkError {
     }
 }
 
+/// Runs a native call that reports failure through a `CFErrorRef *` out-parameter.
+pub(crate) fn call_with_error(
+    what: &str,
+    call: impl FnOnce(*mut CFErrorRef) -> bool,
+) -> Result<(), FrameworkError> {
+    let mut error: CFErrorRef = std::ptr::null_mut();
+    let succeeded = call(&mut error);
+    // SAFETY: the ABI stores a +1 error (or nothing) in the out-parameter; we take it
+    // over whatever `succeeded` says, so it is released exactly once.
+    let error = unsafe { CfError::from_create_rule(error) };
+    match (succeeded, error) {
+        (true, _) => Ok(()),
+        (false, Some(error)) => Err(error.into()),
+        (false, None) => Err(FrameworkError::missing(what)),
+    }
+}
+
 /// Copies a CFString into a Rust `String` (empty for NULL or unconvertible strings).
 ///
 /// # Safety
@@ -186,8 +203,8 @@ unsafe fn string_to_rust(string: CFStringRef) -> String {
 #[cfg(all(test, applevz_simulator))]
 mod tests {
     use super::*;
-    use crate::knobs::live_objects;
-    use crate::sys;
+    use crate::ffi::knobs::live_objects;
+    use crate::ffi::sys;
     use serial_test::serial;
 
     fn new_config() -> *const std::ffi::c_void {

@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::callback::NativeEvent;
+use crate::ffi::callback::NativeEvent;
 use crate::state::{EventKind, Operation, StateEvent, VmState};
 use crate::util::{deadline_after, lock, wait_until_deadline};
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, mpsc};
 use super::VirtualMachine;
 use crate::error::{Error, Result};
 use crate::state::Operation;
-use crate::vsock::{SharedAccept, VsockListener, VsockStream};
+use crate::vm::vsock::{SharedAccept, VsockListener, VsockStream};
 
 impl VirtualMachine {
     /// The memory balloon's target: how much memory the guest is asked to keep, in

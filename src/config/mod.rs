@@ -11,15 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::devices::{
+pub mod definition;
+pub(crate) mod devices;
+
+use crate::config::devices::{
     CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network, NetworkKind,
     RosettaAvailability, SerialPort, StorageInterface, SyncMode, check_block_device_identifier,
     check_datagram_socket, check_share_name, check_share_tag, rosetta_availability,
 };
 use crate::error::{Error, Result};
-use crate::native::{NativeConfig, host};
+use crate::ffi::host;
+use crate::ffi::native_config::NativeConfig;
+use crate::ffi::sys;
 use crate::state::Operation;
-use crate::sys;
 
 const MIB: u64 = 1024 * 1024;
 

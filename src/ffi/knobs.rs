@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use crate::native::{NativeConfig, NativeVm};
-use crate::sys::sim_bindings as sim;
+use crate::ffi::native_config::NativeConfig;
+use crate::ffi::native_vm::NativeVm;
+use crate::ffi::sys::sim_bindings as sim;
 
-pub(crate) use crate::sys::sim_bindings::{
+pub(crate) use crate::ffi::sys::sim_bindings::{
     AVZ_SIM_HOST_APPLE_SILICON, AVZ_SIM_HOST_INTEL, AVZ_SIM_OP_PAUSE, AVZ_SIM_OP_REQUEST_STOP,
     AVZ_SIM_OP_RESTORE, AVZ_SIM_OP_RESUME, AVZ_SIM_OP_SAVE, AVZ_SIM_OP_START, AVZ_SIM_OP_STOP,
 };

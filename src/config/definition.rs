@@ -27,12 +27,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::devices::{
+    CachingMode, DirectoryShare, Disk, MacChoice, Network, SerialPort, StorageInterface, SyncMode,
+};
 use crate::config::{
     EfiVariableStore, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts, VmConfig,
     VmConfigBuilder,
-};
-use crate::devices::{
-    CachingMode, DirectoryShare, Disk, MacChoice, Network, SerialPort, StorageInterface, SyncMode,
 };
 use crate::error::{Error, Result};
 

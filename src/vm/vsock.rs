@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::ffi::native_vm::{NativeSlot, NativeVm};
 use crate::framework_error::FrameworkError;
-use crate::native::{NativeSlot, NativeVm};
 use crate::util::lock;
 
 /// A connected vsock stream. It owns its descriptor and closes it exactly once, when
