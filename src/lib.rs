@@ -46,13 +46,13 @@ mod vm;
 pub use config::definition;
 pub use config::definition::VmDefinition;
 pub use config::devices::{
-    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network,
-    RosettaAvailability, SerialPort, SharedDirectory, StorageInterface, SyncMode,
-    rosetta_availability,
+    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network, SerialPort,
+    SharedDirectory, StorageInterface, SyncMode,
 };
 pub use config::{
-    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
-    VmConfig, VmConfigBuilder, is_supported, save_restore_supported,
+    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout,
+    RosettaAvailability, Timeouts, VmConfig, VmConfigBuilder, is_supported, rosetta_availability,
+    save_restore_supported,
 };
 pub use error::{Error, Result};
 pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};

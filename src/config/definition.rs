@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::devices::{
-    CachingMode, DirectoryShare, Disk, MacChoice, Network, SerialPort, StorageInterface, SyncMode,
-};
-use crate::config::{
-    EfiVariableStore, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts, VmConfig,
+use super::builder::{
+    EfiVariableStore, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
     VmConfigBuilder,
 };
+use super::devices::{
+    CachingMode, DirectoryShare, Disk, MacChoice, Network, SerialPort, StorageInterface, SyncMode,
+};
+use super::validate::VmConfig;
 use crate::error::{Error, Result};
 
 const MIB: u64 = 1024 * 1024;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::ffi::host;
-use crate::ffi::sys;
 
 /// How a disk image is cached by the host (`VZDiskImageCachingMode`, macOS 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,26 +390,6 @@ pub(crate) fn check_share_name(tag: &str, name: &str) -> Result<()> {
         _ if name.contains('/') => Err(invalid("contains '/'")),
         _ if name.contains('\0') => Err(invalid("contains a NUL byte")),
         _ => Ok(()),
-    }
-}
-
-/// Whether Rosetta for Linux can be shared with guests on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RosettaAvailability {
-    /// Not on this Mac (Intel, or macOS before 13).
-    NotSupported,
-    /// Supported but not installed (`softwareupdate --install-rosetta`).
-    NotInstalled,
-    /// Ready to share.
-    Installed,
-}
-
-/// Whether Rosetta for Linux is available here.
-pub fn rosetta_availability() -> RosettaAvailability {
-    match host::rosetta_availability() {
-        sys::AVZ_ROSETTA_INSTALLED => RosettaAvailability::Installed,
-        sys::AVZ_ROSETTA_NOT_INSTALLED => RosettaAvailability::NotInstalled,
-        _ => RosettaAvailability::NotSupported,
     }
 }
 
