@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::devices::{ConsolePort, DirectoryShare, Disk, Network, SerialPort};
 use crate::error::{Error, Result};
 use crate::ffi::host;
@@ -77,8 +79,9 @@ impl MachineIdentifier {
 }
 
 /// What `shutdown(Powerdown)` does when the guest has not stopped within the graceful
-/// timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// timeout. Definition files spell it `fail` or `force-stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnGracefulTimeout {
     /// Return [`Error::Timeout`]; the guest keeps running.
     #[default]

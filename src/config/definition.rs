@@ -86,7 +86,7 @@ pub struct VmDefinition {
     pub timeouts: TimeoutsDefinition,
     /// What a graceful shutdown does when the guest ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_graceful_timeout: Option<GracefulTimeoutAction>,
+    pub on_graceful_timeout: Option<OnGracefulTimeout>,
 }
 
 fn one() -> u32 {
@@ -126,50 +126,16 @@ pub struct DiskDefinition {
     pub read_only: bool,
     /// `virtio` (default) or `nvme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<InterfaceName>,
+    pub interface: Option<StorageInterface>,
     /// `cached` (default), `uncached` or `automatic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caching: Option<CachingName>,
+    pub caching: Option<CachingMode>,
     /// `fsync` (default), `full` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sync: Option<SyncName>,
+    pub sync: Option<SyncMode>,
     /// Block device identifier (virtio only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
-}
-
-/// Disk interface names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InterfaceName {
-    /// virtio block.
-    Virtio,
-    /// NVMe.
-    Nvme,
-}
-
-/// Caching mode names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CachingName {
-    /// [`CachingMode::Automatic`].
-    Automatic,
-    /// [`CachingMode::Uncached`].
-    Uncached,
-    /// [`CachingMode::Cached`].
-    Cached,
-}
-
-/// Synchronization mode names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncName {
-    /// [`SyncMode::Full`].
-    Full,
-    /// [`SyncMode::Fsync`].
-    Fsync,
-    /// [`SyncMode::None`].
-    None,
 }
 
 /// `[[network]]`: a NAT device.
@@ -236,16 +202,6 @@ impl TimeoutsDefinition {
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
-}
-
-/// `on_graceful_timeout`: `"fail"` or `"force-stop"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GracefulTimeoutAction {
-    /// [`OnGracefulTimeout::Fail`].
-    Fail,
-    /// [`OnGracefulTimeout::ForceStop`].
-    ForceStop,
 }
 
 /// Parses `"512MiB"`, `"2GiB"` (also with a space) into bytes.
@@ -391,24 +347,13 @@ impl VmDefinition {
         for disk in &self.disks {
             let mut device = Disk::new(resolve(&disk.path)).read_only(disk.read_only);
             if let Some(interface) = disk.interface {
-                device = device.interface(match interface {
-                    InterfaceName::Virtio => StorageInterface::VirtioBlock,
-                    InterfaceName::Nvme => StorageInterface::Nvme,
-                });
+                device = device.interface(interface);
             }
             if let Some(caching) = disk.caching {
-                device = device.caching(match caching {
-                    CachingName::Automatic => CachingMode::Automatic,
-                    CachingName::Uncached => CachingMode::Uncached,
-                    CachingName::Cached => CachingMode::Cached,
-                });
+                device = device.caching(caching);
             }
             if let Some(sync) = disk.sync {
-                device = device.sync(match sync {
-                    SyncName::Full => SyncMode::Full,
-                    SyncName::Fsync => SyncMode::Fsync,
-                    SyncName::None => SyncMode::None,
-                });
+                device = device.sync(sync);
             }
             if let Some(identifier) = &disk.identifier {
                 device = device.identifier(identifier.clone());
@@ -480,10 +425,7 @@ impl VmDefinition {
                 .map_err(|(key, reason)| bad(&key, reason))?,
         );
         if let Some(action) = self.on_graceful_timeout {
-            builder = builder.on_graceful_timeout(match action {
-                GracefulTimeoutAction::Fail => OnGracefulTimeout::Fail,
-                GracefulTimeoutAction::ForceStop => OnGracefulTimeout::ForceStop,
-            });
+            builder = builder.on_graceful_timeout(action);
         }
         Ok(builder)
     }

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::ffi::host;
 
 /// How a disk image is cached by the host (`VZDiskImageCachingMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Definition files spell it `automatic`, `uncached` or `cached`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CachingMode {
     /// The framework decides.
     Automatic,
@@ -21,7 +25,9 @@ pub enum CachingMode {
 }
 
 /// How guest flushes reach the disk image (`VZDiskImageSynchronizationMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Definition files spell it `full`, `fsync` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Flush to permanent storage.
     Full,
@@ -31,11 +37,14 @@ pub enum SyncMode {
     None,
 }
 
-/// The device a disk image is attached through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The device a disk image is attached through. Definition files spell it `virtio`
+/// or `nvme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StorageInterface {
     /// virtio block (`/dev/vdX` in the guest; macOS 11).
     #[default]
+    #[serde(rename = "virtio")]
     VirtioBlock,
     /// An NVMe controller (`/dev/nvmeXn1`; macOS 14, generic platform only).
     Nvme,
