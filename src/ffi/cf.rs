@@ -203,9 +203,15 @@ unsafe fn string_to_rust(string: CFStringRef) -> String {
 #[cfg(all(test, applevz_simulator))]
 mod tests {
     use super::*;
-    use crate::ffi::knobs::live_objects;
     use crate::ffi::sys;
     use serial_test::serial;
+
+    /// The simulator's live-object count, read at the level these tests work at (the
+    /// raw bindings), so that this layer's tests need nothing above it.
+    fn live_objects() -> i64 {
+        // SAFETY: no arguments; thread-safe.
+        unsafe { sys::sim_bindings::avz_sim_live_objects() }
+    }
 
     fn new_config() -> *const std::ffi::c_void {
         // SAFETY: returns a +1 configuration; each test releases it exactly once.

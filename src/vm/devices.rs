@@ -3,6 +3,7 @@
 use std::sync::{Arc, mpsc};
 
 use super::VirtualMachine;
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::state::Operation;
 use crate::vm::vsock::{SharedAccept, VsockListener, VsockStream};
@@ -31,7 +32,7 @@ impl VirtualMachine {
             "memory balloon",
             "VmConfigBuilder::memory_balloon",
         )?;
-        let min = crate::Limits::host().min_memory_size.min(self.memory_size);
+        let min = Limits::host().min_memory_size.min(self.memory_size);
         if !(min..=self.memory_size).contains(&bytes) {
             return Err(Error::BalloonTarget {
                 requested: bytes,

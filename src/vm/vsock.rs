@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::ffi::native_vm::{NativeSlot, NativeVm};
 use crate::framework_error::FrameworkError;
+use crate::state::Operation;
 use crate::util::lock;
 
 /// A connected vsock stream. It owns its descriptor and closes it exactly once, when
@@ -151,7 +152,7 @@ impl VsockListeners {
             return Err(Error::VsockPortInUse { port });
         }
         install(&self.vm.get(), port, &accept)
-            .map_err(Error::during(crate::Operation::VsockListen(port)))?;
+            .map_err(Error::during(Operation::VsockListen(port)))?;
         accepts.insert(port, accept);
         Ok(())
     }
@@ -171,7 +172,7 @@ impl VsockListeners {
             .vm
             .get()
             .vsock_remove_listener(port)
-            .map_err(Error::during(crate::Operation::VsockListen(port)));
+            .map_err(Error::during(Operation::VsockListen(port)));
         // The last reference to the callback (and so its sender) goes with the
         // native listener; this one goes now.
         drop(accept);
