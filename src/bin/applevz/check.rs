@@ -2,7 +2,7 @@
 
 use applevz::{Limits, RosettaAvailability};
 
-use crate::{Failure, exit};
+use crate::failure::{Failure, exit};
 
 pub(crate) fn check() -> Result<u8, Failure> {
     let row = |name: &str, value: &str| println!("{name:<24} {value}");

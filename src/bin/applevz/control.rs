@@ -14,9 +14,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::ValueEnum;
+
+use crate::failure::{Failure, exit};
 use crate::terminal::Progress;
 use crate::vmdir::VmDir;
-use crate::{Failure, Policy, exit};
+
+/// `--policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Policy {
+    /// Ask the guest to power off (ACPI power button).
+    Powerdown,
+    /// Force the VM off; refused while another operation is under way; a suspended
+    /// VM keeps its saved state.
+    Halt,
+    /// Force the VM off, after waiting for an operation under way to settle; a VM that
+    /// was already suspended has its saved state discarded.
+    Poweroff,
+}
 
 /// What a client asks of the running VM.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use applevz::definition::{DiskDefinition, NetworkDefinition, parse_memory};
 use applevz::{VirtualMachine, VmDefinition};
 
+use crate::failure::{Failure, exit};
 use crate::vmdir;
-use crate::{Failure, exit};
 
 #[derive(clap::Args)]
 pub(crate) struct InitArgs {

@@ -17,10 +17,11 @@ use applevz::{
     VmDefinition, VmState,
 };
 
+use crate::control::Policy;
 use crate::control::{ControlServer, Request, timeout_from_seconds};
+use crate::failure::{Failure, exit};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
-use crate::{Failure, Policy, exit};
 
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {
