@@ -2,7 +2,7 @@
 //! through the safe wrappers of `crate::ffi`. Files are checked again by the native
 //! side; a persisted machine identifier is created here on first use.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,7 +15,7 @@ use super::devices::{
 };
 use super::validate::{CPath, VmConfig, c_string};
 use crate::error::{Error, Result};
-use crate::ffi::native_config::NativeConfig;
+use crate::ffi::native_config::{NativeConfig, SharedDirectories};
 use crate::ffi::sys;
 use crate::state::Operation;
 
@@ -148,21 +148,32 @@ impl VmConfig {
         }
         for share in &self.shares {
             let tag = c_string("share tag", share.tag.as_bytes())?;
-            let mut names = Vec::new();
-            let mut paths = Vec::new();
-            let mut read_only = Vec::new();
-            for directory in &share.directories {
-                if let Some(name) = &directory.name {
-                    names.push(c_string("shared directory name", name.as_bytes())?);
-                }
-                paths.push(CPath::new("shared directory path", &directory.path)?);
-                read_only.push(directory.read_only);
-            }
-            let names: Vec<&CStr> = names.iter().map(CString::as_c_str).collect();
-            let paths: Vec<&CStr> = paths.iter().map(|p| p.c.as_c_str()).collect();
-            let names = (!share.single).then_some(names.as_slice());
+            // (name, path, read-only); the name is empty in a single-directory share.
+            let directories = share
+                .directories
+                .iter()
+                .map(|directory| {
+                    let name = directory.name.as_deref().unwrap_or_default();
+                    Ok((
+                        c_string("shared directory name", name.as_bytes())?,
+                        CPath::new("shared directory path", &directory.path)?,
+                        directory.read_only,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let borrowed: Vec<(&CStr, &CStr, bool)> = directories
+                .iter()
+                .map(|(name, path, read_only)| (name.as_c_str(), path.c.as_c_str(), *read_only))
+                .collect();
+            let directories = match borrowed.as_slice() {
+                [(_, path, read_only)] if share.single => SharedDirectories::Single {
+                    path,
+                    read_only: *read_only,
+                },
+                all => SharedDirectories::Multiple(all),
+            };
             native
-                .add_directory_share(&tag, names, &paths, &read_only)
+                .add_directory_share(&tag, directories)
                 .map_err(create_error)?;
         }
         if let Some(tag) = &self.rosetta_tag {

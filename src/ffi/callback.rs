@@ -23,7 +23,7 @@ use crate::util::{deadline_after, lock, remove_if_present, wait_until_deadline};
 
 /// Where one asynchronous operation's outcome lands: `()` for lifecycle operations,
 /// an owned descriptor for a vsock connection.
-pub(crate) struct CompletionSlot<T = ()> {
+pub(crate) struct CompletionSlot<T> {
     outcome: Mutex<Outcome<T>>,
     completed: Condvar,
 }
@@ -34,19 +34,74 @@ struct Outcome<T> {
     abandoned_with_cleanup: Option<PathBuf>,
 }
 
+impl CompletionSlot<()> {
+    /// A new slot for a lifecycle operation, and the completion that fills it. The
+    /// completion's context owns one reference to the slot, which its trampoline
+    /// takes back exactly once.
+    pub(crate) fn for_operation() -> (Arc<Self>, NativeCallback<sys::avz_completion_fn>) {
+        /// # Safety
+        /// `context` comes from `for_operation` and this is its one call; `error` is
+        /// NULL or a +1 CFError that this call takes over.
+        unsafe extern "C" fn trampoline(context: *mut c_void, error: CFErrorRef) {
+            // SAFETY: the context owns one Arc reference, taken back here exactly once
+            // (the native side calls each completion exactly once).
+            let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<()>>()) };
+            // SAFETY: the completion's error is +1 and ours to release (create rule).
+            let error = unsafe { CfError::from_create_rule(error) };
+            guarded("completion", move || {
+                slot.complete(match error {
+                    None => Ok(()),
+                    Some(error) => Err(error.into()),
+                });
+            });
+        }
+        let slot = Self::new();
+        let context = Arc::clone(&slot);
+        (slot, NativeCallback::with_arc(context, Some(trampoline)))
+    }
+}
+
+impl CompletionSlot<OwnedFd> {
+    /// A new slot for a vsock connection, and the completion that fills it (owned as
+    /// for [`CompletionSlot::for_operation`]).
+    pub(crate) fn for_connection() -> (Arc<Self>, NativeCallback<sys::avz_connect_fn>) {
+        /// # Safety
+        /// `context` comes from `for_connection` and this is its one call; `fd` is -1
+        /// or a descriptor this call takes over; `error` is NULL or a +1 CFError that
+        /// this call takes over.
+        unsafe extern "C" fn trampoline(context: *mut c_void, fd: i32, error: CFErrorRef) {
+            // SAFETY: one Arc reference, taken back exactly once, as for operations.
+            let slot =
+                unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<OwnedFd>>()) };
+            // SAFETY: a non-negative descriptor is ours to close (the ABI hands it
+            // over); the OwnedFd closes it exactly once, also when nobody waits for it
+            // any more.
+            let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+            // SAFETY: the completion's error is +1 and ours to release (create rule).
+            let error = unsafe { CfError::from_create_rule(error) };
+            guarded("vsock connection", move || {
+                slot.complete(match (fd, error) {
+                    (Some(fd), None) => Ok(fd),
+                    (_, Some(error)) => Err(error.into()),
+                    (None, None) => Err(FrameworkError::missing("the vsock connection failed")),
+                });
+            });
+        }
+        let slot = Self::new();
+        let context = Arc::clone(&slot);
+        (slot, NativeCallback::with_arc(context, Some(trampoline)))
+    }
+}
+
 impl<T> CompletionSlot<T> {
-    /// A new slot and the raw context to hand to the native call. The context owns one
-    /// reference to the slot; the completion trampoline takes it back exactly once.
-    pub(crate) fn new() -> (Arc<Self>, *mut c_void) {
-        let slot = Arc::new(Self {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
             outcome: Mutex::new(Outcome {
                 result: None,
                 abandoned_with_cleanup: None,
             }),
             completed: Condvar::new(),
-        });
-        let context = Arc::into_raw(Arc::clone(&slot)).cast_mut().cast::<c_void>();
-        (slot, context)
+        })
     }
 
     fn complete(&self, result: Result<T, FrameworkError>) {
@@ -84,60 +139,22 @@ impl<T> CompletionSlot<T> {
     }
 }
 
-/// `avz_completion_fn` for contexts made by [`CompletionSlot::new`].
-///
-/// # Safety
-/// `context` comes from [`CompletionSlot::new`] and this is its one call; `error` is
-/// NULL or a +1 CFError that this call takes over.
-pub(crate) unsafe extern "C" fn completion_trampoline(context: *mut c_void, error: CFErrorRef) {
-    // SAFETY: the context owns one Arc reference, taken back here exactly once (the
-    // native side calls each completion exactly once).
-    let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot>()) };
-    // SAFETY: the completion's error is +1 and ours to release (create rule).
-    let error = unsafe { CfError::from_create_rule(error) };
-    let _ = catch_unwind(AssertUnwindSafe(move || {
-        slot.complete(match error {
-            None => Ok(()),
-            Some(error) => Err(error.into()),
-        });
-    }));
-}
-
-/// `avz_connect_fn` for contexts made by `CompletionSlot::<OwnedFd>::new`.
-///
-/// # Safety
-/// `context` comes from `CompletionSlot::<OwnedFd>::new` and this is its one call;
-/// `fd` is -1 or a descriptor this call takes over; `error` is NULL or a +1 CFError
-/// that this call takes over.
-pub(crate) unsafe extern "C" fn connect_trampoline(
-    context: *mut c_void,
-    fd: i32,
-    error: CFErrorRef,
-) {
-    // SAFETY: as completion_trampoline: one Arc reference, taken back exactly once.
-    let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<OwnedFd>>()) };
-    // SAFETY: a non-negative descriptor is ours to close (the ABI hands it over); the
-    // OwnedFd closes it exactly once, also when nobody waits for it any more.
-    let fd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
-    // SAFETY: the completion's error is +1 and ours to release (create rule).
-    let error = unsafe { CfError::from_create_rule(error) };
-    let _ = catch_unwind(AssertUnwindSafe(move || {
-        slot.complete(match (fd, error) {
-            (Some(fd), None) => Ok(fd),
-            (_, Some(error)) => Err(error.into()),
-            (None, None) => Err(FrameworkError::missing("the vsock connection failed")),
-        });
-    }));
-}
-
-/// `avz_completion_fn` that ignores the outcome (used by `Drop`, which does not wait).
-///
-/// # Safety
-/// `error` is NULL or a +1 CFError that this call takes over; `context` is unused.
-pub(crate) unsafe extern "C" fn ignore_completion(_context: *mut c_void, error: CFErrorRef) {
-    // SAFETY: the completion's error is +1 and ours to release (create rule); dropping
-    // the handle releases it.
-    drop(unsafe { CfError::from_create_rule(error) });
+/// A completion that ignores its outcome (for `Drop`, which does not wait): no
+/// context, and the error, if any, is released.
+pub(crate) fn ignored_completion() -> NativeCallback<sys::avz_completion_fn> {
+    /// # Safety
+    /// `error` is NULL or a +1 CFError that this call takes over; `context` is unused.
+    unsafe extern "C" fn trampoline(_context: *mut c_void, error: CFErrorRef) {
+        // SAFETY: the completion's error is +1 and ours to release (create rule);
+        // dropping the handle releases it.
+        drop(unsafe { CfError::from_create_rule(error) });
+    }
+    NativeCallback {
+        function: Some(trampoline),
+        context: std::ptr::null_mut(),
+        reclaim: |_| {},
+        release: None,
+    }
 }
 
 /// What the native observer reports, translated.
@@ -164,150 +181,297 @@ pub(crate) fn state_from_raw(raw: i32) -> VmState {
     }
 }
 
-/// The Rust side of the state observer.
-pub(crate) type ObserverFn = Box<dyn Fn(NativeEvent) + Send + Sync>;
-
-/// `avz_state_observer_fn` for contexts made by `box_into_raw::<ObserverFn>`.
-///
-/// # Safety
-/// `context` comes from `box_into_raw::<ObserverFn>` and has not been released; `error` is
-/// NULL or a CFError borrowed for the duration of the call.
-pub(crate) unsafe extern "C" fn observer_trampoline(
-    context: *mut c_void,
-    state: i32,
-    event: i32,
-    error: CFErrorRef,
-) {
-    // SAFETY: the native VM keeps the context alive until it calls the release
-    // function, which happens after the last observer call.
-    let observer = unsafe { &*context.cast_const().cast::<ObserverFn>() };
-    // SAFETY: the error is borrowed (get rule): retain it to own a reference.
-    let error = unsafe { CfError::from_get_rule(error) };
-    let _ = catch_unwind(AssertUnwindSafe(move || {
-        let kind = match (event as u32, error) {
-            (sys::AVZ_EVENT_GUEST_STOPPED, _) => EventKind::GuestStopped,
-            (sys::AVZ_EVENT_STOPPED_WITH_ERROR, Some(error)) => {
-                EventKind::StoppedWithError(error.into())
-            }
-            (sys::AVZ_EVENT_STOPPED_WITH_ERROR, None) => {
-                EventKind::StoppedWithError(FrameworkError::missing("the VM stopped"))
-            }
-            (sys::AVZ_EVENT_NETWORK_DISCONNECTED, Some(error)) => {
-                EventKind::NetworkDisconnected(error.into())
-            }
-            (sys::AVZ_EVENT_NETWORK_DISCONNECTED, None) => EventKind::NetworkDisconnected(
-                FrameworkError::missing("a network attachment was disconnected"),
-            ),
-            _ => EventKind::StateChanged,
-        };
-        observer(NativeEvent {
-            state: state_from_raw(state),
-            kind,
+/// The state observer for `avz_vm_create`: `observer` receives every event, translated,
+/// until the native VM releases it.
+pub(crate) fn observer<F>(observer: F) -> NativeCallback<sys::avz_state_observer_fn>
+where
+    F: Fn(NativeEvent) + Send + Sync + 'static,
+{
+    /// # Safety
+    /// `context` is the live `F` of the same callback (the native VM keeps it until its
+    /// release); `error` is NULL or a CFError borrowed for the duration of the call.
+    unsafe extern "C" fn trampoline<F: Fn(NativeEvent)>(
+        context: *mut c_void,
+        state: i32,
+        event: i32,
+        error: CFErrorRef,
+    ) {
+        // SAFETY: the native VM keeps the context alive until it calls the release
+        // function, which happens after the last observer call; it is an `F`, as this
+        // trampoline was instantiated for the box it came with.
+        let observer = unsafe { &*context.cast_const().cast::<F>() };
+        // SAFETY: the error is borrowed (get rule): retain it to own a reference.
+        let error = unsafe { CfError::from_get_rule(error) };
+        guarded("state observer", move || {
+            observer(NativeEvent {
+                state: state_from_raw(state),
+                kind: event_kind(event, error),
+            });
         });
-    }));
-}
-
-/// The Rust side of a vsock listener: an accepted connection (owned descriptor,
-/// guest port, host port).
-pub(crate) type AcceptFn = Box<dyn Fn(OwnedFd, u32, u32) + Send + Sync>;
-
-/// Turns a callback into the context of a boxed-callback ABI (observer, listener).
-pub(crate) fn box_into_raw<T>(callback: T) -> *mut c_void {
-    Box::into_raw(Box::new(callback)).cast()
-}
-
-/// `avz_accept_fn` for contexts made by `box_into_raw::<AcceptFn>`.
-///
-/// # Safety
-/// `context` is a live `AcceptFn` context; `fd` is a descriptor this call takes over.
-pub(crate) unsafe extern "C" fn accept_trampoline(
-    context: *mut c_void,
-    fd: i32,
-    guest_port: u32,
-    host_port: u32,
-) {
-    if fd < 0 {
-        return;
     }
-    // SAFETY: the accepted descriptor is ours (the ABI hands it over); OwnedFd closes it
-    // exactly once, whether or not anyone takes the connection.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the native side keeps the context alive until its release, which never
-    // runs concurrently with an accept call.
-    let accept = unsafe { &*context.cast_const().cast::<AcceptFn>() };
-    let _ = catch_unwind(AssertUnwindSafe(move || accept(fd, guest_port, host_port)));
+    NativeCallback::with_box(Box::new(observer), Some(trampoline::<F>))
 }
 
-/// `avz_context_release_fn` for contexts made by [`box_into_raw`] with `T`.
+/// The kind of a raw observer event.
+fn event_kind(event: i32, error: Option<CfError>) -> EventKind {
+    match (event as u32, error) {
+        (sys::AVZ_EVENT_GUEST_STOPPED, _) => EventKind::GuestStopped,
+        (sys::AVZ_EVENT_STOPPED_WITH_ERROR, Some(error)) => {
+            EventKind::StoppedWithError(error.into())
+        }
+        (sys::AVZ_EVENT_STOPPED_WITH_ERROR, None) => {
+            EventKind::StoppedWithError(FrameworkError::missing("the VM stopped"))
+        }
+        (sys::AVZ_EVENT_NETWORK_DISCONNECTED, Some(error)) => {
+            EventKind::NetworkDisconnected(error.into())
+        }
+        (sys::AVZ_EVENT_NETWORK_DISCONNECTED, None) => EventKind::NetworkDisconnected(
+            FrameworkError::missing("a network attachment was disconnected"),
+        ),
+        _ => EventKind::StateChanged,
+    }
+}
+
+/// The accept callback for `avz_vm_vsock_listen`: `accept` receives every connection
+/// the guest opens (owned descriptor, guest port, host port) until the listener is
+/// released.
+pub(crate) fn vsock_accept<F>(accept: F) -> NativeCallback<sys::avz_accept_fn>
+where
+    F: Fn(OwnedFd, u32, u32) + Send + Sync + 'static,
+{
+    /// # Safety
+    /// `context` is the live `F` of the same callback; `fd` is a descriptor this call
+    /// takes over (or negative).
+    unsafe extern "C" fn trampoline<F: Fn(OwnedFd, u32, u32)>(
+        context: *mut c_void,
+        fd: i32,
+        guest_port: u32,
+        host_port: u32,
+    ) {
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: the accepted descriptor is ours (the ABI hands it over); OwnedFd
+        // closes it exactly once, whether or not anyone takes the connection.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the native side keeps the context alive until its release, which
+        // never runs concurrently with an accept call; it is an `F`, as this trampoline
+        // was instantiated for the box it came with.
+        let accept = unsafe { &*context.cast_const().cast::<F>() };
+        guarded("vsock accept", move || accept(fd, guest_port, host_port));
+    }
+    NativeCallback::with_box(Box::new(accept), Some(trampoline::<F>))
+}
+
+/// A callback ready for C: a trampoline, the context it reads, and for a context the
+/// native side keeps, the function that releases it. Made by one constructor per kind
+/// of callback ([`CompletionSlot::for_operation`], [`observer`], …), in which the
+/// compiler binds the context's type to the trampoline that reads it and to the
+/// function that frees it, so they cannot disagree.
 ///
-/// # Safety
-/// `context` comes from `box_into_raw::<T>`; this is its one release.
-pub(crate) unsafe extern "C" fn release_box<T>(context: *mut c_void) {
-    // SAFETY: the native side calls the release function exactly once, after the last
-    // callback; the box was made by `box_into_raw::<T>`.
-    let callback = unsafe { Box::from_raw(context.cast::<T>()) };
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(callback)));
+/// [`NativeCallback::into_raw`] hands the context over; a callback dropped before that
+/// frees its context itself, so every context is freed exactly once.
+pub(crate) struct NativeCallback<F> {
+    function: F,
+    context: *mut c_void,
+    /// Frees the context when it is never handed over.
+    reclaim: unsafe fn(*mut c_void),
+    release: sys::avz_context_release_fn,
+}
+
+impl<F> NativeCallback<F> {
+    /// A context holding one reference to `slot` (given back by the trampoline).
+    fn with_arc<T>(slot: Arc<T>, function: F) -> Self {
+        /// # Safety
+        /// `context` comes from `Arc::into_raw::<T>` and is not used afterwards.
+        unsafe fn reclaim<T>(context: *mut c_void) {
+            // SAFETY: the caller's guarantee; this drops the one reference it holds.
+            drop(unsafe { Arc::from_raw(context.cast_const().cast::<T>()) });
+        }
+        Self {
+            function,
+            context: Arc::into_raw(slot).cast_mut().cast(),
+            reclaim: reclaim::<T>,
+            release: None,
+        }
+    }
+
+    /// A boxed context, freed by the `release` function the native side calls.
+    fn with_box<T: Send + Sync + 'static>(context: Box<T>, function: F) -> Self {
+        /// # Safety
+        /// `context` comes from `Box::into_raw::<T>` and is not used afterwards.
+        unsafe fn reclaim<T>(context: *mut c_void) {
+            // SAFETY: the caller's guarantee.
+            drop(unsafe { Box::from_raw(context.cast::<T>()) });
+        }
+        /// `avz_context_release_fn` for the box.
+        ///
+        /// # Safety
+        /// `context` comes from `Box::into_raw::<T>`; the native side calls this once,
+        /// after the last callback.
+        unsafe extern "C" fn release<T>(context: *mut c_void) {
+            guarded("context release", || {
+                // SAFETY: the caller's guarantee.
+                unsafe { reclaim::<T>(context) };
+            });
+        }
+        Self {
+            function,
+            context: Box::into_raw(context).cast(),
+            reclaim: reclaim::<T>,
+            release: Some(release::<T>),
+        }
+    }
+
+    /// The trampoline, the context and the release function, for one native call
+    /// that takes over the context (and calls the trampoline, or the release, as its
+    /// contract says).
+    pub(crate) fn into_raw(self) -> (F, *mut c_void, sys::avz_context_release_fn)
+    where
+        F: Copy,
+    {
+        // Not dropped: the context now belongs to the native call.
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.function, this.context, this.release)
+    }
+}
+
+impl<F> Drop for NativeCallback<F> {
+    fn drop(&mut self) {
+        if !self.context.is_null() {
+            // SAFETY: the context was never handed over (into_raw forgets `self`), so
+            // this is its one owner; `reclaim` matches the constructor that made it.
+            unsafe { (self.reclaim)(self.context) };
+        }
+    }
+}
+
+/// Runs a callback's Rust code so that no panic unwinds into C: a panic is caught and
+/// logged as the bug it is.
+fn guarded(callback: &str, body: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a panic payload that is not a string)");
+        log::error!("the {callback} callback panicked (caught before reaching C): {message}");
+        // Dropping the payload runs its destructor, which may panic too.
+        if let Err(second) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(second);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::OnceLock;
+
+    /// Calls a completion the way the native side does, once.
+    fn complete(callback: NativeCallback<sys::avz_completion_fn>) {
+        let (function, context, _) = callback.into_raw();
+        // SAFETY: the trampoline and context of one callback; this is its one call.
+        unsafe { function.expect("a trampoline")(context, std::ptr::null_mut()) };
+    }
 
     #[test]
     fn a_completion_frees_its_context_exactly_once() {
-        let (slot, context) = CompletionSlot::<()>::new();
+        let (slot, callback) = CompletionSlot::for_operation();
         assert_eq!(
             Arc::strong_count(&slot),
             2,
             "the native side owns one reference"
         );
-        // SAFETY: `context` comes from CompletionSlot::new; this is its one call.
-        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+        complete(callback);
         assert_eq!(Arc::strong_count(&slot), 1, "taken back by the trampoline");
         assert_eq!(slot.wait(Duration::ZERO), Some(Ok(())));
     }
 
     #[test]
+    fn a_callback_never_handed_over_frees_its_context() {
+        let (slot, callback) = CompletionSlot::for_connection();
+        assert_eq!(Arc::strong_count(&slot), 2);
+        drop(callback);
+        assert_eq!(Arc::strong_count(&slot), 1);
+    }
+
+    #[test]
     fn a_completion_after_the_waiter_gave_up_is_harmless() {
-        let (slot, context) = CompletionSlot::<()>::new();
+        let (slot, callback) = CompletionSlot::for_operation();
         assert_eq!(slot.wait(Duration::from_millis(1)), None);
         drop(slot); // the waiter is gone
-        // SAFETY: as above; the context alone keeps the slot alive.
-        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+        // The context alone keeps the slot alive.
+        complete(callback);
     }
 
     #[test]
     fn a_late_save_is_cleaned_up() {
         let path = std::env::temp_dir().join(format!("applevz-late-{}", std::process::id()));
-        let (slot, context) = CompletionSlot::<()>::new();
+        let (slot, callback) = CompletionSlot::for_operation();
         assert_eq!(slot.wait(Duration::from_millis(1)), None);
         slot.abandon_with_cleanup(path.clone());
         std::fs::write(&path, b"written by a save that completed late").unwrap();
-        // SAFETY: as above.
-        unsafe { completion_trampoline(context, std::ptr::null_mut()) };
+        complete(callback);
         assert!(!path.exists());
+    }
+
+    /// Collects error records, to see that a caught panic is reported.
+    struct Errors(Mutex<Vec<String>>);
+
+    impl log::Log for Errors {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() == log::Level::Error
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                lock(&self.0).push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    fn logged_errors() -> &'static Errors {
+        static ERRORS: OnceLock<&'static Errors> = OnceLock::new();
+        ERRORS.get_or_init(|| {
+            let errors: &'static Errors = Box::leak(Box::new(Errors(Mutex::new(Vec::new()))));
+            log::set_logger(errors).expect("no other logger in the unit tests");
+            log::set_max_level(log::LevelFilter::Error);
+            errors
+        })
     }
 
     #[test]
     fn a_panicking_observer_does_not_unwind_into_c() {
-        let context = box_into_raw::<ObserverFn>(Box::new(|_| panic!("observer bug")));
-        // SAFETY: a live context from observer_into_raw; NULL error is allowed.
+        let errors = logged_errors();
+        let (function, context, release) = observer(|_| panic!("observer bug")).into_raw();
+        // SAFETY: the trampoline and live context of one callback; NULL error is
+        // allowed; then its one release.
         unsafe {
-            observer_trampoline(context, 1, 0, std::ptr::null_mut());
-            release_box::<ObserverFn>(context);
+            function.expect("a trampoline")(context, 1, 0, std::ptr::null_mut());
+            release.expect("a release")(context);
         }
+        assert!(
+            lock(&errors.0)
+                .iter()
+                .any(|e| e.contains("state observer callback panicked")
+                    && e.contains("observer bug")),
+            "{:?}",
+            lock(&errors.0)
+        );
     }
 
     #[test]
     fn the_observer_context_is_dropped_by_its_release() {
         let witness = Arc::new(());
         let held = Arc::clone(&witness);
-        let context = box_into_raw::<ObserverFn>(Box::new(move |_| {
+        let (_, context, release) = observer(move |_| {
             let _ = &held;
-        }));
+        })
+        .into_raw();
         assert_eq!(Arc::strong_count(&witness), 2);
-        // SAFETY: the one release of a context from box_into_raw.
-        unsafe { release_box::<ObserverFn>(context) };
+        // SAFETY: the one release of the callback's context.
+        unsafe { release.expect("a release")(context) };
         assert_eq!(Arc::strong_count(&witness), 1);
     }
 }

@@ -21,17 +21,12 @@ use crate::ffi::sys::cf::{
 use crate::framework_error::{FrameworkError, VzErrorCode};
 
 /// One owned reference to a CoreFoundation-compatible object.
+///
+/// Neither `Send` nor `Sync`: whether an object may cross threads depends on what it
+/// is, so each wrapper that owns a handle says so itself, with its reason
+/// (`NativeVm`, `BuiltConfig`).
 #[derive(Debug)]
 pub(crate) struct CfHandle(NonNull<std::ffi::c_void>);
-
-// SAFETY: CFRetain/CFRelease are thread-safe for every CF-compatible object, and the
-// objects applevz owns are either immutable (errors, strings) or internally serialized
-// by the native side (a VM hops onto its own queue for every call). The configuration
-// handle, which is not thread-safe, is wrapped by `native_config::NativeConfig`, which is
-// neither Send nor Sync.
-unsafe impl Send for CfHandle {}
-// SAFETY: as for Send: shared access only reaches thread-safe native functions.
-unsafe impl Sync for CfHandle {}
 
 impl CfHandle {
     /// Takes over a +1 reference. Returns `None` for NULL.

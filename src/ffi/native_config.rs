@@ -16,6 +16,16 @@ pub(crate) struct NativeConfig {
     _single_thread: PhantomData<*const ()>,
 }
 
+/// The directories of one virtio file-system device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SharedDirectories<'a> {
+    /// One directory, the root of the tag (`VZSingleDirectoryShare`).
+    Single { path: &'a CStr, read_only: bool },
+    /// Named directories under the tag (`VZMultipleDirectoryShare`): name, path,
+    /// read-only.
+    Multiple(&'a [(&'a CStr, &'a CStr, bool)]),
+}
+
 /// A finished configuration, kept to create further native VMs from (one for each
 /// restore). Only [`NativeVm::create`] reads it, under the owner's mutex.
 pub(crate) struct BuiltConfig(NativeConfig);
@@ -185,29 +195,48 @@ impl NativeConfig {
         })
     }
 
-    /// `names` is `None` for a single-directory share.
+    /// A virtio file-system device sharing `directories` under `tag`.
     pub(crate) fn add_directory_share(
         &mut self,
         tag: &CStr,
-        names: Option<&[&CStr]>,
-        paths: &[&CStr],
-        read_only: &[bool],
+        directories: SharedDirectories<'_>,
     ) -> Result<(), FrameworkError> {
-        let name_ptrs: Option<Vec<*const c_char>> =
-            names.map(|n| n.iter().map(|c| c.as_ptr()).collect());
-        let path_ptrs: Vec<*const c_char> = paths.iter().map(|c| c.as_ptr()).collect();
+        // One array per field, all of the same length by construction.
+        let (names, paths, read_only): (Option<Vec<*const c_char>>, Vec<_>, Vec<_>) =
+            match directories {
+                SharedDirectories::Single { path, read_only } => {
+                    (None, vec![path.as_ptr()], vec![read_only])
+                }
+                SharedDirectories::Multiple(directories) => (
+                    Some(
+                        directories
+                            .iter()
+                            .map(|(name, _, _)| name.as_ptr())
+                            .collect(),
+                    ),
+                    directories
+                        .iter()
+                        .map(|(_, path, _)| path.as_ptr())
+                        .collect(),
+                    directories
+                        .iter()
+                        .map(|(_, _, read_only)| *read_only)
+                        .collect(),
+                ),
+            };
         call_with_error("adding a shared directory failed", |error| {
             // SAFETY: live configuration; `tag` and every string behind the pointer
-            // arrays are borrowed and outlive the call; the arrays hold `paths.len()`
-            // entries each (the caller passes equal lengths); valid out-param.
+            // arrays are borrowed and outlive the call; `paths` and `read_only` (and
+            // `names`, when present) hold `paths.len()` entries each, as built above;
+            // valid out-param.
             unsafe {
                 sys::avz_config_add_directory_share(
                     self.raw(),
                     tag.as_ptr(),
-                    name_ptrs.as_ref().map_or(ptr::null(), |n| n.as_ptr()),
-                    path_ptrs.as_ptr(),
+                    names.as_ref().map_or(ptr::null(), Vec::as_ptr),
+                    paths.as_ptr(),
                     read_only.as_ptr(),
-                    path_ptrs.len(),
+                    paths.len(),
                     error,
                 )
             }

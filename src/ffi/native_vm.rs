@@ -2,29 +2,32 @@
 //! `include/applevz.h` applied once, here.
 
 use std::ffi::CStr;
-use std::ffi::c_void;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::ffi::callback::{
-    self, AcceptFn, CompletionSlot, ObserverFn, accept_trampoline, box_into_raw,
-    completion_trampoline, connect_trampoline, observer_trampoline, release_box,
-};
+use crate::ffi::callback::{self, CompletionSlot, NativeCallback, NativeEvent};
 use crate::ffi::cf::{CfHandle, call_with_error};
 use crate::ffi::native_config::NativeConfig;
 use crate::ffi::sys;
 use crate::framework_error::FrameworkError;
 use crate::state::VmState;
 
-/// A native VM. `Send + Sync` through [`CfHandle`]: the native side serializes every
-/// call on the VM's own queue.
+/// A native VM (one reference to it).
 #[derive(Clone)]
 pub(crate) struct NativeVm {
     handle: CfHandle,
 }
+
+// SAFETY: the native VM object is not bound to a thread: the shim (and the simulator)
+// hop onto the VM's own serial queue for every call and property read, and
+// CFRetain/CFRelease are atomic. A reference may therefore move to another thread.
+unsafe impl Send for NativeVm {}
+// SAFETY: as for Send: every method reaches only native functions that serialize on
+// the VM's queue, so calls from several threads at once are safe.
+unsafe impl Sync for NativeVm {}
 
 /// The native VM a [`crate::VirtualMachine`] drives now. The VM restores a saved state
 /// into a fresh native VM object (Apple does not document restoring into one that has
@@ -71,23 +74,16 @@ impl NativeVm {
     /// destroyed.
     pub(crate) fn create(
         config: &NativeConfig,
-        observer: ObserverFn,
+        observer: impl Fn(NativeEvent) + Send + Sync + 'static,
     ) -> Result<Self, FrameworkError> {
-        let context = box_into_raw::<ObserverFn>(observer);
+        let observer = callback::observer(observer);
         let mut vm: *mut sys::avz_vm = ptr::null_mut();
         call_with_error("creating the VM failed", |error| {
+            let (function, context, release) = observer.into_raw();
             // SAFETY: live configuration (borrowed); the observer context's ownership
-            // passes to the native side, which calls `release_box` exactly once
-            // (also when creation fails); valid out-param.
-            vm = unsafe {
-                sys::avz_vm_create(
-                    config.raw(),
-                    Some(observer_trampoline),
-                    context,
-                    Some(release_box::<ObserverFn>),
-                    error,
-                )
-            };
+            // passes to the native side, which calls `release` exactly once (also when
+            // creation fails); valid out-param.
+            vm = unsafe { sys::avz_vm_create(config.raw(), function, context, release, error) };
             !vm.is_null()
         })?;
         // SAFETY: avz_vm_create returned a +1 VM (create rule), non-NULL as checked.
@@ -107,8 +103,8 @@ impl NativeVm {
         op: AsyncOp<'_>,
         timeout: Duration,
     ) -> Option<Result<(), FrameworkError>> {
-        let (slot, context) = CompletionSlot::new();
-        self.begin(op, Some(completion_trampoline), context);
+        let (slot, completion) = CompletionSlot::for_operation();
+        self.begin(op, completion);
         let outcome = slot.wait(timeout);
         if outcome.is_none() {
             if let AsyncOp::Save(path) = op {
@@ -122,15 +118,12 @@ impl NativeVm {
 
     /// Starts a forced stop without waiting for it.
     pub(crate) fn stop_detached(&self) {
-        self.begin(
-            AsyncOp::Stop,
-            Some(callback::ignore_completion),
-            ptr::null_mut(),
-        );
+        self.begin(AsyncOp::Stop, callback::ignored_completion());
     }
 
-    fn begin(&self, op: AsyncOp<'_>, completion: sys::avz_completion_fn, context: *mut c_void) {
+    fn begin(&self, op: AsyncOp<'_>, completion: NativeCallback<sys::avz_completion_fn>) {
         let vm = self.raw();
+        let (completion, context, _) = completion.into_raw();
         // SAFETY: `self` owns a live VM; paths are borrowed NUL-terminated strings the
         // native side copies before returning; `completion` is called exactly once
         // with `context`, which it then owns.
@@ -141,10 +134,10 @@ impl NativeVm {
                 AsyncOp::Pause => sys::avz_vm_pause(vm, completion, context),
                 AsyncOp::Resume => sys::avz_vm_resume(vm, completion, context),
                 AsyncOp::Save(path) => {
-                    sys::avz_vm_save_state(vm, path.as_ptr(), completion, context)
+                    sys::avz_vm_save_state(vm, path.as_ptr(), completion, context);
                 }
                 AsyncOp::Restore(path) => {
-                    sys::avz_vm_restore_state(vm, path.as_ptr(), completion, context)
+                    sys::avz_vm_restore_state(vm, path.as_ptr(), completion, context);
                 }
             }
         }
@@ -189,30 +182,27 @@ impl NativeVm {
         port: u32,
         timeout: Duration,
     ) -> Option<Result<OwnedFd, FrameworkError>> {
-        let (slot, context) = CompletionSlot::<OwnedFd>::new();
-        // SAFETY: live VM; `connect_trampoline` is called exactly once with `context`,
-        // which it then owns.
-        unsafe { sys::avz_vm_vsock_connect(self.raw(), port, Some(connect_trampoline), context) };
+        let (slot, completion) = CompletionSlot::for_connection();
+        let (completion, context, _) = completion.into_raw();
+        // SAFETY: live VM; `completion` is called exactly once with `context`, which it
+        // then owns.
+        unsafe { sys::avz_vm_vsock_connect(self.raw(), port, completion, context) };
         slot.wait(timeout)
     }
 
     /// Hands every guest connection to host `port` to `accept` until removed.
-    pub(crate) fn vsock_listen(&self, port: u32, accept: AcceptFn) -> Result<(), FrameworkError> {
-        let context = box_into_raw::<AcceptFn>(accept);
+    pub(crate) fn vsock_listen(
+        &self,
+        port: u32,
+        accept: impl Fn(OwnedFd, u32, u32) + Send + Sync + 'static,
+    ) -> Result<(), FrameworkError> {
+        let accept = callback::vsock_accept(accept);
         call_with_error("listening failed", |error| {
+            let (function, context, release) = accept.into_raw();
             // SAFETY: live VM; the context's ownership passes to the native side, which
-            // calls `release_box::<AcceptFn>` exactly once (also on failure); valid
-            // out-param; not called from a callback.
-            unsafe {
-                sys::avz_vm_vsock_listen(
-                    self.raw(),
-                    port,
-                    Some(accept_trampoline),
-                    context,
-                    Some(release_box::<AcceptFn>),
-                    error,
-                )
-            }
+            // calls `release` exactly once (also on failure); valid out-param; not
+            // called from a callback.
+            unsafe { sys::avz_vm_vsock_listen(self.raw(), port, function, context, release, error) }
         })
     }
 

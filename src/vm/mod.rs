@@ -500,10 +500,9 @@ fn create_native(
     generation: u64,
 ) -> std::result::Result<NativeVm, FrameworkError> {
     let observer = Arc::clone(tracker);
-    NativeVm::create(
-        config,
-        Box::new(move |event: NativeEvent| observer.on_native_event(generation, event)),
-    )
+    NativeVm::create(config, move |event: NativeEvent| {
+        observer.on_native_event(generation, event)
+    })
 }
 
 /// The way out for start/pause/resume/suspend refused in `state`.

@@ -186,10 +186,9 @@ fn install(
     accept: &SharedAccept,
 ) -> std::result::Result<(), FrameworkError> {
     let accept = Arc::clone(accept);
-    vm.vsock_listen(
-        port,
-        Box::new(move |fd, guest_port, host_port| accept(fd, guest_port, host_port)),
-    )
+    vm.vsock_listen(port, move |fd, guest_port, host_port| {
+        accept(fd, guest_port, host_port);
+    })
 }
 
 impl VsockListener {
