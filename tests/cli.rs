@@ -4,14 +4,17 @@
 #![cfg(applevz_simulator)]
 
 mod common;
+#[path = "../src/bin/applevz/pty.rs"]
+mod pty;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, TestDir};
+use pty::pty;
 
 const APPLEVZ: &str = env!("CARGO_BIN_EXE_applevz");
 
@@ -366,24 +369,6 @@ fn bad_inputs_have_clear_messages_and_statuses() {
 
     let (code, _, stderr) = client(&["stop", path, "--timeout", "-1"]);
     assert_eq!(code, 2, "{stderr}");
-}
-
-/// A pseudo-terminal pair: (master, slave).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-parameters for two descriptors; NULL name, settings and size.
-    let status = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(status, 0);
-    // SAFETY: openpty returned two fresh descriptors that we now own.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
 
 fn local_flags(fd: &OwnedFd) -> libc::tcflag_t {

@@ -5,6 +5,8 @@ mod check;
 mod control;
 mod failure;
 mod init;
+#[cfg(test)]
+mod pty;
 mod run;
 mod terminal;
 mod vmdir;

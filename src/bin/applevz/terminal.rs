@@ -137,24 +137,8 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A pseudo-terminal pair; the slave side stands in for the user's terminal.
-    fn pty() -> (i32, i32) {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: out-parameters for two descriptors; NULL name, settings and size.
-        let status = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                // *mut on macOS, *const on Linux: null_mut fits both.
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(status, 0, "openpty: {}", std::io::Error::last_os_error());
-        (master, slave)
-    }
+    use crate::pty::pty;
+    use std::os::fd::AsRawFd;
 
     fn settings(fd: i32) -> libc::termios {
         // SAFETY: plain data filled by tcgetattr on a valid descriptor.
@@ -173,7 +157,9 @@ mod tests {
 
     #[test]
     fn raw_mode_is_restored_on_drop_and_on_panic() {
-        let (master, slave) = pty();
+        // Both ends stay open until the test ends, and are closed then.
+        let (_master, terminal) = pty();
+        let slave = terminal.as_raw_fd();
         let before = settings(slave);
         {
             let _raw = RawMode::enter(slave).unwrap();
@@ -193,11 +179,6 @@ mod tests {
         });
         assert!(unwound.is_err());
         assert!(same(&settings(slave), &before), "restored while unwinding");
-        // SAFETY: closing the descriptors this test opened.
-        unsafe {
-            libc::close(slave);
-            libc::close(master);
-        }
     }
 
     #[test]
