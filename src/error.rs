@@ -311,6 +311,7 @@ impl Error {
     }
 
     /// The framework's error code, when this error came from the framework.
+    #[must_use]
     pub fn vz_code(&self) -> Option<VzErrorCode> {
         match self {
             Self::Framework { source, .. }

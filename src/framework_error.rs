@@ -38,6 +38,7 @@ pub enum VzErrorCode {
 
 impl VzErrorCode {
     /// Names `code` when `domain` is `VZErrorDomain`.
+    #[must_use]
     pub fn from_domain_and_code(domain: &str, code: i64) -> Self {
         if domain != VZ_ERROR_DOMAIN {
             return Self::Other(code);

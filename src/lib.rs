@@ -61,6 +61,7 @@ pub use vm::VirtualMachine;
 pub use vm::vsock::{VsockListener, VsockStream};
 
 /// True when this build runs against the simulator rather than Virtualization.framework.
+#[must_use]
 pub const fn is_simulator() -> bool {
     cfg!(applevz_simulator)
 }

@@ -154,6 +154,7 @@ impl SimulatorControl<'_> {
 }
 
 /// Live simulator objects (configurations, VMs, errors, strings) in this process.
+#[must_use]
 pub fn live_objects() -> i64 {
     knobs::live_objects()
 }
@@ -161,6 +162,7 @@ pub fn live_objects() -> i64 {
 /// Waits (event-driven) until [`live_objects`] equals `count`; false after `timeout`.
 /// Native objects are freed on the VM's queue once their last operation completed,
 /// so a count can lag a `drop` briefly.
+#[must_use]
 pub fn wait_for_live_objects(count: i64, timeout: Duration) -> bool {
     knobs::wait_for_live_objects(count, timeout)
 }

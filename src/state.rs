@@ -34,6 +34,7 @@ pub enum VmState {
 
 impl VmState {
     /// True for the states that only last while an operation is under way.
+    #[must_use]
     pub fn is_transitional(self) -> bool {
         matches!(
             self,
@@ -47,6 +48,7 @@ impl VmState {
     }
 
     /// True when the VM holds no running or paused guest (stopped or suspended).
+    #[must_use]
     pub fn is_stopped(self) -> bool {
         matches!(self, Self::Stopped | Self::Suspended)
     }

@@ -111,8 +111,9 @@ fn finish(mut child: Child, vm: &Path) -> (i32, String) {
 }
 
 fn signal(child: &Child, signal: i32) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a process id fits in pid_t");
     // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 #[test]
@@ -376,7 +377,8 @@ fn local_flags(fd: &OwnedFd) -> libc::tcflag_t {
     // SAFETY: plain data filled by tcgetattr on a valid descriptor.
     let mut settings: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut settings) }, 0);
+    let status = unsafe { libc::tcgetattr(fd.as_raw_fd(), &raw mut settings) };
+    assert_eq!(status, 0);
     settings.c_lflag
 }
 

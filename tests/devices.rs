@@ -262,7 +262,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
         .build()
     {
         Err(error @ Error::InvalidShareTag { .. }) => {
-            assert!(error.to_string().contains("another share"))
+            assert!(error.to_string().contains("another share"));
         }
         other => panic!("{other:?}"),
     }
@@ -276,7 +276,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
             .build()
         {
             Err(error @ Error::InvalidShareName { .. }) => {
-                assert!(error.to_string().contains(reason), "{error}")
+                assert!(error.to_string().contains(reason), "{error}");
             }
             other => panic!("{name:?}: {other:?}"),
         }
@@ -308,7 +308,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
         .build()
     {
         Err(error @ Error::FileUnusable { .. }) => {
-            assert!(error.to_string().contains("not a directory"))
+            assert!(error.to_string().contains("not a directory"));
         }
         other => panic!("{other:?}"),
     }
@@ -460,7 +460,7 @@ fn network_devices_nat_and_file_handle() {
         .build()
     {
         Err(error @ Error::NotADatagramSocket { .. }) => {
-            assert!(error.to_string().contains("stream socket"))
+            assert!(error.to_string().contains("stream socket"));
         }
         other => panic!("{other:?}"),
     }
@@ -540,7 +540,7 @@ fn storage_nvme_identifiers_and_iso() {
     ] {
         match plain(&dir).disk(Disk::new(&root).identifier(bad)).build() {
             Err(error @ Error::InvalidBlockDeviceIdentifier { .. }) => {
-                assert!(error.to_string().contains(reason), "{error}")
+                assert!(error.to_string().contains(reason), "{error}");
             }
             other => panic!("{bad:?}: {other:?}"),
         }

@@ -379,7 +379,7 @@ fn mistakes_dir_matches_the_tests() {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|name| name.ends_with(".m"))
+        .filter(|name| Path::new(name).extension().is_some_and(|ext| ext == "m"))
         .collect();
     found.sort();
     assert_eq!(

@@ -35,12 +35,14 @@ impl LinuxBootLoader {
     }
 
     /// Adds an initial RAM disk.
+    #[must_use]
     pub fn initrd(mut self, initrd: impl Into<PathBuf>) -> Self {
         self.initrd = Some(initrd.into());
         self
     }
 
     /// Sets the kernel command line (for example `console=hvc0`).
+    #[must_use]
     pub fn command_line(mut self, command_line: impl Into<String>) -> Self {
         self.command_line = command_line.into();
         self
@@ -73,6 +75,9 @@ pub enum MachineIdentifier {
 
 impl MachineIdentifier {
     /// A new identifier's data representation (macOS 13), to persist as you like.
+    ///
+    /// # Errors
+    /// [`Error::Framework`] when the framework cannot make one (before macOS 13).
     pub fn generate() -> Result<Vec<u8>> {
         host::new_machine_identifier().map_err(Error::during(Operation::Create))
     }
@@ -185,23 +190,27 @@ impl VmConfigBuilder {
     }
 
     /// Number of virtual CPUs.
+    #[must_use]
     pub fn cpu_count(mut self, count: u32) -> Self {
         self.cpu_count = count;
         self
     }
 
     /// Memory size in bytes (a multiple of 1 MiB).
+    #[must_use]
     pub fn memory_size(mut self, bytes: u64) -> Self {
         self.memory_size = bytes;
         self
     }
 
     /// Memory size in MiB.
+    #[must_use]
     pub fn memory_mib(self, mib: u64) -> Self {
         self.memory_size(mib.saturating_mul(MIB))
     }
 
     /// Boots a Linux kernel directly (replaces an EFI boot loader).
+    #[must_use]
     pub fn linux_boot_loader(mut self, boot_loader: LinuxBootLoader) -> Self {
         self.boot_loader = Some(BootLoader::Linux(boot_loader));
         self
@@ -209,6 +218,7 @@ impl VmConfigBuilder {
 
     /// Boots through EFI with the variable store at `path` (macOS 13; replaces a
     /// Linux boot loader).
+    #[must_use]
     pub fn efi_boot_loader(
         mut self,
         variable_store: impl Into<PathBuf>,
@@ -223,18 +233,21 @@ impl VmConfigBuilder {
 
     /// Uses the generic platform with this machine identity (macOS 12; a given
     /// identifier needs macOS 13).
+    #[must_use]
     pub fn generic_platform(mut self, identifier: MachineIdentifier) -> Self {
         self.platform = Some(identifier);
         self
     }
 
     /// Adds a disk.
+    #[must_use]
     pub fn disk(mut self, disk: Disk) -> Self {
         self.disks.push(disk);
         self
     }
 
     /// Adds a network device.
+    #[must_use]
     pub fn network(mut self, network: Network) -> Self {
         self.networks.push(network);
         self
@@ -242,6 +255,7 @@ impl VmConfigBuilder {
 
     /// Adds a NAT network device with this MAC address, or a random locally
     /// administered one for `None` (shorthand for [`VmConfigBuilder::network`]).
+    #[must_use]
     pub fn nat_network(self, mac_address: Option<&str>) -> Self {
         let network = match mac_address {
             Some(mac) => Network::nat().mac_address(mac),
@@ -251,31 +265,36 @@ impl VmConfigBuilder {
     }
 
     /// Adds a virtio console serial port.
+    #[must_use]
     pub fn serial_port(mut self, port: SerialPort) -> Self {
         self.serial_ports.push(port);
         self
     }
 
     /// Adds a virtio console port (macOS 13).
+    #[must_use]
     pub fn console_port(mut self, port: ConsolePort) -> Self {
         self.console_ports.push(port);
         self
     }
 
     /// Shares directories with the guest over virtiofs (macOS 12).
+    #[must_use]
     pub fn directory_share(mut self, share: DirectoryShare) -> Self {
         self.shares.push(share);
         self
     }
 
     /// Shares Rosetta for Linux under `tag` (Apple silicon, macOS 13), so the guest
-    /// can run x86_64 Linux binaries.
+    /// can run `x86_64` Linux binaries.
+    #[must_use]
     pub fn rosetta(mut self, tag: impl Into<String>) -> Self {
         self.rosetta_tag = Some(tag.into());
         self
     }
 
     /// Adds a virtio entropy device (the guest's `/dev/hwrng`).
+    #[must_use]
     pub fn entropy(mut self, enabled: bool) -> Self {
         self.entropy = enabled;
         self
@@ -283,6 +302,7 @@ impl VmConfigBuilder {
 
     /// Adds a memory balloon device, so the host can reclaim guest memory at run time
     /// ([`crate::VirtualMachine::set_memory_balloon_target`]).
+    #[must_use]
     pub fn memory_balloon(mut self, enabled: bool) -> Self {
         self.memory_balloon = enabled;
         self
@@ -290,6 +310,7 @@ impl VmConfigBuilder {
 
     /// Adds a virtio-vsock device ([`crate::VirtualMachine::vsock_connect`],
     /// [`crate::VirtualMachine::vsock_listen`]).
+    #[must_use]
     pub fn vsock(mut self, enabled: bool) -> Self {
         self.vsock = enabled;
         self
@@ -302,18 +323,21 @@ impl VmConfigBuilder {
     /// Unless [`VmConfigBuilder::generic_platform`] chooses one, on hosts that can save
     /// and restore the identity is persisted next to the file, as
     /// `<file name>.machine-identifier` (created on first use, kept afterwards).
+    #[must_use]
     pub fn saved_state_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.saved_state_path = Some(path.into());
         self
     }
 
     /// Per-operation timeouts.
+    #[must_use]
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
     }
 
     /// What `shutdown(Powerdown)` does when the guest ignores the request.
+    #[must_use]
     pub fn on_graceful_timeout(mut self, action: OnGracefulTimeout) -> Self {
         self.on_graceful_timeout = action;
         self
@@ -321,6 +345,7 @@ impl VmConfigBuilder {
 
     /// Scripts the simulated guest (simulator targets only).
     #[cfg(applevz_simulator)]
+    #[must_use]
     pub fn simulated_guest(mut self, guest: SimulatedGuest) -> Self {
         self.simulated_guest = guest;
         self

@@ -20,6 +20,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits of this host.
+    #[must_use]
     pub fn host() -> Self {
         let raw = host::limits();
         Self {
@@ -32,11 +33,13 @@ impl Limits {
 }
 
 /// Whether this host supports virtualization at all (`VZVirtualMachine.isSupported`).
+#[must_use]
 pub fn is_supported() -> bool {
     host::is_supported()
 }
 
 /// Whether this host can save and restore VM state (Apple silicon with macOS 14+).
+#[must_use]
 pub fn save_restore_supported() -> bool {
     host::save_restore_supported()
 }
@@ -53,6 +56,7 @@ pub enum RosettaAvailability {
 }
 
 /// Whether Rosetta for Linux is available here.
+#[must_use]
 pub fn rosetta_availability() -> RosettaAvailability {
     match host::rosetta_availability() {
         sys::AVZ_ROSETTA_INSTALLED => RosettaAvailability::Installed,

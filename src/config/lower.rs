@@ -122,7 +122,7 @@ impl VmConfig {
             }
             .map_err(create_error)?;
         }
-        let raw_fd = |fd: &Option<Arc<OwnedFd>>| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let raw_fd = |fd: &Option<Arc<OwnedFd>>| fd.as_ref().map_or(-1, AsRawFd::as_raw_fd);
         for serial in &self.serial_ports {
             match serial {
                 SerialPort::File { path, append } => {

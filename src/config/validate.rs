@@ -51,31 +51,37 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A builder with 1 CPU and 512 MiB of memory and nothing else.
+    #[must_use]
     pub fn builder() -> VmConfigBuilder {
         VmConfigBuilder::new()
     }
 
     /// The saved-state file, if the configuration has one.
+    #[must_use]
     pub fn saved_state_path(&self) -> Option<&Path> {
         self.saved_state.as_ref().map(|p| p.path.as_path())
     }
 
     /// The per-operation timeouts.
+    #[must_use]
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
     }
 
     /// The memory size in bytes.
+    #[must_use]
     pub fn memory_size(&self) -> u64 {
         self.memory_size
     }
 
     /// Whether the VM has a memory balloon device.
+    #[must_use]
     pub fn has_memory_balloon(&self) -> bool {
         self.memory_balloon
     }
 
     /// Whether the VM has a virtio-vsock device.
+    #[must_use]
     pub fn has_vsock(&self) -> bool {
         self.vsock
     }
@@ -107,6 +113,11 @@ pub(super) fn c_string(what: &'static str, bytes: &[u8]) -> Result<CString> {
 impl VmConfigBuilder {
     /// Validates everything that can be checked before the framework sees it, each
     /// failure with its own error.
+    ///
+    /// # Errors
+    /// The first check that fails, each with its own [`Error`] variant: CPU count and memory
+    /// against the host's [`Limits`], a missing boot loader, files that do not exist or cannot
+    /// be opened as needed, MAC addresses, tags and names, NUL bytes, Rosetta's availability.
     pub fn build(self) -> Result<VmConfig> {
         let limits = Limits::host();
         if !(limits.min_cpu_count..=limits.max_cpu_count).contains(&self.cpu_count) {
@@ -356,8 +367,7 @@ fn validate_identifier(identifier: &MachineIdentifier) -> Result<()> {
             check_file("machine identifier", path, false)?;
             let length = File::open(path)
                 .and_then(|f| f.metadata())
-                .map(|m| m.len())
-                .unwrap_or(0);
+                .map_or(0, |m| m.len());
             if length == 0 || length > max as u64 {
                 return Err(size_error(path.display().to_string(), length));
             }

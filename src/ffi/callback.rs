@@ -41,7 +41,7 @@ impl CompletionSlot<()> {
     pub(crate) fn for_operation() -> (Arc<Self>, NativeCallback<sys::avz_completion_fn>) {
         /// # Safety
         /// `context` comes from `for_operation` and this is its one call; `error` is
-        /// NULL or a +1 CFError that this call takes over.
+        /// NULL or a +1 `CFError` that this call takes over.
         unsafe extern "C" fn trampoline(context: *mut c_void, error: CFErrorRef) {
             // SAFETY: the context owns one Arc reference, taken back here exactly once
             // (the native side calls each completion exactly once).
@@ -67,7 +67,7 @@ impl CompletionSlot<OwnedFd> {
     pub(crate) fn for_connection() -> (Arc<Self>, NativeCallback<sys::avz_connect_fn>) {
         /// # Safety
         /// `context` comes from `for_connection` and this is its one call; `fd` is -1
-        /// or a descriptor this call takes over; `error` is NULL or a +1 CFError that
+        /// or a descriptor this call takes over; `error` is NULL or a +1 `CFError` that
         /// this call takes over.
         unsafe extern "C" fn trampoline(context: *mut c_void, fd: i32, error: CFErrorRef) {
             // SAFETY: one Arc reference, taken back exactly once, as for operations.
@@ -143,7 +143,7 @@ impl<T> CompletionSlot<T> {
 /// context, and the error, if any, is released.
 pub(crate) fn ignored_completion() -> NativeCallback<sys::avz_completion_fn> {
     /// # Safety
-    /// `error` is NULL or a +1 CFError that this call takes over; `context` is unused.
+    /// `error` is NULL or a +1 `CFError` that this call takes over; `context` is unused.
     unsafe extern "C" fn trampoline(_context: *mut c_void, error: CFErrorRef) {
         // SAFETY: the completion's error is +1 and ours to release (create rule);
         // dropping the handle releases it.
@@ -166,17 +166,17 @@ pub(crate) struct NativeEvent {
 /// Maps the framework's raw `VZVirtualMachineState`; an unknown value (from a newer
 /// framework) is reported as `Error` rather than guessed.
 pub(crate) fn state_from_raw(raw: i32) -> VmState {
-    match raw as u32 {
-        sys::AVZ_STATE_STOPPED => VmState::Stopped,
-        sys::AVZ_STATE_RUNNING => VmState::Running,
-        sys::AVZ_STATE_PAUSED => VmState::Paused,
-        sys::AVZ_STATE_ERROR => VmState::Error,
-        sys::AVZ_STATE_STARTING => VmState::Starting,
-        sys::AVZ_STATE_PAUSING => VmState::Pausing,
-        sys::AVZ_STATE_RESUMING => VmState::Resuming,
-        sys::AVZ_STATE_STOPPING => VmState::Stopping,
-        sys::AVZ_STATE_SAVING => VmState::Saving,
-        sys::AVZ_STATE_RESTORING => VmState::Restoring,
+    match u32::try_from(raw) {
+        Ok(sys::AVZ_STATE_STOPPED) => VmState::Stopped,
+        Ok(sys::AVZ_STATE_RUNNING) => VmState::Running,
+        Ok(sys::AVZ_STATE_PAUSED) => VmState::Paused,
+        Ok(sys::AVZ_STATE_ERROR) => VmState::Error,
+        Ok(sys::AVZ_STATE_STARTING) => VmState::Starting,
+        Ok(sys::AVZ_STATE_PAUSING) => VmState::Pausing,
+        Ok(sys::AVZ_STATE_RESUMING) => VmState::Resuming,
+        Ok(sys::AVZ_STATE_STOPPING) => VmState::Stopping,
+        Ok(sys::AVZ_STATE_SAVING) => VmState::Saving,
+        Ok(sys::AVZ_STATE_RESTORING) => VmState::Restoring,
         _ => VmState::Error,
     }
 }
@@ -189,7 +189,7 @@ where
 {
     /// # Safety
     /// `context` is the live `F` of the same callback (the native VM keeps it until its
-    /// release); `error` is NULL or a CFError borrowed for the duration of the call.
+    /// release); `error` is NULL or a `CFError` borrowed for the duration of the call.
     unsafe extern "C" fn trampoline<F: Fn(NativeEvent)>(
         context: *mut c_void,
         state: i32,
@@ -214,18 +214,18 @@ where
 
 /// The kind of a raw observer event.
 fn event_kind(event: i32, error: Option<CfError>) -> EventKind {
-    match (event as u32, error) {
-        (sys::AVZ_EVENT_GUEST_STOPPED, _) => EventKind::GuestStopped,
-        (sys::AVZ_EVENT_STOPPED_WITH_ERROR, Some(error)) => {
+    match (u32::try_from(event), error) {
+        (Ok(sys::AVZ_EVENT_GUEST_STOPPED), _) => EventKind::GuestStopped,
+        (Ok(sys::AVZ_EVENT_STOPPED_WITH_ERROR), Some(error)) => {
             EventKind::StoppedWithError(error.into())
         }
-        (sys::AVZ_EVENT_STOPPED_WITH_ERROR, None) => {
+        (Ok(sys::AVZ_EVENT_STOPPED_WITH_ERROR), None) => {
             EventKind::StoppedWithError(FrameworkError::missing("the VM stopped"))
         }
-        (sys::AVZ_EVENT_NETWORK_DISCONNECTED, Some(error)) => {
+        (Ok(sys::AVZ_EVENT_NETWORK_DISCONNECTED), Some(error)) => {
             EventKind::NetworkDisconnected(error.into())
         }
-        (sys::AVZ_EVENT_NETWORK_DISCONNECTED, None) => EventKind::NetworkDisconnected(
+        (Ok(sys::AVZ_EVENT_NETWORK_DISCONNECTED), None) => EventKind::NetworkDisconnected(
             FrameworkError::missing("a network attachment was disconnected"),
         ),
         _ => EventKind::StateChanged,

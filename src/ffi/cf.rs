@@ -80,7 +80,7 @@ impl CfError {
     /// Takes over a +1 error, as stored in an out-parameter or passed to a completion.
     ///
     /// # Safety
-    /// As [`CfHandle::from_create_rule`], and the object is a CFError.
+    /// As [`CfHandle::from_create_rule`], and the object is a `CFError`.
     pub(crate) unsafe fn from_create_rule(error: CFErrorRef) -> Option<Self> {
         // SAFETY: forwarded from the caller.
         unsafe { CfHandle::from_create_rule(error.cast_const().cast()) }.map(Self)
@@ -89,7 +89,7 @@ impl CfError {
     /// Retains a borrowed error, as passed to the state observer.
     ///
     /// # Safety
-    /// As [`CfHandle::from_get_rule`], and the object is a CFError.
+    /// As [`CfHandle::from_get_rule`], and the object is a `CFError`.
     pub(crate) unsafe fn from_get_rule(error: CFErrorRef) -> Option<Self> {
         // SAFETY: forwarded from the caller.
         unsafe { CfHandle::from_get_rule(error.cast_const().cast()) }.map(Self)
@@ -150,7 +150,7 @@ pub(crate) fn call_with_error(
     call: impl FnOnce(*mut CFErrorRef) -> bool,
 ) -> Result<(), FrameworkError> {
     let mut error: CFErrorRef = std::ptr::null_mut();
-    let succeeded = call(&mut error);
+    let succeeded = call(&raw mut error);
     // SAFETY: the ABI stores a +1 error (or nothing) in the out-parameter; we take it
     // over whatever `succeeded` says, so it is released exactly once.
     let error = unsafe { CfError::from_create_rule(error) };
@@ -161,10 +161,10 @@ pub(crate) fn call_with_error(
     }
 }
 
-/// Copies a CFString into a Rust `String` (empty for NULL or unconvertible strings).
+/// Copies a `CFString` into a Rust `String` (empty for NULL or unconvertible strings).
 ///
 /// # Safety
-/// `string` is NULL or a live CFString for the duration of the call.
+/// `string` is NULL or a live `CFString` for the duration of the call.
 unsafe fn string_to_rust(string: CFStringRef) -> String {
     if string.is_null() {
         return String::new();
@@ -259,7 +259,7 @@ mod tests {
         let raw = new_config();
         let mut error: CFErrorRef = std::ptr::null_mut();
         // SAFETY: live configuration, valid out-parameter.
-        let valid = unsafe { sys::avz_config_validate(raw.cast_mut().cast(), &mut error) };
+        let valid = unsafe { sys::avz_config_validate(raw.cast_mut().cast(), &raw mut error) };
         assert!(!valid, "an empty configuration has no boot loader");
         // SAFETY: the out-parameter holds a +1 error.
         let error = unsafe { CfError::from_create_rule(error) }.expect("an error object");

@@ -15,7 +15,7 @@ pub(crate) fn limits() -> sys::avz_limits {
         max_memory_size: 0,
     };
     // SAFETY: `limits` is a valid, writable avz_limits for the call (borrowed).
-    unsafe { sys::avz_get_limits(&mut limits) };
+    unsafe { sys::avz_get_limits(&raw mut limits) };
     limits
 }
 
@@ -39,10 +39,12 @@ pub(crate) fn validate_directory_share_tag(tag: &CStr) -> Result<(), FrameworkEr
     })
 }
 
-/// `VZLinuxRosettaDirectoryShare.availability` (raw `AVZ_ROSETTA_*`).
+/// `VZLinuxRosettaDirectoryShare.availability` (raw `AVZ_ROSETTA_*`; a value outside
+/// them reads as not supported).
 pub(crate) fn rosetta_availability() -> u32 {
     // SAFETY: no arguments; safe from any thread.
-    unsafe { sys::avz_rosetta_availability() as u32 }
+    let raw = unsafe { sys::avz_rosetta_availability() };
+    u32::try_from(raw).unwrap_or(sys::AVZ_ROSETTA_NOT_SUPPORTED)
 }
 
 /// A new machine identifier's data representation.
@@ -56,7 +58,7 @@ pub(crate) fn new_machine_identifier() -> Result<Vec<u8>, FrameworkError> {
             sys::avz_machine_identifier_create(
                 buffer.as_mut_ptr(),
                 buffer.len(),
-                &mut length,
+                &raw mut length,
                 error,
             )
         }

@@ -32,8 +32,9 @@ pub(crate) fn wait_for_live_objects(count: i64, timeout: Duration) -> bool {
 
 /// Makes the whole process simulate the host `architecture` (`AVZ_SIM_HOST_*`).
 pub(crate) fn set_host_architecture(architecture: u32) {
+    let architecture = i32::try_from(architecture).expect("AVZ_SIM_HOST_* fits in an int");
     // SAFETY: a plain value; the knob is an atomic on the native side.
-    unsafe { sim::avz_sim_set_host_architecture(architecture as i32) }
+    unsafe { sim::avz_sim_set_host_architecture(architecture) }
 }
 
 /// Whether Rosetta is installed on the simulated Apple-silicon host.
@@ -97,8 +98,9 @@ impl NativeConfig {
 impl NativeVm {
     /// The next operation `op` (`AVZ_SIM_OP_*`) fails with `code`.
     pub(crate) fn sim_fail_next(&self, op: u32, code: i64) {
+        let op = i32::try_from(op).expect("AVZ_SIM_OP_* fits in an int");
         // SAFETY: `self` holds a reference to a live VM; plain values.
-        unsafe { sim::avz_sim_vm_fail_next(self.raw(), op as i32, code) }
+        unsafe { sim::avz_sim_vm_fail_next(self.raw(), op, code) }
     }
 
     pub(crate) fn sim_set_operation_delay(&self, delay: Duration) {

@@ -135,17 +135,19 @@ impl NativeConfig {
         sync_mode: u32,
         block_device_identifier: Option<&CStr>,
     ) -> Result<(), FrameworkError> {
+        // The ABI takes these enums as C ints; every AVZ_* value fits.
+        let c_int = |value: u32| i32::try_from(value).expect("an AVZ_* constant fits in an int");
         call_with_error("adding a disk failed", |error| {
             // SAFETY: live configuration; borrowed NUL-terminated strings (or NULL);
             // valid out-param.
             unsafe {
                 sys::avz_config_add_storage_device(
                     self.raw(),
-                    interface as i32,
+                    c_int(interface),
                     path.as_ptr(),
                     read_only,
-                    caching_mode as i32,
-                    sync_mode as i32,
+                    c_int(caching_mode),
+                    c_int(sync_mode),
                     block_device_identifier.map_or(ptr::null(), CStr::as_ptr),
                     error,
                 )

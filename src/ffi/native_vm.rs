@@ -162,7 +162,7 @@ impl NativeVm {
         let mut bytes = 0u64;
         call_with_error("reading the balloon target failed", |error| {
             // SAFETY: live VM; valid out-params; not called from a callback.
-            unsafe { sys::avz_vm_balloon_target(self.raw(), &mut bytes, error) }
+            unsafe { sys::avz_vm_balloon_target(self.raw(), &raw mut bytes, error) }
         })?;
         Ok(bytes)
     }

@@ -35,26 +35,39 @@ impl VsockStream {
     }
 
     /// The guest's port of this connection.
+    #[must_use]
     pub fn guest_port(&self) -> u32 {
         self.guest_port
     }
 
     /// Sets a read timeout (`None`: block).
+    ///
+    /// # Errors
+    /// As [`UnixStream::set_read_timeout`] (a zero timeout is refused).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
     }
 
     /// Sets a write timeout (`None`: block).
+    ///
+    /// # Errors
+    /// As [`UnixStream::set_write_timeout`] (a zero timeout is refused).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_write_timeout(timeout)
     }
 
     /// Shuts down reading, writing or both.
+    ///
+    /// # Errors
+    /// As [`UnixStream::shutdown`].
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.socket.shutdown(how)
     }
 
     /// A second handle on the same connection (a duplicated descriptor).
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
             socket: self.socket.try_clone()?,
@@ -211,6 +224,9 @@ impl VsockListener {
     }
 
     /// Waits for the next connection.
+    ///
+    /// # Errors
+    /// [`Error::VsockListenerClosed`] once the listener is removed or its VM destroyed.
     pub fn accept(&self) -> Result<VsockStream> {
         lock(&self.connections)
             .recv()
@@ -218,6 +234,9 @@ impl VsockListener {
     }
 
     /// Waits up to `timeout` for the next connection; `Ok(None)` when none came.
+    ///
+    /// # Errors
+    /// As [`VsockListener::accept`].
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<VsockStream>> {
         match lock(&self.connections).recv_timeout(timeout) {
             Ok(stream) => Ok(Some(stream)),
@@ -229,6 +248,9 @@ impl VsockListener {
     }
 
     /// Stops listening; connections not yet accepted are closed.
+    ///
+    /// # Errors
+    /// [`Error::Framework`] when the framework refuses to remove the listener.
     pub fn remove(mut self) -> Result<()> {
         self.removed = true;
         self.listeners.remove(self.port)

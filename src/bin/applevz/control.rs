@@ -290,7 +290,7 @@ impl ControlServer {
             for connection in listener.incoming().flatten() {
                 let handler = Arc::clone(&handler);
                 let replied = Arc::clone(&replied);
-                std::thread::spawn(move || serve(connection, &*handler, &*replied));
+                std::thread::spawn(move || serve(&connection, &*handler, &*replied));
             }
         });
     }
@@ -302,12 +302,12 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(connection: UnixStream, handler: &Handler, replied: &Replied) {
+fn serve(connection: &UnixStream, handler: &Handler, replied: &Replied) {
     let mut line = String::new();
-    if BufReader::new(&connection).read_line(&mut line).is_err() {
+    if BufReader::new(connection).read_line(&mut line).is_err() {
         return;
     }
-    let mut writer = &connection;
+    let mut writer = connection;
     let Some(request) = Request::parse(&line) else {
         let _ = writeln!(
             writer,

@@ -57,8 +57,8 @@ impl Failure {
     }
 }
 
-/// Library errors map to statuses by kind: a refused state is WRONG_STATE, a bad
-/// definition BAD_DIRECTORY, the rest ERROR.
+/// Library errors map to statuses by kind: a refused state is `WRONG_STATE`, a bad
+/// definition `BAD_DIRECTORY`, the rest ERROR.
 impl From<applevz::Error> for Failure {
     fn from(error: applevz::Error) -> Self {
         let code = match &error {

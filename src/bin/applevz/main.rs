@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Check => check::check(),
+        Command::Check => Ok(check::check()),
         Command::Init(args) => init::init(&args),
         Command::Run(args) => run::run(&args),
         Command::Stop {

@@ -10,8 +10,8 @@ pub(crate) fn pty() -> (OwnedFd, OwnedFd) {
     // SAFETY: out-parameters for two descriptors; NULL name, settings and size.
     let status = unsafe {
         libc::openpty(
-            &mut master,
-            &mut slave,
+            &raw mut master,
+            &raw mut slave,
             std::ptr::null_mut(),
             // *mut on macOS, *const on Linux: null_mut fits both.
             std::ptr::null_mut(),
