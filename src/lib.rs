@@ -23,12 +23,16 @@
 //! # }
 //! ```
 //!
-//! Layers, following the data flow: `ffi` (raw bindings, RAII over CoreFoundation
-//! handles, callbacks, safe native wrappers) → `config` (the validated configuration
-//! and its lowering to a native one) → `vm` ([`VirtualMachine`]: the lifecycle). On
-//! macOS the native half is the Objective-C shim over Virtualization.framework;
-//! everywhere else it is a simulator of the same ABI, scripted through the `sim`
-//! module.
+//! Layers, following the data flow (ARCHITECTURE.md has the map): a call goes from
+//! `vm` ([`VirtualMachine`], the lifecycle) or `config` ([`VmConfigBuilder`] → checks →
+//! a native configuration) down to `ffi` (safe wrappers, typed callbacks, RAII over
+//! CoreFoundation handles, raw bindings) and across the C ABI; completions and state
+//! events come back up the same way. Every layer speaks the vocabulary below it:
+//! `state` ([`VmState`], [`Operation`], events), `framework_error` and `error`
+//! ([`Error`]). On macOS the native half is the Objective-C shim over
+//! Virtualization.framework; everywhere else it is a simulator of the same ABI,
+//! scripted through the `sim` module. This file only declares modules and re-exports;
+//! no module imports it.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -44,6 +48,7 @@ mod util;
 mod vm;
 
 pub use config::definition;
+#[doc(no_inline)]
 pub use config::definition::VmDefinition;
 pub use config::devices::{
     CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network, SerialPort,

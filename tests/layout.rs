@@ -121,6 +121,50 @@ fn no_source_file_is_over_the_limit() {
     assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
 }
 
+#[test]
+fn architecture_md_matches_the_tree() {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut missing = Vec::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let named = if relative.starts_with("bin/applevz/") {
+            text.contains(&format!("`{name}`"))
+        } else if relative.starts_with("ffi/sys/") {
+            text.contains("`ffi/sys/`")
+        } else {
+            text.contains(&format!("`{relative}`"))
+        };
+        if !named {
+            missing.push(relative);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not name {missing:?}"
+    );
+    let gone: Vec<&str> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| {
+            Path::new(quoted).extension().is_some_and(|ext| ext == "rs") && quoted.contains('/')
+        })
+        .filter(|path| !path.starts_with("tests/") && !src.join(path).exists())
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "ARCHITECTURE.md names files that do not exist: {gone:?}"
+    );
+}
+
 /// The checker itself finds a circle, also one through `super::` and a child-module
 /// path, and is not fooled by test modules, comments or strings.
 #[test]
