@@ -1,11 +1,16 @@
-//! Trampolines for the C callbacks.
+//! Trampolines for the C callbacks, and their contexts.
 //!
 //! Rules kept here, once for every callback:
-//! - no panic unwinds into C: every trampoline runs Rust code inside `catch_unwind`;
+//! - the context's type is bound by the compiler: each kind of callback has one
+//!   constructor that makes the trampoline (generic over the closure type where there
+//!   is one), the context and its release function together, as a [`NativeCallback`];
+//! - no panic unwinds into C: every trampoline runs Rust code inside `catch_unwind`,
+//!   and a caught panic is logged as an error;
 //! - every context has exactly one owner and is freed exactly once: a completion
 //!   context is an `Arc` reference owned by the native side until the completion runs
-//!   (so a wait that timed out on the Rust side leaves it valid); an observer context
-//!   is a box owned by the native VM until its release function runs.
+//!   (so a wait that timed out on the Rust side leaves it valid); an observer or
+//!   listener context is a box owned by the native VM until its release function runs;
+//!   a callback never handed over frees its context when dropped.
 
 use std::ffi::c_void;
 use std::os::fd::{FromRawFd, OwnedFd};

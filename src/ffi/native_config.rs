@@ -27,7 +27,8 @@ pub(crate) enum SharedDirectories<'a> {
 }
 
 /// A finished configuration, kept to create further native VMs from (one for each
-/// restore). Only [`NativeVm::create`] reads it, under the owner's mutex.
+/// restore). Only [`NativeVm::create`](super::native_vm::NativeVm::create) reads it,
+/// under the owner's mutex.
 pub(crate) struct BuiltConfig(NativeConfig);
 
 impl BuiltConfig {
