@@ -7,7 +7,7 @@
 //!   `applevz_simulator` there.
 //!
 //! With the `bindgen` feature it also regenerates the raw bindings from the header and
-//! fails when they differ from the checked-in `src/sys/*.rs` (set
+//! fails when they differ from the checked-in `src/ffi/sys/*.rs` (set
 //! `APPLEVZ_UPDATE_BINDINGS=1` to write them instead).
 
 use std::env;
@@ -53,7 +53,7 @@ fn main() {
     bindings::check_or_update(&manifest_dir);
 }
 
-/// tests/shim_compile.rs needs clang-19 (and llvm-nm-19 for its symbol tests) on the
+/// `tests/shim_compile.rs` needs clang-19 (and llvm-nm-19 for its symbol tests) on the
 /// host. When one is missing, its tests are marked ignored with the reason, through the
 /// cfgs `applevz_no_clang19` / `applevz_no_llvm_nm19`, instead of passing without
 /// checking anything. Under `CI=true` a missing tool is not excused (the cfg is not
@@ -83,19 +83,18 @@ fn shim_check_tools() {
             .ok()
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| default.to_string());
-        match find_program(&tool) {
-            Some(path) => println!("cargo::rerun-if-changed={}", path.display()),
-            None => {
-                if !watching_path {
-                    watching_path = true;
-                    for dir in path_dirs() {
-                        println!("cargo::rerun-if-changed={}", dir.display());
-                    }
-                }
-                if !required {
-                    println!("cargo::rustc-cfg={cfg}");
-                }
+        if let Some(path) = find_program(&tool) {
+            println!("cargo::rerun-if-changed={}", path.display());
+            continue;
+        }
+        if !watching_path {
+            watching_path = true;
+            for dir in path_dirs() {
+                println!("cargo::rerun-if-changed={}", dir.display());
             }
+        }
+        if !required {
+            println!("cargo::rustc-cfg={cfg}");
         }
     }
 }
@@ -232,14 +231,14 @@ mod bindings {
             functions: "avz_.*",
             constants: "AVZ_.*",
             imported_types: None,
-            output: "src/sys/bindings.rs",
+            output: "src/ffi/sys/bindings.rs",
         },
         Generated {
             header: "shim/sim/avz_sim.h",
             functions: "avz_sim_.*",
             constants: "AVZ_SIM_.*",
             imported_types: Some("avz_config|avz_vm"),
-            output: "src/sys/sim_bindings.rs",
+            output: "src/ffi/sys/sim_bindings.rs",
         },
     ];
 

@@ -23,45 +23,50 @@
 //! # }
 //! ```
 //!
-//! Layers, following the data flow: `sys` (raw bindings) → `cf` (RAII over
-//! CoreFoundation handles) → `native` (safe wrappers, callbacks) → [`VirtualMachine`]
-//! (lifecycle). On macOS the native half is the Objective-C shim over
-//! Virtualization.framework; everywhere else it is a simulator of the same ABI, scripted
-//! through the `sim` module.
+//! Layers, following the data flow (ARCHITECTURE.md has the map): a call goes from
+//! `vm` ([`VirtualMachine`], the lifecycle) or `config` ([`VmConfigBuilder`] → checks →
+//! a native configuration) down to `ffi` (safe wrappers, typed callbacks, RAII over
+//! CoreFoundation handles, raw bindings) and across the C ABI; completions and state
+//! events come back up the same way. Every layer speaks the vocabulary below it:
+//! `state` ([`VmState`], [`Operation`], events), `framework_error` and `error`
+//! ([`Error`]). On macOS the native half is the Objective-C shim over
+//! Virtualization.framework; everywhere else it is a simulator of the same ABI,
+//! scripted through the `sim` module. This file only declares modules and re-exports;
+//! no module imports it.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod callback;
-mod cf;
 mod config;
-pub mod definition;
-mod devices;
 mod error;
-mod machine;
-mod native;
+mod ffi;
+mod framework_error;
 #[cfg(applevz_simulator)]
 pub mod sim;
 mod state;
-mod sys;
-mod vsock;
+mod util;
+mod vm;
 
+pub use config::definition;
+#[doc(no_inline)]
+pub use config::definition::VmDefinition;
+pub use config::devices::{
+    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network, SerialPort,
+    SharedDirectory, StorageInterface, SyncMode,
+};
 pub use config::{
-    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
-    VmConfig, VmConfigBuilder, is_supported, save_restore_supported,
+    EfiVariableStore, Limits, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout,
+    RosettaAvailability, Timeouts, VmConfig, VmConfigBuilder, is_supported, rosetta_availability,
+    save_restore_supported,
 };
-pub use definition::VmDefinition;
-pub use devices::{
-    CachingMode, ConsolePort, DirectoryShare, Disk, MacAddress, MacChoice, Network,
-    RosettaAvailability, SerialPort, SharedDirectory, StorageInterface, SyncMode,
-    rosetta_availability,
-};
-pub use error::{Error, FrameworkError, Result, VZ_ERROR_DOMAIN, VzErrorCode};
-pub use machine::VirtualMachine;
+pub use error::{Error, Result};
+pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
-pub use vsock::{VsockListener, VsockStream};
+pub use vm::VirtualMachine;
+pub use vm::vsock::{VsockListener, VsockStream};
 
 /// True when this build runs against the simulator rather than Virtualization.framework.
+#[must_use]
 pub const fn is_simulator() -> bool {
     cfg!(applevz_simulator)
 }

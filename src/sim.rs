@@ -5,8 +5,9 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::native::NativeVm;
-use crate::sys::sim_bindings as sim;
+use crate::ffi::knobs;
+use crate::ffi::native_config::NativeConfig;
+use crate::ffi::native_vm::NativeVm;
 
 /// How the simulated guest behaves; set with
 /// [`crate::VmConfigBuilder::simulated_guest`]. The default guest boots, pauses and
@@ -34,6 +35,23 @@ pub struct SimulatedGuest {
     pub guest_vsock_ports: Vec<u32>,
 }
 
+impl SimulatedGuest {
+    /// Scripts the guest of the configuration being built.
+    pub(crate) fn apply_to(&self, config: &mut NativeConfig) {
+        config.sim_boot_delay(self.boot_delay);
+        config.sim_stop_delay(self.stop_delay);
+        config.sim_operation_delay(self.operation_delay);
+        config.sim_ignores_stop_request(self.ignores_stop_request);
+        config.sim_power_off_after(self.power_off_after);
+        config.sim_crash_after(self.crash_after);
+        config.sim_save_restore_unsupported(self.save_restore_unsupported);
+        config.sim_not_savable(self.not_savable);
+        for port in &self.guest_vsock_ports {
+            config.sim_add_guest_vsock_listener(*port);
+        }
+    }
+}
+
 /// The simulated host's architecture (process-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SimulatedHost {
@@ -47,18 +65,15 @@ pub enum SimulatedHost {
 /// Makes the whole process simulate `host` (tests that change it should run serially
 /// and set it back).
 pub fn set_host(host: SimulatedHost) {
-    let raw = match host {
-        SimulatedHost::AppleSilicon => sim::AVZ_SIM_HOST_APPLE_SILICON,
-        SimulatedHost::Intel => sim::AVZ_SIM_HOST_INTEL,
-    };
-    // SAFETY: a plain value; the knob is an atomic on the native side.
-    unsafe { sim::avz_sim_set_host_architecture(raw as i32) }
+    knobs::set_host_architecture(match host {
+        SimulatedHost::AppleSilicon => knobs::AVZ_SIM_HOST_APPLE_SILICON,
+        SimulatedHost::Intel => knobs::AVZ_SIM_HOST_INTEL,
+    });
 }
 
 /// Whether Rosetta is installed on the simulated Apple-silicon host (default: yes).
 pub fn set_rosetta_installed(installed: bool) {
-    // SAFETY: a plain value; the knob is an atomic on the native side.
-    unsafe { sim::avz_sim_set_rosetta_installed(installed) }
+    knobs::set_rosetta_installed(installed);
 }
 
 /// A native operation kind, for [`SimulatorControl::fail_next`].
@@ -81,16 +96,16 @@ pub enum SimOperation {
 }
 
 impl SimOperation {
-    fn raw(self) -> i32 {
-        (match self {
-            Self::Start => sim::AVZ_SIM_OP_START,
-            Self::Stop => sim::AVZ_SIM_OP_STOP,
-            Self::Pause => sim::AVZ_SIM_OP_PAUSE,
-            Self::Resume => sim::AVZ_SIM_OP_RESUME,
-            Self::Save => sim::AVZ_SIM_OP_SAVE,
-            Self::Restore => sim::AVZ_SIM_OP_RESTORE,
-            Self::RequestStop => sim::AVZ_SIM_OP_REQUEST_STOP,
-        }) as i32
+    fn raw(self) -> u32 {
+        match self {
+            Self::Start => knobs::AVZ_SIM_OP_START,
+            Self::Stop => knobs::AVZ_SIM_OP_STOP,
+            Self::Pause => knobs::AVZ_SIM_OP_PAUSE,
+            Self::Resume => knobs::AVZ_SIM_OP_RESUME,
+            Self::Save => knobs::AVZ_SIM_OP_SAVE,
+            Self::Restore => knobs::AVZ_SIM_OP_RESTORE,
+            Self::RequestStop => knobs::AVZ_SIM_OP_REQUEST_STOP,
+        }
     }
 }
 
@@ -113,28 +128,23 @@ impl SimulatorControl<'_> {
 
     /// The next operation of kind `op` fails with `code` (`VZErrorDomain`).
     pub fn fail_next(&self, op: SimOperation, code: i64) {
-        // SAFETY: the control holds a reference to the VM; plain values.
-        unsafe { sim::avz_sim_vm_fail_next(self.vm.raw_for_simulator(), op.raw(), code) }
+        self.vm.sim_fail_next(op.raw(), code);
     }
 
     /// Pause, resume, save and restore begun from now on take `delay`.
     pub fn set_operation_delay(&self, delay: Duration) {
-        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
-        // SAFETY: the control holds a reference to the VM; plain value.
-        unsafe { sim::avz_sim_vm_set_operation_delay_ms(self.vm.raw_for_simulator(), ms) }
+        self.vm.sim_set_operation_delay(delay);
     }
 
     /// The guest powers itself off now.
     pub fn guest_power_off(&self) {
-        // SAFETY: the control holds a reference to the VM.
-        unsafe { sim::avz_sim_vm_guest_power_off(self.vm.raw_for_simulator()) }
+        self.vm.sim_guest_power_off();
     }
 
     /// The guest opens a vsock connection to host `port`; a listener there accepts it
     /// and first receives `hello from guest port <port>\n`, then an echo.
     pub fn guest_vsock_connect(&self, port: u32) {
-        // SAFETY: the control holds a reference to the VM; plain value.
-        unsafe { sim::avz_sim_vm_guest_vsock_connect(self.vm.raw_for_simulator(), port) }
+        self.vm.sim_guest_vsock_connect(port);
     }
 
     /// The attachment of network device `device_index` (in the order the configuration
@@ -142,30 +152,25 @@ impl SimulatorControl<'_> {
     /// get [`crate::EventKind::NetworkDisconnected`] while the VM is running or paused;
     /// ignored otherwise.
     pub fn network_disconnect(&self, device_index: u32, code: i64) {
-        // SAFETY: the control holds a reference to the VM; plain values.
-        unsafe {
-            sim::avz_sim_vm_network_disconnect(self.vm.raw_for_simulator(), device_index, code)
-        }
+        self.vm.sim_network_disconnect(device_index, code);
     }
 
     /// The VM fails now with `code` (`VZErrorDomain`).
     pub fn crash(&self, code: i64) {
-        // SAFETY: the control holds a reference to the VM; plain value.
-        unsafe { sim::avz_sim_vm_crash(self.vm.raw_for_simulator(), code) }
+        self.vm.sim_crash(code);
     }
 }
 
 /// Live simulator objects (configurations, VMs, errors, strings) in this process.
+#[must_use]
 pub fn live_objects() -> i64 {
-    // SAFETY: no arguments; thread-safe.
-    unsafe { sim::avz_sim_live_objects() }
+    knobs::live_objects()
 }
 
 /// Waits (event-driven) until [`live_objects`] equals `count`; false after `timeout`.
 /// Native objects are freed on the VM's queue once their last operation completed,
 /// so a count can lag a `drop` briefly.
+#[must_use]
 pub fn wait_for_live_objects(count: i64, timeout: Duration) -> bool {
-    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    // SAFETY: plain values; thread-safe.
-    unsafe { sim::avz_sim_wait_live_objects(count, ms) }
+    knobs::wait_for_live_objects(count, timeout)
 }

@@ -2,8 +2,7 @@
 
 use std::fmt;
 
-use crate::error::FrameworkError;
-use crate::sys;
+use crate::framework_error::FrameworkError;
 
 /// The state of a [`crate::VirtualMachine`]: the framework's ten states plus
 /// [`VmState::Suspended`].
@@ -34,25 +33,8 @@ pub enum VmState {
 }
 
 impl VmState {
-    /// Maps the framework's raw `VZVirtualMachineState`; an unknown value (from a newer
-    /// framework) is reported as `Error` rather than guessed.
-    pub(crate) fn from_raw(raw: i32) -> Self {
-        match raw as u32 {
-            sys::AVZ_STATE_STOPPED => Self::Stopped,
-            sys::AVZ_STATE_RUNNING => Self::Running,
-            sys::AVZ_STATE_PAUSED => Self::Paused,
-            sys::AVZ_STATE_ERROR => Self::Error,
-            sys::AVZ_STATE_STARTING => Self::Starting,
-            sys::AVZ_STATE_PAUSING => Self::Pausing,
-            sys::AVZ_STATE_RESUMING => Self::Resuming,
-            sys::AVZ_STATE_STOPPING => Self::Stopping,
-            sys::AVZ_STATE_SAVING => Self::Saving,
-            sys::AVZ_STATE_RESTORING => Self::Restoring,
-            _ => Self::Error,
-        }
-    }
-
     /// True for the states that only last while an operation is under way.
+    #[must_use]
     pub fn is_transitional(self) -> bool {
         matches!(
             self,
@@ -66,6 +48,7 @@ impl VmState {
     }
 
     /// True when the VM holds no running or paused guest (stopped or suspended).
+    #[must_use]
     pub fn is_stopped(self) -> bool {
         matches!(self, Self::Stopped | Self::Suspended)
     }

@@ -4,14 +4,17 @@
 #![cfg(applevz_simulator)]
 
 mod common;
+#[path = "../src/bin/applevz/pty.rs"]
+mod pty;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, TestDir};
+use pty::pty;
 
 const APPLEVZ: &str = env!("CARGO_BIN_EXE_applevz");
 
@@ -108,8 +111,9 @@ fn finish(mut child: Child, vm: &Path) -> (i32, String) {
 }
 
 fn signal(child: &Child, signal: i32) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a process id fits in pid_t");
     // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 #[test]
@@ -368,30 +372,13 @@ fn bad_inputs_have_clear_messages_and_statuses() {
     assert_eq!(code, 2, "{stderr}");
 }
 
-/// A pseudo-terminal pair: (master, slave).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-parameters for two descriptors; NULL name, settings and size.
-    let status = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(status, 0);
-    // SAFETY: openpty returned two fresh descriptors that we now own.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 fn local_flags(fd: &OwnedFd) -> libc::tcflag_t {
     use std::os::fd::AsRawFd;
     // SAFETY: plain data filled by tcgetattr on a valid descriptor.
     let mut settings: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut settings) }, 0);
+    let status = unsafe { libc::tcgetattr(fd.as_raw_fd(), &raw mut settings) };
+    assert_eq!(status, 0);
     settings.c_lflag
 }
 

@@ -37,7 +37,7 @@ fn cpu_count_outside_the_host_limits() {
                 assert_eq!(
                     (requested, min, max),
                     (count, limits.min_cpu_count, limits.max_cpu_count)
-                )
+                );
             }
             other => panic!("{count} CPUs: {other:?}"),
         }
@@ -110,7 +110,7 @@ fn missing_and_unusable_files_are_named() {
         .build()
     {
         Err(error @ Error::FileUnusable { .. }) => {
-            assert!(error.to_string().contains("is a directory"), "{error}")
+            assert!(error.to_string().contains("is a directory"), "{error}");
         }
         other => panic!("{other:?}"),
     }
@@ -162,7 +162,7 @@ fn mac_addresses_must_parse() {
     ] {
         match base(&dir).nat_network(Some(bad)).build() {
             Err(error @ Error::InvalidMacAddress { .. }) => {
-                assert!(error.to_string().contains(reason), "{bad:?}: {error}")
+                assert!(error.to_string().contains(reason), "{bad:?}: {error}");
             }
             other => panic!("{bad:?}: {other:?}"),
         }
@@ -238,7 +238,7 @@ fn machine_identifiers_persist_and_bad_ones_are_refused() {
         .unwrap();
     match VirtualMachine::new(&config) {
         Err(Error::InvalidMachineIdentifier { origin, .. }) => {
-            assert_eq!(origin, corrupt.display().to_string())
+            assert_eq!(origin, corrupt.display().to_string());
         }
         other => panic!("{other:?}"),
     }

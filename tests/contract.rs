@@ -6,7 +6,7 @@
 //! test on the first Mac run. There the tests are ignored by default and run with
 //! `cargo test --test contract -- --include-ignored` when a guest is provided:
 //! `APPLEVZ_TEST_KERNEL` (and optionally `APPLEVZ_TEST_INITRD`, `APPLEVZ_TEST_CMDLINE`,
-//! `APPLEVZ_TEST_GUEST_HANDLES_POWER_BUTTON=1`), as for tests/real_vm.rs.
+//! `APPLEVZ_TEST_GUEST_HANDLES_POWER_BUTTON=1`), as for `tests/real_vm.rs`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -119,6 +119,7 @@ fn states_until(
     ignore = "contract against Virtualization.framework: needs a Mac and APPLEVZ_TEST_KERNEL (--include-ignored)"
 )]
 fn start_pause_resume_and_halt_report_each_state_in_order() {
+    use VmState::*;
     let dir = Scratch::new("order");
     let vm = vm(&dir, 512);
     let events = vm.subscribe();
@@ -131,7 +132,6 @@ fn start_pause_resume_and_halt_report_each_state_in_order() {
     assert_eq!(vm.state(), VmState::Running);
     vm.shutdown(ShutdownPolicy::Halt).unwrap();
     assert_eq!(vm.state(), VmState::Stopped);
-    use VmState::*;
     assert_eq!(
         states_until(&events, |e| e.state == Stopped),
         vec![
@@ -181,6 +181,7 @@ fn calls_outside_their_documented_states_are_refused() {
     ignore = "contract against Virtualization.framework: needs a Mac and APPLEVZ_TEST_KERNEL (--include-ignored)"
 )]
 fn powerdown_of_a_paused_vm_resumes_it_then_the_guest_stops() {
+    use VmState::*;
     if !guest::handles_power_button() {
         eprintln!(
             "not checked: set APPLEVZ_TEST_GUEST_HANDLES_POWER_BUTTON=1 for a guest that powers off on the power button"
@@ -198,7 +199,6 @@ fn powerdown_of_a_paused_vm_resumes_it_then_the_guest_stops() {
         kinds.push(e.kind.clone());
         e.kind == EventKind::GuestStopped
     });
-    use VmState::*;
     assert_eq!(states.first(), Some(&Resuming));
     assert!(states.contains(&Running));
     // The delegate's event comes after the state change it implies.
@@ -212,6 +212,7 @@ fn powerdown_of_a_paused_vm_resumes_it_then_the_guest_stops() {
     ignore = "contract against Virtualization.framework: needs a Mac and APPLEVZ_TEST_KERNEL (--include-ignored)"
 )]
 fn suspend_saves_an_owner_only_file_and_start_restores_it() {
+    use VmState::{Paused, Pausing, Restoring, Resuming, Running, Saving, Stopping, Suspended};
     let dir = Scratch::new("suspend");
     let vm = vm(&dir, 512);
     vm.start().unwrap();
@@ -227,7 +228,6 @@ fn suspend_saves_an_owner_only_file_and_start_restores_it() {
     }
     let events = vm.subscribe();
     vm.suspend().unwrap();
-    use VmState::{Paused, Pausing, Restoring, Resuming, Running, Saving, Stopping, Suspended};
     assert_eq!(
         states_until(&events, |e| e.kind == EventKind::Suspended),
         vec![Pausing, Paused, Saving, Paused, Stopping, Suspended]

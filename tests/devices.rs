@@ -287,7 +287,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
         .build()
     {
         Err(error @ Error::InvalidShareTag { .. }) => {
-            assert!(error.to_string().contains("another share"))
+            assert!(error.to_string().contains("another share"));
         }
         other => panic!("{other:?}"),
     }
@@ -301,7 +301,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
             .build()
         {
             Err(error @ Error::InvalidShareName { .. }) => {
-                assert!(error.to_string().contains(reason), "{error}")
+                assert!(error.to_string().contains(reason), "{error}");
             }
             other => panic!("{name:?}: {other:?}"),
         }
@@ -333,7 +333,7 @@ fn directory_share_tags_names_and_paths_are_validated() {
         .build()
     {
         Err(error @ Error::FileUnusable { .. }) => {
-            assert!(error.to_string().contains("not a directory"))
+            assert!(error.to_string().contains("not a directory"));
         }
         other => panic!("{other:?}"),
     }
@@ -485,7 +485,7 @@ fn network_devices_nat_and_file_handle() {
         .build()
     {
         Err(error @ Error::NotADatagramSocket { .. }) => {
-            assert!(error.to_string().contains("stream socket"))
+            assert!(error.to_string().contains("stream socket"));
         }
         other => panic!("{other:?}"),
     }
@@ -565,7 +565,7 @@ fn storage_nvme_identifiers_and_iso() {
     ] {
         match plain(&dir).disk(Disk::new(&root).identifier(bad)).build() {
             Err(error @ Error::InvalidBlockDeviceIdentifier { .. }) => {
-                assert!(error.to_string().contains(reason), "{error}")
+                assert!(error.to_string().contains(reason), "{error}");
             }
             other => panic!("{bad:?}: {other:?}"),
         }

@@ -1,5 +1,5 @@
 //! Lifecycle tests through the simulator, i.e. through the real FFI path: every cell
-//! of the shutdown table, start() from every state, suspend and its failure paths,
+//! of the shutdown table, `start()` from every state, suspend and its failure paths,
 //! guest behaviours, concurrency and drop.
 #![cfg(applevz_simulator)]
 
@@ -16,7 +16,7 @@ use applevz::{
 use common::{LeakCheck, PATIENCE, TestDir, builder, drain, events_until, ms, patient_timeouts};
 use serial_test::serial;
 
-/// The machine identity persisted next to the saved state (see saved_state_path).
+/// The machine identity persisted next to the saved state (see `saved_state_path`).
 const IDENTITY: &str = "vm.state.machine-identifier";
 /// How long an operation left in flight by `enter` takes: long enough to act while it
 /// is under way, short enough for a Poweroff to wait for it to settle.
@@ -115,6 +115,10 @@ fn enter(state: VmState) -> (TestDir, VirtualMachine) {
     (dir, vm)
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the outcome as the call returns it: expect_timeout(vm.start())"
+)]
 fn expect_timeout(result: applevz::Result<()>) {
     assert!(
         matches!(result, Err(Error::Timeout { .. })),
@@ -131,6 +135,10 @@ enum Expect {
     Invalid(VmState),
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the outcome as the call returns it: check(vm.start(), ..)"
+)]
 fn check(result: applevz::Result<()>, vm: &VirtualMachine, expect: Expect, what: &str) {
     match expect {
         Expect::Ok(state) => {
@@ -294,6 +302,7 @@ fn start_from_every_state() {
 #[test]
 #[serial]
 fn start_reports_events_in_order_to_every_subscriber() {
+    use VmState::*;
     let leaks = LeakCheck::start();
     let dir = TestDir::new("events");
     let vm =
@@ -305,7 +314,6 @@ fn start_reports_events_in_order_to_every_subscriber() {
     vm.resume().unwrap();
     vm.shutdown(ShutdownPolicy::Halt).unwrap();
     let states = |events: Vec<StateEvent>| events.into_iter().map(|e| e.state).collect::<Vec<_>>();
-    use VmState::*;
     let expected = vec![
         Starting, Running, Pausing, Paused, Resuming, Running, Stopping, Stopped,
     ];
@@ -476,7 +484,7 @@ fn suspend_when_the_save_fails_resumes_the_vm() {
     let leaks = LeakCheck::start();
     for initial in [VmState::Running, VmState::Paused] {
         let error = suspend_fails_cleanly(SimulatedGuest::default(), initial, |vm| {
-            vm.simulator().fail_next(SimOperation::Save, 11)
+            vm.simulator().fail_next(SimOperation::Save, 11);
         });
         assert_eq!(error.vz_code(), Some(VzErrorCode::Save), "{error:?}");
     }
@@ -512,7 +520,7 @@ fn suspend_whose_stop_fails_keeps_the_saved_state_and_never_resumes() {
 fn suspend_when_the_pause_fails_keeps_running() {
     let leaks = LeakCheck::start();
     let error = suspend_fails_cleanly(SimulatedGuest::default(), VmState::Running, |vm| {
-        vm.simulator().fail_next(SimOperation::Pause, 1)
+        vm.simulator().fail_next(SimOperation::Pause, 1);
     });
     assert!(matches!(error, Error::Framework { .. }), "{error:?}");
     leaks.finish();
@@ -824,9 +832,9 @@ fn a_crash_reaches_every_subscriber_with_the_framework_error() {
     vm.wait_for_state(VmState::Error, PATIENCE)
         .expect("crashed");
     for events in &subscribers {
+        use VmState::*;
         let received = events_until(events, |e| e.kind != EventKind::StateChanged);
         let states: Vec<_> = received.iter().map(|e| e.state).collect();
-        use VmState::*;
         assert_eq!(states, vec![Starting, Running, Error, Error], "in order");
         let last = received.into_iter().last().expect("events");
         match last.kind {
@@ -919,7 +927,7 @@ fn eight_threads_operating_at_once_serialize_without_deadlock() {
                 match result {
                     Ok(()) | Err(Error::InvalidState { .. }) => outcomes += 1,
                     Err(error) if error.vz_code() == Some(VzErrorCode::OperationCancelled) => {
-                        outcomes += 1
+                        outcomes += 1;
                     }
                     Err(other) => panic!("thread {thread} step {step}: {other:?}"),
                 }

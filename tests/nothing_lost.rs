@@ -66,7 +66,7 @@ fn poweroff_during_a_suspend_never_deletes_a_saved_state() {
         if save_fails {
             vm.simulator().fail_next(SimOperation::Save, 11);
         }
-        let suspend = spawn(&vm, |vm| vm.suspend());
+        let suspend = spawn(&vm, applevz::VirtualMachine::suspend);
         vm.wait_for_state(VmState::Saving, PATIENCE).unwrap();
         vm.shutdown(ShutdownPolicy::Poweroff)
             .expect("Poweroff waits for the suspend, then acts");
@@ -116,7 +116,7 @@ fn poweroff_during_a_restore_keeps_the_saved_state() {
     let saved = std::fs::read(dir.join("vm.state")).unwrap();
     vm.simulator().set_operation_delay(SLOW);
     vm.simulator().fail_next(SimOperation::Restore, 12);
-    let start = spawn(&vm, |vm| vm.start());
+    let start = spawn(&vm, applevz::VirtualMachine::start);
     vm.wait_for_state(VmState::Restoring, PATIENCE).unwrap();
     vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
     let error = start.join().unwrap().expect_err("the restore fails");
@@ -128,7 +128,7 @@ fn poweroff_during_a_restore_keeps_the_saved_state() {
     // A restore that succeeds runs the guest, which spends the file; then the
     // Poweroff forces it off.
     vm.simulator().set_operation_delay(SLOW);
-    let start = spawn(&vm, |vm| vm.start());
+    let start = spawn(&vm, applevz::VirtualMachine::start);
     vm.wait_for_state(VmState::Restoring, PATIENCE).unwrap();
     vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
     start.join().unwrap().expect("the restore is not cancelled");
@@ -143,6 +143,7 @@ fn poweroff_during_a_restore_keeps_the_saved_state() {
 #[test]
 #[serial]
 fn a_suspend_ends_in_suspended_without_a_bare_stopped() {
+    use VmState::*;
     let leaks = LeakCheck::start();
     let dir = TestDir::new("suspend-events");
     let guest = SimulatedGuest {
@@ -170,7 +171,6 @@ fn a_suspend_ends_in_suspended_without_a_bare_stopped() {
     vm.suspend().unwrap();
     let received = events_until(&events, |e| e.kind == EventKind::Suspended);
     let states: Vec<_> = received.iter().map(|e| e.state).collect();
-    use VmState::*;
     assert_eq!(
         states,
         vec![Pausing, Paused, Saving, Paused, Stopping, Suspended],
@@ -194,7 +194,7 @@ fn a_failed_rename_restores_from_the_newest_state() {
     );
     vm.start().unwrap();
     vm.simulator().set_operation_delay(SLOW);
-    let suspend = spawn(&vm, |vm| vm.suspend());
+    let suspend = spawn(&vm, applevz::VirtualMachine::suspend);
     vm.wait_for_state(VmState::Saving, PATIENCE).unwrap();
     // A directory at the target makes the rename fail.
     std::fs::create_dir(dir.join("vm.state")).unwrap();
@@ -223,8 +223,8 @@ fn a_failed_rename_restores_from_the_newest_state() {
 #[test]
 #[serial]
 fn shutdowns_during_an_operation_in_flight_follow_the_table() {
-    let leaks = LeakCheck::start();
     type Op = fn(&VirtualMachine) -> applevz::Result<()>;
+    let leaks = LeakCheck::start();
     let cases: [(&str, VmState, Op, VmState); 4] = [
         (
             "start",

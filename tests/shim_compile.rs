@@ -125,7 +125,9 @@ fn shim_sources() -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|name| name.ends_with(".m"))
+        // Exactly `.m`, as build.rs and scripts/check-shim.sh pick them (a `.M` file
+        // would be Objective-C++ to clang).
+        .filter(|name| std::path::Path::new(name).extension() == Some(std::ffi::OsStr::new("m")))
         .map(|name| format!("shim/{name}"))
         .collect();
     sources.sort();
@@ -466,7 +468,7 @@ fn mistakes_dir_matches_the_tests() {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|name| name.ends_with(".m"))
+        .filter(|name| Path::new(name).extension().is_some_and(|ext| ext == "m"))
         .collect();
     found.sort();
     assert_eq!(

@@ -2,9 +2,10 @@
 
 use applevz::{Limits, RosettaAvailability};
 
-use crate::{Failure, exit};
+use crate::failure::exit;
 
-pub(crate) fn check() -> Result<u8, Failure> {
+/// Prints the report; it cannot fail, so it always ends with `exit::OK`.
+pub(crate) fn check() -> u8 {
     let row = |name: &str, value: &str| println!("{name:<24} {value}");
     if applevz::is_simulator() {
         println!(
@@ -57,7 +58,7 @@ pub(crate) fn check() -> Result<u8, Failure> {
             }
         },
     );
-    Ok(exit::OK)
+    exit::OK
 }
 
 fn host_description() -> String {
@@ -78,9 +79,8 @@ fn entitlement() -> String {
     if applevz::is_simulator() {
         return "not needed (simulator)".into();
     }
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "applevz".into());
+    let exe =
+        std::env::current_exe().map_or_else(|_| "applevz".into(), |p| p.display().to_string());
     let entitlements = command_output("codesign", &["-d", "--entitlements", "-", "--xml", &exe])
         .unwrap_or_default();
     if entitlements.contains("com.apple.security.virtualization") {

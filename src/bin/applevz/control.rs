@@ -14,9 +14,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::ValueEnum;
+
+use crate::failure::{Failure, exit};
 use crate::terminal::Progress;
 use crate::vmdir::VmDir;
-use crate::{Failure, Policy, exit};
+
+/// `--policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Policy {
+    /// Ask the guest to power off (ACPI power button).
+    Powerdown,
+    /// Force the VM off; refused while another operation is under way; a suspended
+    /// VM keeps its saved state.
+    Halt,
+    /// Force the VM off, after waiting for an operation under way to settle; a VM that
+    /// was already suspended has its saved state discarded.
+    Poweroff,
+}
 
 /// What a client asks of the running VM.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -275,7 +290,7 @@ impl ControlServer {
             for connection in listener.incoming().flatten() {
                 let handler = Arc::clone(&handler);
                 let replied = Arc::clone(&replied);
-                std::thread::spawn(move || serve(connection, &*handler, &*replied));
+                std::thread::spawn(move || serve(&connection, &*handler, &*replied));
             }
         });
     }
@@ -287,12 +302,12 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(connection: UnixStream, handler: &Handler, replied: &Replied) {
+fn serve(connection: &UnixStream, handler: &Handler, replied: &Replied) {
     let mut line = String::new();
-    if BufReader::new(&connection).read_line(&mut line).is_err() {
+    if BufReader::new(connection).read_line(&mut line).is_err() {
         return;
     }
-    let mut writer = &connection;
+    let mut writer = connection;
     let Some(request) = Request::parse(&line) else {
         let _ = writeln!(
             writer,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use applevz::definition::{DiskDefinition, NetworkDefinition, parse_memory};
 use applevz::{VirtualMachine, VmDefinition};
 
+use crate::failure::{Failure, exit};
 use crate::vmdir;
-use crate::{Failure, exit};
 
 #[derive(clap::Args)]
 pub(crate) struct InitArgs {
@@ -144,28 +144,27 @@ fn fill(
         created.files.push(dir.join(vmdir::EFI_VARIABLES));
         definition
     } else {
-        let kernel = match &args.kernel {
-            Some(kernel) => absolute(kernel)?,
-            None => {
-                let placeholder = dir.join(PLACEHOLDER_KERNEL);
-                // create_new: only a file this init wrote is ever removed again.
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&placeholder)
-                    .map_err(|e| io("write the placeholder kernel", e))?;
-                created.files.push(placeholder);
-                std::io::Write::write_all(&mut file, b"simulated kernel\n")
-                    .map_err(|e| io("write the placeholder kernel", e))?;
-                eprintln!(
-                    "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
-                );
-                PathBuf::from(PLACEHOLDER_KERNEL)
-            }
+        let kernel = if let Some(kernel) = &args.kernel {
+            absolute(kernel)?
+        } else {
+            let placeholder = dir.join(PLACEHOLDER_KERNEL);
+            // create_new: only a file this init wrote is ever removed again.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&placeholder)
+                .map_err(|e| io("write the placeholder kernel", e))?;
+            created.files.push(placeholder);
+            std::io::Write::write_all(&mut file, b"simulated kernel\n")
+                .map_err(|e| io("write the placeholder kernel", e))?;
+            eprintln!(
+                "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
+            );
+            PathBuf::from(PLACEHOLDER_KERNEL)
         };
         let mut definition = VmDefinition::linux(kernel, memory);
         definition.boot.initrd = args.initrd.as_deref().map(absolute).transpose()?;
-        definition.boot.command_line = args.cmdline.clone();
+        definition.boot.command_line.clone_from(&args.cmdline);
         definition
     };
     definition.cpus = args.cpus;

@@ -3,7 +3,10 @@
 
 mod check;
 mod control;
+mod failure;
 mod init;
+#[cfg(test)]
+mod pty;
 mod run;
 mod terminal;
 mod vmdir;
@@ -11,77 +14,9 @@ mod vmdir;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-/// Exit statuses. `run` ends with one per way the VM can end; every command uses the
-/// error statuses.
-pub(crate) mod exit {
-    /// Success; for `run`: the guest shut down when asked.
-    pub(crate) const OK: u8 = 0;
-    /// An operation failed (the message says why).
-    pub(crate) const ERROR: u8 = 1;
-    /// Bad command-line usage (clap's own status).
-    pub(crate) const USAGE: u8 = 2;
-    /// No VM is running in that directory.
-    pub(crate) const NOT_RUNNING: u8 = 3;
-    /// The VM is in the wrong state for the command.
-    pub(crate) const WRONG_STATE: u8 = 4;
-    /// Not a VM directory, or its definition is invalid.
-    pub(crate) const BAD_DIRECTORY: u8 = 5;
-    /// `run`: the VM in that directory already runs.
-    pub(crate) const ALREADY_RUNNING: u8 = 6;
-    /// `init`: the directory already holds a VM.
-    pub(crate) const EXISTS: u8 = 7;
-    /// `run`: the guest powered itself off.
-    pub(crate) const GUEST_POWERED_OFF: u8 = 10;
-    /// `run`: the VM crashed (stopped with an error).
-    pub(crate) const CRASHED: u8 = 11;
-    /// `run`: the VM was forced off (Poweroff, Halt, or a graceful timeout).
-    pub(crate) const FORCED_OFF: u8 = 12;
-    /// `run`: the VM was suspended to its directory.
-    pub(crate) const SUSPENDED: u8 = 13;
-}
-
-/// A command's failure: a message for stderr and an exit status.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) code: u8,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-    pub(crate) fn error(message: impl Into<String>) -> Self {
-        Self::new(exit::ERROR, message)
-    }
-    pub(crate) fn bad_directory(message: impl Into<String>) -> Self {
-        Self::new(exit::BAD_DIRECTORY, message)
-    }
-    pub(crate) fn already_running(message: impl Into<String>) -> Self {
-        Self::new(exit::ALREADY_RUNNING, message)
-    }
-    pub(crate) fn not_running(message: impl Into<String>) -> Self {
-        Self::new(exit::NOT_RUNNING, message)
-    }
-}
-
-/// Library errors map to statuses by kind: a refused state is WRONG_STATE, a bad
-/// definition BAD_DIRECTORY, the rest ERROR.
-impl From<applevz::Error> for Failure {
-    fn from(error: applevz::Error) -> Self {
-        let code = match &error {
-            applevz::Error::InvalidState { .. } => exit::WRONG_STATE,
-            applevz::Error::Definition { .. } => exit::BAD_DIRECTORY,
-            _ => exit::ERROR,
-        };
-        Self::new(code, error.to_string())
-    }
-}
+use control::Policy;
 
 #[derive(Parser)]
 #[command(
@@ -140,24 +75,11 @@ enum Command {
     },
 }
 
-/// `--policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Policy {
-    /// Ask the guest to power off (ACPI power button).
-    Powerdown,
-    /// Force the VM off; refused while another operation is under way; a suspended
-    /// VM keeps its saved state.
-    Halt,
-    /// Force the VM off, after waiting for an operation under way to settle; a VM that
-    /// was already suspended has its saved state discarded.
-    Poweroff,
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Check => check::check(),
+        Command::Check => Ok(check::check()),
         Command::Init(args) => init::init(&args),
         Command::Run(args) => run::run(&args),
         Command::Stop {

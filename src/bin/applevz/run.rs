@@ -17,12 +17,17 @@ use applevz::{
     VmDefinition, VmState,
 };
 
+use crate::control::Policy;
 use crate::control::{ControlServer, Request, timeout_from_seconds};
+use crate::failure::{Failure, exit};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
-use crate::{Failure, Policy, exit};
 
 #[derive(clap::Args)]
+#[allow(
+    clippy::doc_markdown,
+    reason = "clap prints these doc comments as the options' help, backticks and all"
+)]
 pub(crate) struct RunArgs {
     /// The VM directory.
     dir: PathBuf,
@@ -137,11 +142,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     };
     server.serve(control_handler(&vm, &busy, &asked), Arc::new(replied));
 
-    let raw = match on_terminal {
-        true => {
-            Some(RawMode::enter(0).map_err(|error| Failure::error(format!("raw mode: {error}")))?)
-        }
-        false => None,
+    let raw = if on_terminal {
+        Some(RawMode::enter(0).map_err(|error| Failure::error(format!("raw mode: {error}")))?)
+    } else {
+        None
     };
     let outcome = main_loop(&vm, &inbox, &messages, &busy, &asked);
     drop(raw); // the terminal is back before anything else is printed
@@ -374,7 +378,9 @@ fn describe(event: &StateEvent) -> String {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn spawn_operation(
@@ -416,10 +422,10 @@ fn block_termination_signals() -> libc::sigset_t {
     // changes this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGINT);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }
 }
@@ -429,7 +435,7 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
         loop {
             let mut signal = 0;
             // SAFETY: `set` holds the blocked signals; sigwait writes the one received.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            if unsafe { libc::sigwait(&raw const set, &raw mut signal) } != 0 {
                 continue;
             }
             if messages.send(Message::Signal).is_err() {

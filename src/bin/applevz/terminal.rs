@@ -25,16 +25,16 @@ impl RawMode {
         // SAFETY: termios is plain data; tcgetattr fills it for a valid descriptor.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: `saved` is a valid termios to write to.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        if unsafe { libc::tcgetattr(fd, &raw mut saved) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         let mut raw = saved;
         // SAFETY: cfmakeraw only edits the struct it is given.
-        unsafe { libc::cfmakeraw(&mut raw) };
+        unsafe { libc::cfmakeraw(&raw mut raw) };
         raw.c_lflag |= libc::ISIG;
         raw.c_oflag |= libc::OPOST;
         // SAFETY: a valid descriptor and a fully initialized termios.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const raw) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Self { fd, saved })
@@ -44,7 +44,7 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         // SAFETY: the descriptor and the settings read from it in `enter`.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &raw const self.saved) };
     }
 }
 
@@ -64,7 +64,11 @@ struct Inner {
 
 impl Inner {
     fn render(&self) {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let elapsed = self.began.elapsed().as_secs_f64();
         let mut stderr = std::io::stderr().lock();
         if self.in_place {
@@ -100,11 +104,15 @@ impl Progress {
 
     /// A new state; rendered when it differs from the last one.
     pub(crate) fn state(&self, state: &str) {
-        let mut current = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *current == state {
             return;
         }
-        *current = state.to_owned();
+        state.clone_into(&mut current);
         drop(current);
         self.inner.render();
     }
@@ -137,30 +145,14 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A pseudo-terminal pair; the slave side stands in for the user's terminal.
-    fn pty() -> (i32, i32) {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: out-parameters for two descriptors; NULL name, settings and size.
-        let status = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                // *mut on macOS, *const on Linux: null_mut fits both.
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(status, 0, "openpty: {}", std::io::Error::last_os_error());
-        (master, slave)
-    }
+    use crate::pty::pty;
+    use std::os::fd::AsRawFd;
 
     fn settings(fd: i32) -> libc::termios {
         // SAFETY: plain data filled by tcgetattr on a valid descriptor.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+        assert_eq!(unsafe { libc::tcgetattr(fd, &raw mut t) }, 0);
         t
     }
 
@@ -173,7 +165,9 @@ mod tests {
 
     #[test]
     fn raw_mode_is_restored_on_drop_and_on_panic() {
-        let (master, slave) = pty();
+        // Both ends stay open until the test ends, and are closed then.
+        let (_master, terminal) = pty();
+        let slave = terminal.as_raw_fd();
         let before = settings(slave);
         {
             let _raw = RawMode::enter(slave).unwrap();
@@ -193,17 +187,12 @@ mod tests {
         });
         assert!(unwound.is_err());
         assert!(same(&settings(slave), &before), "restored while unwinding");
-        // SAFETY: closing the descriptors this test opened.
-        unsafe {
-            libc::close(slave);
-            libc::close(master);
-        }
     }
 
     #[test]
     fn raw_mode_on_a_non_terminal_is_an_error() {
-        let file = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsRawFd;
+        let file = std::fs::File::open("/dev/null").unwrap();
         assert!(RawMode::enter(file.as_raw_fd()).is_err());
     }
 }

@@ -16,7 +16,7 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::Failure;
+use crate::failure::Failure;
 
 pub(crate) const DEFINITION: &str = "vm.toml";
 pub(crate) const DISK: &str = "disk.img";

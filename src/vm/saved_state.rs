@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{VirtualMachine, create_native, hint, refusal_hint};
-use crate::callback::{lock, remove_if_present};
 use crate::config::CPath;
 use crate::error::{Error, Result};
-use crate::native::AsyncOp;
+use crate::ffi::native_vm::AsyncOp;
 use crate::state::{EventKind, Operation, VmState};
+use crate::util::{lock, remove_if_present};
 
 impl VirtualMachine {
     /// Suspends a running or paused VM to its saved-state file: pause, save to a
@@ -27,6 +27,13 @@ impl VirtualMachine {
     ///
     /// Subscribers never see the VM `Stopped` during a suspend: its last event is
     /// `Suspended`. A suspended VM is left alone.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] unless the VM is running, paused or suspended;
+    /// [`Error::NoSavedStatePath`]; [`Error::SuspendNotSupported`] (the VM keeps running);
+    /// [`Error::SavedStateChanged`] for a file at the path that this VM did not write;
+    /// [`Error::Framework`] or [`Error::Timeout`] from pause, save or stop; [`Error::Io`]
+    /// when the saved state cannot be moved into place (the error names where it is).
     pub fn suspend(&self) -> Result<()> {
         let operation = Operation::Suspend;
         let _gate = self.acquire(operation);
@@ -94,7 +101,9 @@ impl VirtualMachine {
             },
             guest_gone.then_some(EventKind::Suspended),
         );
-        if !guest_gone {
+        if guest_gone {
+            self.prepare_for_restore();
+        } else {
             // The stop failed and the guest is still there (paused): running it again
             // spends the saved state, as after a restore.
             self.restored_from_saved_state.store(true, Ordering::SeqCst);
@@ -102,8 +111,6 @@ impl VirtualMachine {
                 "suspend: the VM did not stop ({framework_state}); its saved state is kept at {}",
                 kept_at.display()
             );
-        } else {
-            self.prepare_for_restore();
         }
         stopped?;
         moved

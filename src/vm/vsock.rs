@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::lock;
-use crate::error::{Error, FrameworkError, Result};
-use crate::native::{NativeSlot, NativeVm};
+use crate::error::{Error, Result};
+use crate::ffi::native_vm::{NativeSlot, NativeVm};
+use crate::framework_error::FrameworkError;
+use crate::state::Operation;
+use crate::util::lock;
 
 /// A connected vsock stream. It owns its descriptor and closes it exactly once, when
 /// dropped; it can be moved to and used from any thread.
@@ -33,26 +35,39 @@ impl VsockStream {
     }
 
     /// The guest's port of this connection.
+    #[must_use]
     pub fn guest_port(&self) -> u32 {
         self.guest_port
     }
 
     /// Sets a read timeout (`None`: block).
+    ///
+    /// # Errors
+    /// As [`UnixStream::set_read_timeout`] (a zero timeout is refused).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
     }
 
     /// Sets a write timeout (`None`: block).
+    ///
+    /// # Errors
+    /// As [`UnixStream::set_write_timeout`] (a zero timeout is refused).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_write_timeout(timeout)
     }
 
     /// Shuts down reading, writing or both.
+    ///
+    /// # Errors
+    /// As [`UnixStream::shutdown`].
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.socket.shutdown(how)
     }
 
     /// A second handle on the same connection (a duplicated descriptor).
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
             socket: self.socket.try_clone()?,
@@ -150,7 +165,7 @@ impl VsockListeners {
             return Err(Error::VsockPortInUse { port });
         }
         install(&self.vm.get(), port, &accept)
-            .map_err(Error::during(crate::Operation::VsockListen(port)))?;
+            .map_err(Error::during(Operation::VsockListen(port)))?;
         accepts.insert(port, accept);
         Ok(())
     }
@@ -170,7 +185,7 @@ impl VsockListeners {
             .vm
             .get()
             .vsock_remove_listener(port)
-            .map_err(Error::during(crate::Operation::VsockListen(port)));
+            .map_err(Error::during(Operation::VsockListen(port)));
         // The last reference to the callback (and so its sender) goes with the
         // native listener; this one goes now.
         drop(accept);
@@ -184,10 +199,9 @@ fn install(
     accept: &SharedAccept,
 ) -> std::result::Result<(), FrameworkError> {
     let accept = Arc::clone(accept);
-    vm.vsock_listen(
-        port,
-        Box::new(move |fd, guest_port, host_port| accept(fd, guest_port, host_port)),
-    )
+    vm.vsock_listen(port, move |fd, guest_port, host_port| {
+        accept(fd, guest_port, host_port);
+    })
 }
 
 impl VsockListener {
@@ -210,6 +224,9 @@ impl VsockListener {
     }
 
     /// Waits for the next connection.
+    ///
+    /// # Errors
+    /// [`Error::VsockListenerClosed`] once the listener is removed or its VM destroyed.
     pub fn accept(&self) -> Result<VsockStream> {
         lock(&self.connections)
             .recv()
@@ -217,6 +234,9 @@ impl VsockListener {
     }
 
     /// Waits up to `timeout` for the next connection; `Ok(None)` when none came.
+    ///
+    /// # Errors
+    /// As [`VsockListener::accept`].
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<VsockStream>> {
         match lock(&self.connections).recv_timeout(timeout) {
             Ok(stream) => Ok(Some(stream)),
@@ -228,6 +248,9 @@ impl VsockListener {
     }
 
     /// Stops listening; connections not yet accepted are closed.
+    ///
+    /// # Errors
+    /// [`Error::Framework`] when the framework refuses to remove the listener.
     pub fn remove(mut self) -> Result<()> {
         self.removed = true;
         self.listeners.remove(self.port)

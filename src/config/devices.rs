@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
-use crate::native::host;
-use crate::sys;
+use crate::ffi::host;
 
 /// How a disk image is cached by the host (`VZDiskImageCachingMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Definition files spell it `automatic`, `uncached` or `cached`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CachingMode {
     /// The framework decides.
     Automatic,
@@ -22,7 +25,9 @@ pub enum CachingMode {
 }
 
 /// How guest flushes reach the disk image (`VZDiskImageSynchronizationMode`, macOS 12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Definition files spell it `full`, `fsync` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Flush to permanent storage.
     Full,
@@ -32,11 +37,14 @@ pub enum SyncMode {
     None,
 }
 
-/// The device a disk image is attached through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The device a disk image is attached through. Definition files spell it `virtio`
+/// or `nvme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StorageInterface {
     /// virtio block (`/dev/vdX` in the guest; macOS 11).
     #[default]
+    #[serde(rename = "virtio")]
     VirtioBlock,
     /// An NVMe controller (`/dev/nvmeXn1`; macOS 14, generic platform only).
     Nvme,
@@ -74,24 +82,28 @@ impl Disk {
     }
 
     /// Attaches the image read-only.
+    #[must_use]
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
         self
     }
 
     /// Overrides the caching mode.
+    #[must_use]
     pub fn caching(mut self, caching: CachingMode) -> Self {
         self.caching = caching;
         self
     }
 
     /// Overrides the synchronization mode.
+    #[must_use]
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.sync = sync;
         self
     }
 
     /// Attaches the image through `interface`.
+    #[must_use]
     pub fn interface(mut self, interface: StorageInterface) -> Self {
         self.interface = interface;
         self
@@ -99,6 +111,7 @@ impl Disk {
 
     /// Names a virtio block device to the guest (`/dev/disk/by-id/virtio-<id>`; at
     /// most 20 printable ASCII characters; macOS 12.3).
+    #[must_use]
     pub fn identifier(mut self, identifier: impl Into<String>) -> Self {
         self.identifier = Some(identifier.into());
         self
@@ -130,6 +143,7 @@ pub struct MacAddress([u8; 6]);
 
 impl MacAddress {
     /// The address's six octets.
+    #[must_use]
     pub fn octets(self) -> [u8; 6] {
         self.0
     }
@@ -137,6 +151,7 @@ impl MacAddress {
     /// A locally administered unicast address derived from `seed` (for example a
     /// machine identity) and a device `index`: the same inputs always give the same
     /// address.
+    #[must_use]
     pub fn stable(seed: &[u8], index: u32) -> Self {
         // FNV-1a 64: stable across runs and platforms, and spreads similar seeds.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -151,6 +166,7 @@ impl MacAddress {
     }
 
     /// True for a locally administered address.
+    #[must_use]
     pub fn is_locally_administered(self) -> bool {
         self.0[0] & 0x02 != 0
     }
@@ -192,8 +208,13 @@ impl FromStr for MacAddress {
 
 impl std::fmt::Display for MacAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+        for (index, octet) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{octet:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +250,7 @@ pub struct Network {
 
 impl Network {
     /// NAT through the host (`VZNATNetworkDeviceAttachment`).
+    #[must_use]
     pub fn nat() -> Self {
         Self {
             kind: NetworkKind::Nat,
@@ -239,6 +261,7 @@ impl Network {
     /// Frames exchanged over a connected datagram socket the caller provides
     /// (`VZFileHandleNetworkDeviceAttachment`): the building block for vmnet-style
     /// networking. The VM keeps its own duplicate of the socket.
+    #[must_use]
     pub fn file_handle(socket: OwnedFd) -> Self {
         Self {
             kind: NetworkKind::FileHandle {
@@ -250,18 +273,21 @@ impl Network {
     }
 
     /// Chooses the MAC address.
+    #[must_use]
     pub fn mac(mut self, mac: MacChoice) -> Self {
         self.mac = mac;
         self
     }
 
     /// Uses this MAC address.
+    #[must_use]
     pub fn mac_address(self, mac: impl Into<String>) -> Self {
         self.mac(MacChoice::Fixed(mac.into()))
     }
 
     /// The maximum transmission unit of a file-handle attachment (1500..=65535;
     /// macOS 13). Ignored for NAT.
+    #[must_use]
     pub fn mtu(mut self, mtu: u32) -> Self {
         if let NetworkKind::FileHandle { mtu: slot, .. } = &mut self.kind {
             *slot = Some(mtu);
@@ -274,7 +300,8 @@ impl Network {
 pub(crate) fn check_datagram_socket(socket: &OwnedFd) -> Result<()> {
     use std::os::fd::AsRawFd;
     let mut kind: libc::c_int = 0;
-    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut length = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .expect("the size of an int fits in socklen_t");
     // SAFETY: a valid descriptor (borrowed from the OwnedFd) and out-parameters sized
     // for an int, as SO_TYPE writes.
     let status = unsafe {
@@ -283,7 +310,7 @@ pub(crate) fn check_datagram_socket(socket: &OwnedFd) -> Result<()> {
             libc::SOL_SOCKET,
             libc::SO_TYPE,
             (&raw mut kind).cast(),
-            &mut length,
+            &raw mut length,
         )
     };
     if status != 0 {
@@ -341,6 +368,7 @@ impl DirectoryShare {
     }
 
     /// Adds `path` as `<mount point>/<name>` (for a [`DirectoryShare::multiple`]).
+    #[must_use]
     pub fn directory(
         mut self,
         name: impl Into<String>,
@@ -394,26 +422,6 @@ pub(crate) fn check_share_name(tag: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Whether Rosetta for Linux can be shared with guests on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RosettaAvailability {
-    /// Not on this Mac (Intel, or macOS before 13).
-    NotSupported,
-    /// Supported but not installed (`softwareupdate --install-rosetta`).
-    NotInstalled,
-    /// Ready to share.
-    Installed,
-}
-
-/// Whether Rosetta for Linux is available here.
-pub fn rosetta_availability() -> RosettaAvailability {
-    match host::rosetta_availability() {
-        sys::AVZ_ROSETTA_INSTALLED => RosettaAvailability::Installed,
-        sys::AVZ_ROSETTA_NOT_INSTALLED => RosettaAvailability::NotInstalled,
-        _ => RosettaAvailability::NotSupported,
-    }
-}
-
 /// A virtio console port (macOS 13): a named channel the guest sees under
 /// `/sys/class/virtio-ports`, optionally its console (`hvc0`).
 #[derive(Debug, Clone)]
@@ -436,18 +444,21 @@ impl ConsolePort {
     }
 
     /// Marks the port as the guest's console.
+    #[must_use]
     pub fn console(mut self, is_console: bool) -> Self {
         self.is_console = is_console;
         self
     }
 
     /// Guest input comes from `fd`.
+    #[must_use]
     pub fn input(mut self, fd: OwnedFd) -> Self {
         self.input = Some(Arc::new(fd));
         self
     }
 
     /// Guest output goes to `fd`.
+    #[must_use]
     pub fn output(mut self, fd: OwnedFd) -> Self {
         self.output = Some(Arc::new(fd));
         self
@@ -477,6 +488,9 @@ pub enum SerialPort {
 impl SerialPort {
     /// The caller's terminal: guest input from standard input, output to standard
     /// output (duplicates of both; putting the terminal in raw mode is the caller's).
+    ///
+    /// # Errors
+    /// When standard input or output cannot be duplicated.
     pub fn stdio() -> std::io::Result<Self> {
         Ok(Self::Fds {
             read: Some(Arc::new(std::io::stdin().as_fd().try_clone_to_owned()?)),

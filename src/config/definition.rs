@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{
-    EfiVariableStore, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts, VmConfig,
+use super::builder::{
+    EfiVariableStore, LinuxBootLoader, MachineIdentifier, OnGracefulTimeout, Timeouts,
     VmConfigBuilder,
 };
-use crate::devices::{
+use super::devices::{
     CachingMode, DirectoryShare, Disk, MacChoice, Network, SerialPort, StorageInterface, SyncMode,
 };
+use super::validate::VmConfig;
 use crate::error::{Error, Result};
 
 const MIB: u64 = 1024 * 1024;
@@ -69,13 +70,13 @@ pub struct VmDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rosetta: Option<String>,
     /// A virtio entropy device.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub entropy: bool,
     /// A memory balloon device.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub memory_balloon: bool,
     /// A virtio-vsock device.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vsock: bool,
     /// The serial console's log file (a program may attach a terminal instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,15 +86,11 @@ pub struct VmDefinition {
     pub timeouts: TimeoutsDefinition,
     /// What a graceful shutdown does when the guest ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_graceful_timeout: Option<GracefulTimeoutAction>,
+    pub on_graceful_timeout: Option<OnGracefulTimeout>,
 }
 
 fn one() -> u32 {
     1
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
 }
 
 /// `[boot]`: a Linux kernel, or EFI.
@@ -121,54 +118,20 @@ pub struct DiskDefinition {
     /// The raw disk image or ISO.
     pub path: PathBuf,
     /// Attach read-only.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
     /// `virtio` (default) or `nvme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<InterfaceName>,
+    pub interface: Option<StorageInterface>,
     /// `cached` (default), `uncached` or `automatic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caching: Option<CachingName>,
+    pub caching: Option<CachingMode>,
     /// `fsync` (default), `full` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sync: Option<SyncName>,
+    pub sync: Option<SyncMode>,
     /// Block device identifier (virtio only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<String>,
-}
-
-/// Disk interface names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InterfaceName {
-    /// virtio block.
-    Virtio,
-    /// NVMe.
-    Nvme,
-}
-
-/// Caching mode names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CachingName {
-    /// [`CachingMode::Automatic`].
-    Automatic,
-    /// [`CachingMode::Uncached`].
-    Uncached,
-    /// [`CachingMode::Cached`].
-    Cached,
-}
-
-/// Synchronization mode names in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncName {
-    /// [`SyncMode::Full`].
-    Full,
-    /// [`SyncMode::Fsync`].
-    Fsync,
-    /// [`SyncMode::None`].
-    None,
 }
 
 /// `[[network]]`: a NAT device.
@@ -190,7 +153,7 @@ pub struct ShareDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Read-only (for `path`).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
     /// Several named directories.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -204,7 +167,7 @@ pub struct NamedDirectory {
     /// The directory.
     pub path: PathBuf,
     /// Read-only.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
 }
 
@@ -237,17 +200,10 @@ impl TimeoutsDefinition {
     }
 }
 
-/// `on_graceful_timeout`: `"fail"` or `"force-stop"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GracefulTimeoutAction {
-    /// [`OnGracefulTimeout::Fail`].
-    Fail,
-    /// [`OnGracefulTimeout::ForceStop`].
-    ForceStop,
-}
-
 /// Parses `"512MiB"`, `"2GiB"` (also with a space) into bytes.
+///
+/// # Errors
+/// Why `value` is not a size: no whole number, a unit other than MiB or GiB, or too large.
 pub fn parse_memory(value: &str) -> std::result::Result<u64, String> {
     let value = value.trim();
     let split = value
@@ -268,6 +224,7 @@ pub fn parse_memory(value: &str) -> std::result::Result<u64, String> {
 }
 
 /// Formats bytes as the definition file writes them.
+#[must_use]
 pub fn format_memory(bytes: u64) -> String {
     if bytes % (1024 * MIB) == 0 {
         format!("{}GiB", bytes / (1024 * MIB))
@@ -302,6 +259,10 @@ impl VmDefinition {
     }
 
     /// Parses a definition; `file` names it in errors.
+    ///
+    /// # Errors
+    /// [`Error::Definition`] naming `file`, the key and the reason: bad TOML, an unknown key, or a
+    /// value of the wrong type or spelling.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let deserializer = toml::Deserializer::parse(text)
             .map_err(|error| definition_error(file, "", error.message()))?;
@@ -313,6 +274,9 @@ impl VmDefinition {
     }
 
     /// Reads and parses a definition file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read; otherwise as [`VmDefinition::parse`].
     pub fn load(file: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
             action: "read the VM definition",
@@ -327,6 +291,7 @@ impl VmDefinition {
     /// # Panics
     /// When the definition cannot be written as TOML: a path that is not valid UTF-8.
     /// [`VmDefinition::try_to_toml`] reports that as an error instead.
+    #[must_use]
     pub fn to_toml(&self) -> String {
         self.try_to_toml(Path::new("the definition"))
             .unwrap_or_else(|error| panic!("{error}"))
@@ -334,6 +299,9 @@ impl VmDefinition {
 
     /// The definition as TOML text for `file` (which names it in the error), or why it
     /// cannot be written: a path that is not valid UTF-8 (TOML files are UTF-8 text).
+    ///
+    /// # Errors
+    /// [`Error::Definition`] when a path is not valid UTF-8.
     pub fn try_to_toml(&self, file: &Path) -> Result<String> {
         toml::to_string_pretty(self)
             .map_err(|error| definition_error(file, "", &format!("cannot be written: {error}")))
@@ -342,6 +310,10 @@ impl VmDefinition {
     /// A configuration builder, with relative paths resolved against `base` (the
     /// definition file's directory). Values are checked here (with the key named);
     /// files and devices when the builder builds.
+    ///
+    /// # Errors
+    /// [`Error::Definition`] with the key for a value that is wrong on its own: the memory
+    /// size, the boot section, a share's layout, a timeout.
     pub fn to_builder(&self, file: &Path) -> Result<VmConfigBuilder> {
         let base = file.parent().unwrap_or(Path::new("."));
         let resolve = |path: &Path| base.join(path);
@@ -390,24 +362,13 @@ impl VmDefinition {
         for disk in &self.disks {
             let mut device = Disk::new(resolve(&disk.path)).read_only(disk.read_only);
             if let Some(interface) = disk.interface {
-                device = device.interface(match interface {
-                    InterfaceName::Virtio => StorageInterface::VirtioBlock,
-                    InterfaceName::Nvme => StorageInterface::Nvme,
-                });
+                device = device.interface(interface);
             }
             if let Some(caching) = disk.caching {
-                device = device.caching(match caching {
-                    CachingName::Automatic => CachingMode::Automatic,
-                    CachingName::Uncached => CachingMode::Uncached,
-                    CachingName::Cached => CachingMode::Cached,
-                });
+                device = device.caching(caching);
             }
             if let Some(sync) = disk.sync {
-                device = device.sync(match sync {
-                    SyncName::Full => SyncMode::Full,
-                    SyncName::Fsync => SyncMode::Fsync,
-                    SyncName::None => SyncMode::None,
-                });
+                device = device.sync(sync);
             }
             if let Some(identifier) = &disk.identifier {
                 device = device.identifier(identifier.clone());
@@ -479,16 +440,16 @@ impl VmDefinition {
                 .map_err(|(key, reason)| bad(&key, reason))?,
         );
         if let Some(action) = self.on_graceful_timeout {
-            builder = builder.on_graceful_timeout(match action {
-                GracefulTimeoutAction::Fail => OnGracefulTimeout::Fail,
-                GracefulTimeoutAction::ForceStop => OnGracefulTimeout::ForceStop,
-            });
+            builder = builder.on_graceful_timeout(action);
         }
         Ok(builder)
     }
 
     /// Loads `file` and builds its configuration. A value the builder rejects (a
     /// missing kernel, a bad MAC address, …) is reported with the file and the key.
+    ///
+    /// # Errors
+    /// As [`VmDefinition::load`], [`VmDefinition::to_builder`] and [`VmDefinition::finish`].
     pub fn load_config(file: &Path) -> Result<VmConfig> {
         let definition = Self::load(file)?;
         definition.finish(file, definition.to_builder(file)?)
@@ -496,6 +457,10 @@ impl VmDefinition {
 
     /// Builds `builder` (made by [`VmDefinition::to_builder`], perhaps with more
     /// added by the caller), reporting what it rejects with the file and the key.
+    ///
+    /// # Errors
+    /// [`Error::Definition`] with the key (as well as it can be told) and the builder's reason
+    /// for anything [`VmConfigBuilder::build`] rejects.
     pub fn finish(&self, file: &Path, builder: VmConfigBuilder) -> Result<VmConfig> {
         builder.build().map_err(|error| {
             let key = self.key_of(&error);
@@ -504,6 +469,10 @@ impl VmDefinition {
     }
 
     /// The file's `[timeouts]` applied over `base` (bad values name their key).
+    ///
+    /// # Errors
+    /// [`Error::Definition`] naming the key of a timeout that is not a positive number of
+    /// seconds.
     pub fn timeouts_over(&self, file: &Path, base: Timeouts) -> Result<Timeouts> {
         self.timeouts
             .apply(base)

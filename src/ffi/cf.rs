@@ -13,24 +13,20 @@
 use std::ffi::c_char;
 use std::ptr::NonNull;
 
-use crate::sys::cf::{
+use crate::ffi::sys::cf::{
     CFErrorCopyDescription, CFErrorGetCode, CFErrorGetDomain, CFErrorRef, CFRelease, CFRetain,
     CFStringGetCString, CFStringGetLength, CFStringGetMaximumSizeForEncoding, CFStringRef,
     CFTypeRef, kCFStringEncodingUTF8,
 };
+use crate::framework_error::{FrameworkError, VzErrorCode};
 
 /// One owned reference to a CoreFoundation-compatible object.
+///
+/// Neither `Send` nor `Sync`: whether an object may cross threads depends on what it
+/// is, so each wrapper that owns a handle says so itself, with its reason
+/// (`NativeVm`, `BuiltConfig`).
 #[derive(Debug)]
 pub(crate) struct CfHandle(NonNull<std::ffi::c_void>);
-
-// SAFETY: CFRetain/CFRelease are thread-safe for every CF-compatible object, and the
-// objects applevz owns are either immutable (errors, strings) or internally serialized
-// by the native side (a VM hops onto its own queue for every call). The configuration
-// handle, which is not thread-safe, is wrapped by `native::NativeConfig`, which is
-// neither Send nor Sync.
-unsafe impl Send for CfHandle {}
-// SAFETY: as for Send: shared access only reaches thread-safe native functions.
-unsafe impl Sync for CfHandle {}
 
 impl CfHandle {
     /// Takes over a +1 reference. Returns `None` for NULL.
@@ -84,7 +80,7 @@ impl CfError {
     /// Takes over a +1 error, as stored in an out-parameter or passed to a completion.
     ///
     /// # Safety
-    /// As [`CfHandle::from_create_rule`], and the object is a CFError.
+    /// As [`CfHandle::from_create_rule`], and the object is a `CFError`.
     pub(crate) unsafe fn from_create_rule(error: CFErrorRef) -> Option<Self> {
         // SAFETY: forwarded from the caller.
         unsafe { CfHandle::from_create_rule(error.cast_const().cast()) }.map(Self)
@@ -93,7 +89,7 @@ impl CfError {
     /// Retains a borrowed error, as passed to the state observer.
     ///
     /// # Safety
-    /// As [`CfHandle::from_get_rule`], and the object is a CFError.
+    /// As [`CfHandle::from_get_rule`], and the object is a `CFError`.
     pub(crate) unsafe fn from_get_rule(error: CFErrorRef) -> Option<Self> {
         // SAFETY: forwarded from the caller.
         unsafe { CfHandle::from_get_rule(error.cast_const().cast()) }.map(Self)
@@ -134,10 +130,41 @@ impl CfError {
     }
 }
 
-/// Copies a CFString into a Rust `String` (empty for NULL or unconvertible strings).
+impl From<CfError> for FrameworkError {
+    /// The one place where a native error becomes a Rust error.
+    fn from(error: CfError) -> Self {
+        let domain = error.domain();
+        let raw_code = error.code();
+        Self {
+            code: VzErrorCode::from_domain_and_code(&domain, raw_code),
+            raw_code,
+            description: error.description(),
+            domain,
+        }
+    }
+}
+
+/// Runs a native call that reports failure through a `CFErrorRef *` out-parameter.
+pub(crate) fn call_with_error(
+    what: &str,
+    call: impl FnOnce(*mut CFErrorRef) -> bool,
+) -> Result<(), FrameworkError> {
+    let mut error: CFErrorRef = std::ptr::null_mut();
+    let succeeded = call(&raw mut error);
+    // SAFETY: the ABI stores a +1 error (or nothing) in the out-parameter; we take it
+    // over whatever `succeeded` says, so it is released exactly once.
+    let error = unsafe { CfError::from_create_rule(error) };
+    match (succeeded, error) {
+        (true, _) => Ok(()),
+        (false, Some(error)) => Err(error.into()),
+        (false, None) => Err(FrameworkError::missing(what)),
+    }
+}
+
+/// Copies a `CFString` into a Rust `String` (empty for NULL or unconvertible strings).
 ///
 /// # Safety
-/// `string` is NULL or a live CFString for the duration of the call.
+/// `string` is NULL or a live `CFString` for the duration of the call.
 unsafe fn string_to_rust(string: CFStringRef) -> String {
     if string.is_null() {
         return String::new();
@@ -171,9 +198,15 @@ unsafe fn string_to_rust(string: CFStringRef) -> String {
 #[cfg(all(test, applevz_simulator))]
 mod tests {
     use super::*;
-    use crate::sim::live_objects;
-    use crate::sys;
+    use crate::ffi::sys;
     use serial_test::serial;
+
+    /// The simulator's live-object count, read at the level these tests work at (the
+    /// raw bindings), so that this layer's tests need nothing above it.
+    fn live_objects() -> i64 {
+        // SAFETY: no arguments; thread-safe.
+        unsafe { sys::sim_bindings::avz_sim_live_objects() }
+    }
 
     fn new_config() -> *const std::ffi::c_void {
         // SAFETY: returns a +1 configuration; each test releases it exactly once.
@@ -226,7 +259,7 @@ mod tests {
         let raw = new_config();
         let mut error: CFErrorRef = std::ptr::null_mut();
         // SAFETY: live configuration, valid out-parameter.
-        let valid = unsafe { sys::avz_config_validate(raw.cast_mut().cast(), &mut error) };
+        let valid = unsafe { sys::avz_config_validate(raw.cast_mut().cast(), &raw mut error) };
         assert!(!valid, "an empty configuration has no boot loader");
         // SAFETY: the out-parameter holds a +1 error.
         let error = unsafe { CfError::from_create_rule(error) }.expect("an error object");

@@ -10,8 +10,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::callback::{NativeEvent, deadline_after, lock, wait_until_deadline};
+use crate::ffi::callback::NativeEvent;
 use crate::state::{EventKind, Operation, StateEvent, VmState};
+use crate::util::{deadline_after, lock, wait_until_deadline};
 
 /// The operation holding the VM, and how long a forced shutdown waits for it at most.
 #[derive(Debug, Clone, Copy)]

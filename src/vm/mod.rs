@@ -1,5 +1,5 @@
 //! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
-//! native wrappers.
+//! native wrappers in `crate::ffi`.
 //!
 //! The framework's contract, which everything here builds on: start from stopped or
 //! error; pause from running; resume from paused; forced stop from running or paused
@@ -10,6 +10,7 @@
 mod devices;
 mod saved_state;
 mod tracker;
+pub(crate) mod vsock;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +18,15 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::callback::{NativeEvent, lock};
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
-use crate::error::{Error, FrameworkError, Result, VzErrorCode};
-use crate::native::{AsyncOp, BuiltConfig, NativeConfig, NativeSlot, NativeVm};
+use crate::error::{Error, Result};
+use crate::ffi::callback::NativeEvent;
+use crate::ffi::native_config::{BuiltConfig, NativeConfig};
+use crate::ffi::native_vm::{AsyncOp, NativeSlot, NativeVm};
+use crate::framework_error::{FrameworkError, VzErrorCode};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
-use crate::vsock::VsockListeners;
+use crate::util::lock;
+use crate::vm::vsock::VsockListeners;
 use tracker::{Busy, Tracker};
 
 /// A Linux virtual machine.
@@ -81,6 +85,11 @@ impl VirtualMachine {
     /// Creates a VM from a validated configuration. When the configuration's
     /// saved-state file exists, the VM starts out [`VmState::Suspended`] and tracks
     /// that file from then on.
+    ///
+    /// # Errors
+    /// [`Error::Framework`] (operation `create`) when the framework rejects the configuration
+    /// or cannot create the VM; [`Error::InvalidMachineIdentifier`] or [`Error::Io`] for a
+    /// persisted machine identity it cannot use or write.
     pub fn new(config: &VmConfig) -> Result<Self> {
         let native_config = config.to_native()?;
         native_config
@@ -153,6 +162,9 @@ impl VirtualMachine {
     }
 
     /// Waits until the VM is in `target`, up to `timeout`; event-driven.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the VM is not in `target` within `timeout`.
     pub fn wait_for_state(&self, target: VmState, timeout: Duration) -> Result<()> {
         match self
             .tracker
@@ -175,6 +187,12 @@ impl VirtualMachine {
     ///
     /// A file at the saved-state path that this VM did not write is never adopted:
     /// starting a stopped VM then fails with [`Error::SavedStateChanged`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] while another operation is under way;
+    /// [`Error::SavedStateChanged`] for a saved state that appeared or vanished behind the VM's
+    /// back; [`Error::RestoreFailed`] (the file is kept); [`Error::Framework`] and
+    /// [`Error::Timeout`] from the framework's operations.
     pub fn start(&self) -> Result<()> {
         let operation = Operation::Start;
         let _gate = self.acquire(operation);
@@ -212,6 +230,12 @@ impl VirtualMachine {
     /// cuts that wait short: the Powerdown forces the VM off at once. A Poweroff that
     /// waited behind another operation never discards a saved state: only one called
     /// while the VM was already suspended, with nothing in flight, does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] where the table says so; [`Error::Timeout`] when the guest
+    /// ignores a Powerdown (with [`OnGracefulTimeout::Fail`]) or an operation does not settle;
+    /// [`Error::Framework`] when the framework refuses the stop; [`Error::Io`] when a
+    /// Poweroff cannot discard the saved state (it is kept).
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
         let operation = Operation::Shutdown(policy);
         let mut tracked = self.tracker.lock();
@@ -304,6 +328,10 @@ impl VirtualMachine {
     }
 
     /// Pauses a running VM (a paused VM is left alone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] unless the VM is running or paused; [`Error::Framework`] or
+    /// [`Error::Timeout`] from the framework's pause.
     pub fn pause(&self) -> Result<()> {
         let operation = Operation::Pause;
         let _gate = self.acquire(operation);
@@ -318,6 +346,11 @@ impl VirtualMachine {
     /// [`VirtualMachine::start`]. A VM paused by a restore that completed after
     /// `start()` gave up on it is restored from its saved state: once it runs, that
     /// state is spent and the file is deleted, as `start()` does after a restore.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] unless the VM is paused or running; [`Error::Framework`] or
+    /// [`Error::Timeout`] from the framework's resume; [`Error::Io`] when a spent saved state
+    /// cannot be deleted.
     pub fn resume(&self) -> Result<()> {
         let operation = Operation::Resume;
         let _gate = self.acquire(operation);
@@ -479,14 +512,6 @@ impl VirtualMachine {
             hint,
         }
     }
-
-    fn require(&self, present: bool, device: &'static str, builder: &'static str) -> Result<()> {
-        if present {
-            Ok(())
-        } else {
-            Err(Error::DeviceNotConfigured { device, builder })
-        }
-    }
 }
 
 /// A native VM whose events reach `tracker` as coming from native object `generation`.
@@ -496,10 +521,9 @@ fn create_native(
     generation: u64,
 ) -> std::result::Result<NativeVm, FrameworkError> {
     let observer = Arc::clone(tracker);
-    NativeVm::create(
-        config,
-        Box::new(move |event: NativeEvent| observer.on_native_event(generation, event)),
-    )
+    NativeVm::create(config, move |event: NativeEvent| {
+        observer.on_native_event(generation, event);
+    })
 }
 
 /// The way out for start/pause/resume/suspend refused in `state`.

@@ -2,7 +2,7 @@
 //! and the handful of CoreFoundation functions the crate calls.
 //!
 //! Nothing here is safe to call without reading the header's ownership notes; the
-//! [`crate::cf`] and [`crate::native`] layers wrap every use.
+//! wrappers in [`crate::ffi`] wrap every use.
 
 #![allow(
     non_camel_case_types,
