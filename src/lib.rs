@@ -33,6 +33,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod callback;
+mod capi;
 mod cf;
 mod config;
 pub mod definition;
