@@ -854,6 +854,21 @@ fn the_c_example_builds_and_runs() {
     assert!(text(&output.stderr).starts_with("open failed (kind 6): read the VM definition"));
 }
 
+/// The README's C example ("From C and C++") compiles and links as shown.
+#[cfg(applevz_simulator)]
+#[test]
+fn the_readme_c_example_compiles_and_links() {
+    let readme = std::fs::read_to_string(Path::new(MANIFEST_DIR).join("README.md")).unwrap();
+    let section = &readme[readme.find("## From C and C++").expect("the section")..];
+    let start = section.find("```c\n").expect("a C example") + "```c\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let scratch = Scratch::new("readme");
+    let source = scratch.0.join("readme_example.c");
+    std::fs::write(&source, example).unwrap();
+    let exe = build_program(source.to_str().unwrap());
+    assert!(exe.is_file());
+}
+
 /// valgrind's options: any memory error or definite leak fails the run.
 #[cfg(all(applevz_simulator, applevz_valgrind))]
 const VALGRIND: [&str; 5] = [

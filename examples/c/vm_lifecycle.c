@@ -13,9 +13,13 @@
 #include "applevz_vm.h"
 
 static void on_event(void *user_data, const applevz_event *event) {
+    static const char *const kinds[] = {"", " (guest stopped)", " (stopped with error)",
+                                        " (network disconnected)", " (suspended)",
+                                        " (saved state removed)"};
     (void)user_data; /* runs on the subscription's own thread */
-    printf("  event: %s%s%s\n", applevz_state_name(event->state), event->error ? ": " : "",
-           event->error ? applevz_error_message(event->error) : "");
+    printf("  event: %s%s%s%s\n", applevz_state_name(event->state),
+           event->kind >= 0 && event->kind <= 5 ? kinds[event->kind] : "",
+           event->error ? ": " : "", event->error ? applevz_error_message(event->error) : "");
 }
 
 /* Reports a failed step; the error is ours to free. */
