@@ -273,3 +273,67 @@ pub unsafe extern "C" fn applevz_error_free(error: *mut applevz_error) {
     // this function's contract. Dropping CStrings cannot panic.
     drop(unsafe { Box::from_raw(error) });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let result: Result<(), applevz_error> = run("applevz_test", || panic!("boom"));
+        let error = result.unwrap_err();
+        assert_eq!(error.kind, APPLEVZ_ERROR_INTERNAL);
+        let message = error.message.to_str().unwrap();
+        assert!(
+            message.starts_with("applevz_test: applevz panicked"),
+            "{message}"
+        );
+        assert!(message.ends_with(": boom"), "{message}");
+        let formatted: Result<(), applevz_error> = run("x", || panic!("{}", 42));
+        assert!(
+            formatted
+                .unwrap_err()
+                .message
+                .to_str()
+                .unwrap()
+                .ends_with(": 42")
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_kind_message_and_framework_error() {
+        let source = FrameworkError {
+            domain: crate::VZ_ERROR_DOMAIN.into(),
+            code: VzErrorCode::NotSupported,
+            raw_code: 10,
+            description: "not on this Mac".into(),
+        };
+        let error = applevz_error::from_error(&Error::SuspendNotSupported { source });
+        assert_eq!(error.kind, APPLEVZ_ERROR_NOT_SUPPORTED);
+        let raw = error.into_raw();
+        // SAFETY: a live error from into_raw, freed once at the end.
+        unsafe {
+            assert_eq!(applevz_error_code(raw), APPLEVZ_ERROR_NOT_SUPPORTED);
+            assert_eq!(applevz_error_framework_code(raw), 10);
+            let domain = CStr::from_ptr(applevz_error_framework_domain(raw));
+            assert_eq!(domain.to_str().unwrap(), "VZErrorDomain");
+            let message = CStr::from_ptr(applevz_error_message(raw)).to_str().unwrap();
+            assert!(
+                message.ends_with("not on this Mac (VZErrorDomain error 10)"),
+                "{message}"
+            );
+            applevz_error_free(raw);
+        }
+        let error = applevz_error::from_error(&Error::NoSavedStatePath);
+        assert_eq!(error.kind, APPLEVZ_ERROR_NO_SAVED_STATE_PATH);
+        assert!(error.framework.is_none());
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_message_does_not_cut_it() {
+        let error = applevz_error::invalid_argument("a\0b");
+        assert_eq!(error.message.to_str().unwrap(), "a\u{FFFD}b");
+    }
+}

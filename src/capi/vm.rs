@@ -72,12 +72,22 @@ const STATES: [(VmState, applevz_vm_state, &CStr); 11] = [
     (VmState::Suspended, APPLEVZ_STATE_SUSPENDED, c"suspended"),
 ];
 
-/// The C value of a state.
+/// The C value of a state. Exhaustive on purpose: a new [`VmState`] does not compile
+/// until it has a value here (and, the unit test says, a row in `STATES`).
 pub(super) fn state_to_c(state: VmState) -> applevz_vm_state {
-    STATES
-        .iter()
-        .find(|(known, _, _)| *known == state)
-        .map_or(APPLEVZ_STATE_INVALID, |(_, value, _)| *value)
+    match state {
+        VmState::Stopped => APPLEVZ_STATE_STOPPED,
+        VmState::Running => APPLEVZ_STATE_RUNNING,
+        VmState::Paused => APPLEVZ_STATE_PAUSED,
+        VmState::Error => APPLEVZ_STATE_ERROR,
+        VmState::Starting => APPLEVZ_STATE_STARTING,
+        VmState::Pausing => APPLEVZ_STATE_PAUSING,
+        VmState::Resuming => APPLEVZ_STATE_RESUMING,
+        VmState::Stopping => APPLEVZ_STATE_STOPPING,
+        VmState::Saving => APPLEVZ_STATE_SAVING,
+        VmState::Restoring => APPLEVZ_STATE_RESTORING,
+        VmState::Suspended => APPLEVZ_STATE_SUSPENDED,
+    }
 }
 
 fn state_from_c(value: applevz_vm_state) -> Option<VmState> {
@@ -321,4 +331,47 @@ pub unsafe extern "C" fn applevz_vm_get_state(vm: *const applevz_vm) -> applevz_
         return APPLEVZ_STATE_INVALID;
     };
     guard(|| state_to_c(vm.vm.state()), |_| APPLEVZ_STATE_INVALID)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_one_value_and_one_name() {
+        for (state, value, name) in STATES {
+            assert_eq!(state_to_c(state), value, "{state:?}");
+            assert_eq!(state_from_c(value), Some(state));
+            // SAFETY: applevz_state_name returns a static NUL-terminated string.
+            let c_name = unsafe { CStr::from_ptr(applevz_state_name(value)) };
+            assert_eq!(c_name, name);
+        }
+        let values: std::collections::BTreeSet<_> = STATES.iter().map(|row| row.1).collect();
+        assert_eq!(values.len(), STATES.len());
+        assert_eq!(state_from_c(APPLEVZ_STATE_INVALID), None);
+        assert_eq!(state_from_c(11), None);
+    }
+
+    #[test]
+    fn null_arguments_fail_cleanly() {
+        let mut error: *mut applevz_error = std::ptr::null_mut();
+        // SAFETY: NULL VM and path are what is tested; `error` is writable.
+        unsafe {
+            assert!(applevz_vm_open(std::ptr::null(), &mut error).is_null());
+            assert_eq!(
+                super::super::error::applevz_error_code(error),
+                super::super::error::APPLEVZ_ERROR_INVALID_ARGUMENT
+            );
+            super::super::error::applevz_error_free(error);
+            assert!(!applevz_vm_start(
+                std::ptr::null_mut(),
+                std::ptr::null_mut()
+            ));
+            assert_eq!(
+                applevz_vm_get_state(std::ptr::null()),
+                APPLEVZ_STATE_INVALID
+            );
+            applevz_vm_free(std::ptr::null_mut());
+        }
+    }
 }
