@@ -12,15 +12,19 @@
 //!   `-lpthread -ldl -lm`, drive the simulator; the C and C++ tests run again under
 //!   valgrind where it is installed (a cfg from build.rs; ignored otherwise).
 //!
-//! The library under test is the staticlib cargo builds together with the rlib this
-//! test links (Cargo.toml: `crate-type = ["rlib", "staticlib"]`), in the profile
-//! directory above this test's executable (`target/debug/libapplevz.a`, or
-//! `target/<triple>/<profile>/`): the exact code under test, with no second cargo run.
+//! The library under test: cargo builds the staticlib together with the rlib this test
+//! links (Cargo.toml: `crate-type = ["rlib", "staticlib"]`), but leaves it in `deps/`
+//! under a hashed name when the library is only a dependency of a test. So the test
+//! asks cargo for it, once per run: `cargo build --lib` with this test's target
+//! directory, target, profile and features, which is fresh (nothing is compiled, a
+//! fraction of a second) and names the exact `libapplevz.a` in its JSON messages; a
+//! stale `target/debug/libapplevz.a` from an earlier build is never used.
 //! Compilers: `$CC` and `$CXX`, default `cc` and `c++`; `$NM`, default `nm`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -39,14 +43,73 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
+/// The static library of this build (see the module's documentation).
 fn staticlib() -> PathBuf {
-    let lib = profile_dir().join("libapplevz.a");
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(build_staticlib).clone()
+}
+
+fn build_staticlib() -> PathBuf {
+    let profile_dir = profile_dir();
+    let parent = profile_dir.parent().expect("target/[<triple>/]<profile>");
+    // Cargo marks the root of a target directory with CACHEDIR.TAG.
+    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").is_file() {
+        (parent.to_owned(), None)
+    } else {
+        let triple = parent.file_name().expect("a target triple");
+        (
+            parent.parent().expect("the target directory").to_owned(),
+            Some(triple),
+        )
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(MANIFEST_DIR)
+        .args(["build", "--lib", "--message-format=json-render-diagnostics"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if let Some(triple) = triple {
+        command.arg("--target").arg(triple);
+    }
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+        None => panic!("no profile in {}", profile_dir.display()),
+    }
+    let features: Vec<&str> = [
+        ("cli", cfg!(feature = "cli")),
+        ("bindgen", cfg!(feature = "bindgen")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    command.arg("--no-default-features");
+    if !features.is_empty() {
+        command.arg("--features").arg(features.join(","));
+    }
+    let output = run(&mut command);
     assert!(
-        lib.is_file(),
-        "{} is missing: cargo builds it with the rlib (crate-type in Cargo.toml)",
-        lib.display()
+        output.status.success(),
+        "{command:?} failed:\n{}",
+        text(&output.stderr)
     );
-    lib
+    // The artifact message of the library lists its files, the staticlib among them.
+    let stdout = text(&output.stdout);
+    let library = stdout
+        .lines()
+        .filter(|line| {
+            line.contains("\"reason\":\"compiler-artifact\"") && line.contains("\"staticlib\"")
+        })
+        .flat_map(|line| line.split('"'))
+        .find(|piece| piece.ends_with("/libapplevz.a"))
+        .unwrap_or_else(|| panic!("cargo named no libapplevz.a:\n{stdout}"));
+    PathBuf::from(library)
 }
 
 fn header() -> PathBuf {
@@ -886,6 +949,9 @@ const VALGRIND: [&str; 5] = [
 )]
 #[test]
 fn c_program_under_valgrind() {
+    // Run with --include-ignored where valgrind is missing: a failure, never a pass.
+    #[cfg(not(applevz_valgrind))]
+    panic!("valgrind is not installed: the C program did not run under it");
     #[cfg(applevz_valgrind)]
     {
         let exe = build_program("tests/c/lifecycle.c");
@@ -901,6 +967,8 @@ fn c_program_under_valgrind() {
 )]
 #[test]
 fn cpp_program_under_valgrind() {
+    #[cfg(not(applevz_valgrind))]
+    panic!("valgrind is not installed: the C++ program did not run under it");
     #[cfg(applevz_valgrind)]
     {
         let exe = build_program("tests/c/multipass_vm.cpp");
