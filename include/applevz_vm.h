@@ -209,8 +209,11 @@ void applevz_vm_free(applevz_vm *vm);
 
 /* Starts the VM: stopped or error -> boots it (afresh); paused -> resumes it;
  * running -> nothing; suspended -> restores the saved state, resumes, and only then
- * deletes the file (a failed restore keeps it: RESTORE_FAILED). While another operation
- * is under way: INVALID_STATE. Blocks until running or failed. */
+ * deletes the file (a failed restore keeps it: RESTORE_FAILED). Blocks until running or
+ * failed.
+ * Start, pause, resume and suspend wait their turn behind another lifecycle call under
+ * way on the same VM, then act on the state it left; a VM still in transition (an
+ * earlier call timed out while the framework went on) gives INVALID_STATE. */
 bool applevz_vm_start(applevz_vm *vm, applevz_error **error);
 
 /* Stops the VM under `policy`:
