@@ -49,8 +49,27 @@ fn main() {
 
     shim_check_tools();
 
+    // tests/capi.rs runs its C and C++ programs under valgrind where it is installed
+    // and reports those tests as ignored elsewhere (never as passed).
+    println!("cargo::rustc-check-cfg=cfg(applevz_valgrind)");
+    println!("cargo::rerun-if-env-changed=PATH");
+    if on_path("valgrind") {
+        println!("cargo::rustc-cfg=applevz_valgrind");
+    }
+
     #[cfg(feature = "bindgen")]
     bindings::check_or_update(&manifest_dir);
+}
+
+/// True when an executable `program` is on `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    env::var_os("PATH").is_some_and(|path| {
+        env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// `tests/shim_compile.rs` needs clang-19 (and llvm-nm-19 for its symbol tests) on the

@@ -25,6 +25,7 @@ const LIBRARY_LAYERS: &[&str] = &[
     "sim",
     "config",
     "vm",
+    "capi",
 ];
 
 /// Hand-written sources over this many lines fail (generated bindings are exempt).

@@ -1,0 +1,322 @@
+/*
+ * applevz_vm.h — the C API of applevz, for C and C++ programs that manage VMs.
+ *
+ * This is the header for callers of the static library libapplevz.a. It is NOT
+ * include/applevz.h: that one is applevz's internal ABI between its Rust crate and its
+ * native half (the Objective-C shim over Virtualization.framework, or the simulator),
+ * and a program never includes or calls it. Everything declared here is implemented in
+ * Rust (src/capi/) on top of the crate's VirtualMachine, with exactly its lifecycle
+ * (README, "Lifecycle"). Hand-written; tests/capi.rs fails when it and the library's
+ * exports disagree (names, prototypes, constants, the event struct).
+ *
+ * Building and linking (README, "From C and C++"):
+ *   cargo build --release                      -> target/release/libapplevz.a
+ *   Linux (the simulator is inside the library):
+ *     cc -Iinclude prog.c target/release/libapplevz.a -lpthread -ldl -lm
+ *   macOS (the Objective-C shim is inside the library):
+ *     cc -Iinclude prog.c target/release/libapplevz.a \
+ *        -framework Virtualization -framework Foundation -framework CoreFoundation -lobjc
+ *     codesign --force --sign - --entitlements applevz.entitlements prog
+ *   (the com.apple.security.virtualization entitlement; without it every start fails).
+ *
+ * Ownership, CoreFoundation style, written on every declaration:
+ *   "+1"        the caller owns the returned object and frees it with the *_free
+ *               function named there, exactly once;
+ *   "owned by"  a returned pointer stays valid as long as the named object lives; the
+ *               caller never frees it;
+ *   "static"    valid for the life of the process; never freed;
+ *   "borrows"   the library uses the argument only during the call.
+ *
+ * Errors: a function that can fail returns false (or NULL) and, when its
+ * `applevz_error **error` argument is not NULL, stores a new error there (+1, free it
+ * with applevz_error_free), overwriting the pointer without reading it. On success
+ * *error is left untouched. Passing NULL for `error` means "I do not want the details".
+ *
+ * NULL: a NULL pointer where an object or a string is required never crashes: functions
+ * with an error argument fail with APPLEVZ_ERROR_INVALID_ARGUMENT, the others return
+ * the defined value written on them. A dangling pointer (an object already freed) is
+ * undefined behaviour, as anywhere in C.
+ *
+ * Threads: an applevz_vm may be used from any number of threads at once (the
+ * lifecycle calls serialize among themselves exactly as in Rust: VirtualMachine is
+ * Send + Sync), except applevz_vm_free, which must be the last call on it. The
+ * lifecycle calls block until the operation finished or timed out (timeouts come from
+ * the definition's [timeouts]). Errors are immutable and may be read from any thread.
+ *
+ * Panics: no Rust panic crosses into C. A bug inside applevz is reported as an
+ * APPLEVZ_ERROR_INTERNAL error (or the defined value of a function without one).
+ */
+#ifndef APPLEVZ_VM_H
+#define APPLEVZ_VM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* -------------------------------------------------------------------------------- */
+/* Types and constants                                                              */
+/* -------------------------------------------------------------------------------- */
+
+/* An open VM (opaque). +1 from applevz_vm_open; free with applevz_vm_free. */
+typedef struct applevz_vm applevz_vm;
+
+/* An error (opaque). +1 through an `applevz_error **error` argument; free with
+ * applevz_error_free. The error of an event is borrowed instead (see applevz_event). */
+typedef struct applevz_error applevz_error;
+
+/* A state-event subscription (opaque). +1 from applevz_vm_subscribe; free with
+ * applevz_subscription_free. */
+typedef struct applevz_subscription applevz_subscription;
+
+/* The state of a VM: the framework's ten (values 0-9 in VZVirtualMachineState's order)
+ * plus SUSPENDED, stopped with a saved state that applevz_vm_start restores. */
+typedef int32_t applevz_vm_state;
+enum {
+    APPLEVZ_STATE_INVALID = -1,  /* not a state: applevz_vm_get_state(NULL) */
+    APPLEVZ_STATE_STOPPED = 0,   /* not running; no saved state */
+    APPLEVZ_STATE_RUNNING = 1,   /* the guest runs */
+    APPLEVZ_STATE_PAUSED = 2,    /* the guest is frozen in memory */
+    APPLEVZ_STATE_ERROR = 3,     /* the VM stopped because of an error; start boots it afresh */
+    APPLEVZ_STATE_STARTING = 4,  /* booting */
+    APPLEVZ_STATE_PAUSING = 5,   /* running -> paused */
+    APPLEVZ_STATE_RESUMING = 6,  /* paused -> running */
+    APPLEVZ_STATE_STOPPING = 7,  /* running or paused -> stopped */
+    APPLEVZ_STATE_SAVING = 8,    /* writing the VM's state to a file (during suspend) */
+    APPLEVZ_STATE_RESTORING = 9, /* reading it back (during start from suspended) */
+    APPLEVZ_STATE_SUSPENDED = 10 /* stopped, with a saved state that start restores */
+};
+
+/* How applevz_vm_shutdown stops the VM. */
+typedef int32_t applevz_shutdown_policy;
+enum {
+    /* Ask the guest to power off (ACPI power button) and wait up to the graceful
+     * timeout; then fail with APPLEVZ_ERROR_TIMEOUT, or force the VM off when the
+     * definition says on_graceful_timeout = "force-stop". A paused VM is resumed first. */
+    APPLEVZ_SHUTDOWN_POWERDOWN = 0,
+    /* Force the VM off (refused while another operation is under way); a suspended
+     * VM keeps its saved state. */
+    APPLEVZ_SHUTDOWN_HALT = 1,
+    /* Force the VM off, after an operation under way has settled; a VM that was
+     * already suspended has its saved state discarded. */
+    APPLEVZ_SHUTDOWN_POWEROFF = 2
+};
+
+/* What went wrong: a stable number, never reused. */
+typedef int32_t applevz_error_kind;
+enum {
+    APPLEVZ_ERROR_NONE = 0,              /* not an error: applevz_error_code(NULL) */
+    APPLEVZ_ERROR_INVALID_ARGUMENT = 1,  /* a NULL pointer where one is required, or a
+                                            value outside its enumeration */
+    APPLEVZ_ERROR_INVALID_STATE = 2,     /* not possible in the VM's state; the message
+                                            names the state and the way out */
+    APPLEVZ_ERROR_TIMEOUT = 3,           /* did not finish in time (a late completion is
+                                            harmless) */
+    APPLEVZ_ERROR_FRAMEWORK = 4,         /* the framework refused or failed: see
+                                            applevz_error_framework_domain/_code */
+    APPLEVZ_ERROR_NOT_SUPPORTED = 5,     /* not on this host or for this configuration
+                                            (suspend on an Intel Mac or before macOS 14,
+                                            Rosetta, the framework's NotSupported code);
+                                            the VM keeps running */
+    APPLEVZ_ERROR_IO = 6,                /* a file operation failed (reading the
+                                            definition, moving the saved state) */
+    APPLEVZ_ERROR_INVALID_CONFIG = 7,    /* the definition file, or the configuration it
+                                            describes, is invalid: the message names the
+                                            file, the key and the reason */
+    APPLEVZ_ERROR_SAVED_STATE_CHANGED = 8, /* the saved-state file appeared or vanished
+                                            behind the VM's back; nothing was changed */
+    APPLEVZ_ERROR_RESTORE_FAILED = 9,    /* restoring the saved state failed; the file is
+                                            kept (a Poweroff discards it) */
+    APPLEVZ_ERROR_NO_SAVED_STATE_PATH = 10, /* suspend without saved_state in the
+                                            definition */
+    APPLEVZ_ERROR_INTERNAL = 11          /* a bug in applevz (a caught panic) */
+};
+
+/* What caused an event. */
+typedef int32_t applevz_event_kind;
+enum {
+    APPLEVZ_EVENT_STATE_CHANGED = 0,        /* the framework's state changed */
+    APPLEVZ_EVENT_GUEST_STOPPED = 1,        /* the guest powered itself off */
+    APPLEVZ_EVENT_STOPPED_WITH_ERROR = 2,   /* the VM failed; `error` says why */
+    APPLEVZ_EVENT_NETWORK_DISCONNECTED = 3, /* a network attachment was disconnected;
+                                               `error` names the device and why; the state
+                                               does not change */
+    APPLEVZ_EVENT_SUSPENDED = 4,            /* suspend stored the VM: it is suspended (a
+                                               suspending VM is never reported stopped) */
+    APPLEVZ_EVENT_SAVED_STATE_REMOVED = 5   /* a saved state was restored and deleted, or
+                                               discarded by a Poweroff */
+};
+
+/* One state change. The event and its error are borrowed by the callback: valid only
+ * until it returns (copy what you need; never free them). */
+typedef struct applevz_event {
+    applevz_vm_state state;     /* the VM's state after the event */
+    applevz_event_kind kind;    /* what happened */
+    const applevz_error *error; /* STOPPED_WITH_ERROR, NETWORK_DISCONNECTED: the
+                                   framework's error (borrowed); NULL otherwise */
+} applevz_event;
+
+/* A subscriber's callback. See applevz_vm_subscribe for the thread it runs on and what
+ * it may do. It must return normally: a C++ exception must not escape it. */
+typedef void (*applevz_event_callback)(void *user_data, const applevz_event *event);
+
+/* -------------------------------------------------------------------------------- */
+/* The library                                                                       */
+/* -------------------------------------------------------------------------------- */
+
+/* The library's version, e.g. "0.1.0". Static. */
+const char *applevz_version(void);
+
+/* True when the library drives the simulator (every non-Apple build) instead of
+ * Virtualization.framework. */
+bool applevz_is_simulator(void);
+
+/* The name of a state: "stopped", "running", "paused", "error", "starting", "pausing",
+ * "resuming", "stopping", "saving", "restoring", "suspended"; "invalid" for any other
+ * value. Static. */
+const char *applevz_state_name(applevz_vm_state state);
+
+/* -------------------------------------------------------------------------------- */
+/* VMs                                                                               */
+/* -------------------------------------------------------------------------------- */
+
+/* Opens a VM definition file (vm.toml) exactly as the applevz command-line tool reads
+ * it (README, "Definition files"; relative paths are relative to the file) and creates
+ * the VM. It starts out STOPPED, or SUSPENDED when the definition's saved_state file
+ * exists. Nothing boots yet.
+ *
+ * vm_toml_path: borrows; NUL-terminated, in the file system's encoding.
+ * Returns +1 (free with applevz_vm_free), or NULL and an error: INVALID_ARGUMENT for a
+ * NULL path, IO when the file cannot be read, INVALID_CONFIG for any bad content (the
+ * message names the file, the key and the reason), FRAMEWORK or NOT_SUPPORTED when the
+ * framework rejects the configuration.
+ *
+ * On the simulator only, the environment variable APPLEVZ_SIM_GUEST scripts the guest,
+ * as for `applevz run`: e.g. "boot_delay_ms=200,ignores_stop_request"; keys
+ * boot_delay_ms, stop_delay_ms, operation_delay_ms, power_off_after_ms, crash_after_ms,
+ * ignores_stop_request, save_restore_unsupported, not_savable. */
+applevz_vm *applevz_vm_open(const char *vm_toml_path, applevz_error **error);
+
+/* Frees a VM; NULL is ignored. A running or paused VM is forced off without waiting
+ * (like pulling the plug, as dropping a Rust VirtualMachine does): call
+ * applevz_vm_shutdown or applevz_vm_suspend first to stop it cleanly. Never blocks on
+ * the guest. Must be the last call on `vm`: no other thread may still be inside a call
+ * on it. Its subscriptions are ended first, as by applevz_subscription_free (waiting
+ * for a callback under way on another thread; from inside a callback, that callback is
+ * the last): once this returns no callback runs, so callbacks may use `vm` freely. The
+ * subscription handles stay valid and must still be freed. */
+void applevz_vm_free(applevz_vm *vm);
+
+/* Starts the VM: stopped or error -> boots it (afresh); paused -> resumes it;
+ * running -> nothing; suspended -> restores the saved state, resumes, and only then
+ * deletes the file (a failed restore keeps it: RESTORE_FAILED). Blocks until running or
+ * failed.
+ * Start, pause, resume and suspend wait their turn behind another lifecycle call under
+ * way on the same VM, then act on the state it left; a VM still in transition (an
+ * earlier call timed out while the framework went on) gives INVALID_STATE. */
+bool applevz_vm_start(applevz_vm *vm, applevz_error **error);
+
+/* Stops the VM under `policy`:
+ *   state \ policy      POWERDOWN                    HALT            POWEROFF
+ *   stopped, error      nothing                      nothing         nothing
+ *   running             ask the guest, wait (above)  forced stop     forced stop
+ *   paused              resume, then as running      forced stop     forced stop
+ *   suspended           INVALID_STATE                nothing         discard the saved state
+ *   in flight (*)       INVALID_STATE at once        INVALID_STATE   wait for it to settle, then
+ *                                                    at once         act on where it ended (never
+ *                                                                    discards a saved state)
+ * (*) starting, pausing, resuming, stopping, saving, restoring. A HALT or POWEROFF asked
+ * while a POWERDOWN waits for the guest cuts that wait short. A policy value not listed
+ * above: INVALID_ARGUMENT. */
+bool applevz_vm_shutdown(applevz_vm *vm, applevz_shutdown_policy policy,
+                         applevz_error **error);
+
+/* Suspends a running or paused VM: pause, save to a temporary file next to the
+ * definition's saved_state, stop, rename into place; it ends SUSPENDED (its last event
+ * is APPLEVZ_EVENT_SUSPENDED) and applevz_vm_start restores it. Until the stop is
+ * issued any failure resumes a VM that was running and leaves an existing saved state
+ * untouched. NOT_SUPPORTED (the VM keeps running) on an Intel Mac, before macOS 14, or
+ * for a configuration that cannot be saved; NO_SAVED_STATE_PATH without saved_state. */
+bool applevz_vm_suspend(applevz_vm *vm, applevz_error **error);
+
+/* Pauses a running VM (a paused one: nothing). Other states: INVALID_STATE. */
+bool applevz_vm_pause(applevz_vm *vm, applevz_error **error);
+
+/* Resumes a paused VM (a running one: nothing). A suspended VM is resumed by
+ * applevz_vm_start. Other states: INVALID_STATE. */
+bool applevz_vm_resume(applevz_vm *vm, applevz_error **error);
+
+/* Waits until the VM is in `state`, up to timeout_ms milliseconds (event-driven): true
+ * once it is, false with TIMEOUT when it was not in time, INVALID_ARGUMENT for a value
+ * that is not a state. */
+bool applevz_vm_wait_for_state(const applevz_vm *vm, applevz_vm_state state,
+                               uint64_t timeout_ms, applevz_error **error);
+
+/* The VM's state (one of the eleven); APPLEVZ_STATE_INVALID for NULL. Never blocks on
+ * an operation in flight. */
+applevz_vm_state applevz_vm_get_state(const applevz_vm *vm);
+
+/* -------------------------------------------------------------------------------- */
+/* State events                                                                      */
+/* -------------------------------------------------------------------------------- */
+
+/* Subscribes to the VM's state changes from now on: `callback(user_data, event)` for
+ * every event, in order.
+ *
+ * Thread: each subscription has its own thread, started here; every callback of this
+ * subscription runs on it, one at a time (never on the caller's thread, never on the
+ * framework's queue). `user_data` (not used by the library, only passed back) and
+ * `callback` must be usable from that thread until the subscription is freed.
+ * Re-entrancy: the callback may call any function of this API, including
+ * applevz_subscription_free on its own subscription and blocking calls such as
+ * applevz_vm_shutdown on the same VM; while it blocks, later events wait in an
+ * unbounded queue (other subscriptions are not held up). It must not throw.
+ *
+ * Returns +1 (free with applevz_subscription_free), or NULL when `vm` or `callback` is
+ * NULL or no thread could be started. A subscription may outlive its VM: applevz_vm_free
+ * ends its deliveries, and it must still be freed. */
+applevz_subscription *applevz_vm_subscribe(applevz_vm *vm, applevz_event_callback callback,
+                                           void *user_data);
+
+/* Ends a subscription; NULL is ignored. When it returns, no callback of this
+ * subscription runs any more: called from another thread it waits for a callback under
+ * way to return (so do not call it while holding a lock that callback needs); called
+ * from inside the callback it returns at once and that callback is the last.
+ * (Internally the subscription's thread, now idle, ends at the VM's next event or when
+ * the VM is freed.) */
+void applevz_subscription_free(applevz_subscription *subscription);
+
+/* -------------------------------------------------------------------------------- */
+/* Errors                                                                            */
+/* -------------------------------------------------------------------------------- */
+
+/* The error's kind; APPLEVZ_ERROR_NONE for NULL. */
+applevz_error_kind applevz_error_code(const applevz_error *error);
+
+/* The full message, UTF-8: what was asked, in which state, why, and what to do, e.g.
+ * "cannot pause while the VM is stopped: the VM is not running: start() it first".
+ * Owned by the error (valid until applevz_error_free). "no error" (static) for NULL. */
+const char *applevz_error_message(const applevz_error *error);
+
+/* The framework's error domain, e.g. "VZErrorDomain" (the simulator uses the same
+ * domain and codes), when the error came from the framework (kinds FRAMEWORK,
+ * NOT_SUPPORTED, RESTORE_FAILED, and an event's error); NULL otherwise or for NULL.
+ * Owned by the error. */
+const char *applevz_error_framework_domain(const applevz_error *error);
+
+/* The framework's code in that domain (VZErrorDomain: 1 internal, 2 invalid
+ * configuration, 3 invalid state, 4 invalid state transition, ... 10 not supported,
+ * 11 save, 12 restore); 0 when there is no framework error or for NULL. */
+int64_t applevz_error_framework_code(const applevz_error *error);
+
+/* Frees an error received through an `applevz_error **` argument; NULL is ignored.
+ * Never free the borrowed error of an event. */
+void applevz_error_free(applevz_error *error);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* APPLEVZ_VM_H */

@@ -1,0 +1,227 @@
+//! `applevz_subscription`: state events delivered to a C callback, on a dedicated
+//! thread per subscription fed by [`crate::VirtualMachine::subscribe`].
+//!
+//! Delivery and ending a subscription meet at one mutex (the gate): the thread holds
+//! it while a callback runs and checks the `stopped` flag under it; [`Shared::stop`]
+//! sets the flag and then takes the gate once, so when it returns no callback starts
+//! and none is still running. On the subscription's own thread (from inside its
+//! callback), `stop` only sets the flag: the running callback is the caller, and the
+//! last. `applevz_subscription_free` stops one subscription; `applevz_vm_free` stops
+//! all of the VM's before dropping it, so no callback ever sees a freed VM (the forced
+//! stop of a running VM still sends events after the VM is gone).
+//!
+//! The thread never holds a lock of the VM while it calls back, and the channel it
+//! reads is unbounded, so a callback may call any function of the API (even a
+//! blocking `applevz_vm_shutdown`); events queue meanwhile.
+//!
+//! Once stopped, the thread (holding only its receiver) ends at the VM's next event
+//! or when the VM's last native object is released, without calling back: a
+//! `Receiver` cannot be woken from outside, and polling it just to end sooner is not
+//! worth a timer per subscription.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::thread::{self, ThreadId};
+
+use crate::state::{EventKind, StateEvent};
+
+use super::error::applevz_error;
+use super::guard;
+use super::states::{applevz_vm_state, state_to_c};
+
+/// `applevz_event_kind`: what caused an event (`APPLEVZ_EVENT_*`).
+pub type applevz_event_kind = i32;
+
+/// The framework's state changed.
+pub const APPLEVZ_EVENT_STATE_CHANGED: applevz_event_kind = 0;
+/// The guest powered itself off.
+pub const APPLEVZ_EVENT_GUEST_STOPPED: applevz_event_kind = 1;
+/// The VM stopped because of an error (`error` says which).
+pub const APPLEVZ_EVENT_STOPPED_WITH_ERROR: applevz_event_kind = 2;
+/// A network device's attachment was disconnected (`error` says which and why).
+pub const APPLEVZ_EVENT_NETWORK_DISCONNECTED: applevz_event_kind = 3;
+/// `applevz_vm_suspend` stored the VM's state: the VM is suspended.
+pub const APPLEVZ_EVENT_SUSPENDED: applevz_event_kind = 4;
+/// A saved state was restored and deleted, or discarded by a Poweroff.
+pub const APPLEVZ_EVENT_SAVED_STATE_REMOVED: applevz_event_kind = 5;
+
+/// `applevz_event`: one state change, borrowed by the callback for its duration.
+#[repr(C)]
+pub struct applevz_event {
+    /// The VM's state after the event.
+    pub state: applevz_vm_state,
+    /// What happened.
+    pub kind: applevz_event_kind,
+    /// The framework's error for `STOPPED_WITH_ERROR` and `NETWORK_DISCONNECTED`
+    /// (borrowed: valid during the callback only), NULL otherwise.
+    pub error: *const applevz_error,
+}
+
+/// `applevz_event_callback`: called with the subscriber's `user_data` and an event.
+pub type applevz_event_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const applevz_event)>;
+
+/// `applevz_subscription`: +1 from `applevz_vm_subscribe`, freed with
+/// `applevz_subscription_free`.
+pub struct applevz_subscription {
+    shared: Arc<Shared>,
+}
+
+/// What a subscription's thread shares with its handle and its VM.
+pub(super) struct Shared {
+    stopped: AtomicBool,
+    /// Held while a callback runs.
+    gate: Mutex<()>,
+    /// The delivering thread, set by itself before its first callback.
+    thread: OnceLock<ThreadId>,
+}
+
+impl Shared {
+    fn gate(&self) -> MutexGuard<'_, ()> {
+        // Nothing is guarded but the callback itself: a poisoned gate is still a gate.
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends deliveries: when this returns, no callback runs any more (except the
+    /// caller's own, when called from inside it).
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if self.thread.get() != Some(&thread::current().id()) {
+            // Waits for a callback under way on the subscription's thread.
+            drop(self.gate());
+        }
+    }
+}
+
+/// The subscriptions of one VM, stopped when it is freed.
+#[derive(Default)]
+pub(super) struct Subscribers(Mutex<Vec<Weak<Shared>>>);
+
+impl Subscribers {
+    fn list(&self) -> MutexGuard<'_, Vec<Weak<Shared>>> {
+        // Every critical section is a push, a retain or a take: poisoning changes nothing.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, shared: &Arc<Shared>) {
+        let mut list = self.list();
+        list.retain(|weak| weak.strong_count() > 0);
+        list.push(Arc::downgrade(shared));
+    }
+
+    /// Stops every subscription still alive.
+    pub(super) fn stop_all(&self) {
+        let list = std::mem::take(&mut *self.list());
+        for shared in list.iter().filter_map(Weak::upgrade) {
+            shared.stop();
+        }
+    }
+}
+
+/// The caller's `user_data`, moved to the subscription's thread.
+struct UserData(*mut c_void);
+
+// SAFETY: the header makes the caller promise that `user_data` may be used from the
+// subscription's thread; this crate never dereferences it, it only passes it back.
+unsafe impl Send for UserData {}
+
+/// The C kind and the borrowed error of an event.
+fn kind_to_c(kind: &EventKind) -> (applevz_event_kind, Option<applevz_error>) {
+    match kind {
+        EventKind::StateChanged => (APPLEVZ_EVENT_STATE_CHANGED, None),
+        EventKind::GuestStopped => (APPLEVZ_EVENT_GUEST_STOPPED, None),
+        EventKind::StoppedWithError(source) => (
+            APPLEVZ_EVENT_STOPPED_WITH_ERROR,
+            Some(applevz_error::from_framework(source)),
+        ),
+        EventKind::NetworkDisconnected(source) => (
+            APPLEVZ_EVENT_NETWORK_DISCONNECTED,
+            Some(applevz_error::from_framework(source)),
+        ),
+        EventKind::Suspended => (APPLEVZ_EVENT_SUSPENDED, None),
+        EventKind::SavedStateRemoved => (APPLEVZ_EVENT_SAVED_STATE_REMOVED, None),
+    }
+}
+
+/// The subscription's thread: every event, in order, until the subscription is freed
+/// or the VM is gone (the channel then disconnects).
+fn deliver(
+    events: Receiver<StateEvent>,
+    callback: unsafe extern "C" fn(*mut c_void, *const applevz_event),
+    user_data: &UserData,
+    shared: &Shared,
+) {
+    // Before any callback, so that a callback freeing its own subscription is known.
+    let _ = shared.thread.set(thread::current().id());
+    for event in events {
+        let _gate = shared.gate();
+        if shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let (kind, error) = kind_to_c(&event.kind);
+        let c_event = applevz_event {
+            state: state_to_c(event.state),
+            kind,
+            error: error.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
+        };
+        // SAFETY: the caller gave a function with this signature and promised it may
+        // run on this thread with `user_data`; `c_event` and its error outlive the
+        // call. A C callback cannot unwind into Rust (the header forbids C++
+        // exceptions escaping it).
+        unsafe { callback(user_data.0, &raw const c_event) };
+    }
+}
+
+/// A new subscription delivering `events` to `callback` on its own thread, registered
+/// with `subscribers` so that freeing the VM ends it; NULL when no thread could be
+/// started.
+pub(super) fn subscribe(
+    events: Receiver<StateEvent>,
+    subscribers: &Subscribers,
+    callback: unsafe extern "C" fn(*mut c_void, *const applevz_event),
+    user_data: *mut c_void,
+) -> *mut applevz_subscription {
+    let user_data = UserData(user_data);
+    guard(
+        move || {
+            let shared = Arc::new(Shared {
+                stopped: AtomicBool::new(false),
+                gate: Mutex::new(()),
+                thread: OnceLock::new(),
+            });
+            let for_thread = Arc::clone(&shared);
+            match thread::Builder::new()
+                .name("applevz-subscription".into())
+                .spawn(move || deliver(events, callback, &user_data, &for_thread))
+            {
+                Ok(_) => {
+                    subscribers.add(&shared);
+                    Box::into_raw(Box::new(applevz_subscription { shared }))
+                }
+                Err(error) => {
+                    log::error!("applevz_vm_subscribe: cannot start its thread: {error}");
+                    std::ptr::null_mut()
+                }
+            }
+        },
+        |_| std::ptr::null_mut(),
+    )
+}
+
+/// `applevz_subscription_free(subscription)`: ends the subscription; NULL is ignored.
+/// When it returns no callback of this subscription runs any more.
+///
+/// # Safety
+/// `subscription` is NULL or a subscription from `applevz_vm_subscribe` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn applevz_subscription_free(subscription: *mut applevz_subscription) {
+    if subscription.is_null() {
+        return;
+    }
+    // SAFETY: a pointer from `Box::into_raw` in `applevz_vm_subscribe`, freed exactly
+    // once, by this function's contract.
+    let subscription = unsafe { Box::from_raw(subscription) };
+    guard(move || subscription.shared.stop(), |_| ());
+}
