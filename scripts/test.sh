@@ -10,7 +10,8 @@
 #    the shim compile checks once more as a script (required in CI);
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
 # 4. the simulator's own C tests under ASan+UBSan and TSan;
-# 5. the FFI test binaries again under valgrind: zero errors, zero definite leaks.
+# 5. the FFI test binaries again under valgrind: zero errors, zero definite leaks;
+# 6. last, each fuzz target for 60 s (scripts/fuzz.sh; CI installs cargo-fuzz first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,5 +62,14 @@ if command -v valgrind >/dev/null; then
 else
     echo "skipped valgrind: not installed (apt-get install valgrind)" >&2
     [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
+fi
+
+step "fuzz targets, 60 s each (scripts/fuzz.sh)"
+fuzz_status=0
+bash scripts/fuzz.sh 60 || fuzz_status=$?
+if [ "$fuzz_status" -eq 75 ] && [ "${CI:-}" != true ]; then
+    echo "skipped fuzzing: the fuzz toolchain is not installed (see above)" >&2
+elif [ "$fuzz_status" -ne 0 ]; then
+    exit "$fuzz_status"
 fi
 step "all checks passed"
