@@ -57,8 +57,11 @@ if command -v valgrind >/dev/null; then
     step "FFI tests under valgrind (memcheck: errors and definite leaks fail)"
     host=$(rustc -vV | sed -n 's/^host: //p')
     runner_var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUNNER"
-    export "$runner_var"="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
-    cargo test --locked --lib --test lifecycle --test nothing_lost --test contract --test config --test devices --test definition
+    # In a subshell: the runner must not leak into the steps after this one.
+    (
+        export "$runner_var"="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
+        cargo test --locked --lib --test lifecycle --test nothing_lost --test contract --test config --test devices --test definition
+    )
 else
     echo "skipped valgrind: not installed (apt-get install valgrind)" >&2
     [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
