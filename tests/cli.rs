@@ -553,3 +553,57 @@ fn ctrl_c_twice_during_a_boot_forces_the_vm_off_once_it_has_booted() {
         "stopped (not running)\n"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Issue 11: the tool under faults and bad input.
+
+#[test]
+fn run_keeps_the_guest_when_stdout_and_stderr_are_closed_pipes() {
+    // `applevz run DIR 2>&1 | head -1`: once `head` has gone, every line `run` writes
+    // meets a closed pipe. It must neither panic nor be killed by SIGPIPE.
+    use std::io::BufRead;
+    let (_dir, vm) = init_vm("closed-pipe");
+    let path = vm.to_str().unwrap();
+    let mut run = Command::new(APPLEVZ)
+        .args(["run", path, "--console", "file"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    drop(stderr);
+    drop(run.stdout.take());
+    wait_for_status(&vm, "running");
+    // Each state change is a line on run's stderr, into the closed pipe.
+    assert_eq!(client(&["pause", path]).0, 0);
+    assert_eq!(client(&["resume", path]).0, 0);
+    assert_eq!(
+        client(&["status", path]).1,
+        "running\n",
+        "the guest keeps running"
+    );
+    assert!(run.try_wait().unwrap().is_none(), "run is still there");
+    let (code, stdout, stderr) = client(&["stop", path, "--timeout", "5"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_client_whose_stdout_is_closed_does_not_panic() {
+    let (_dir, vm) = init_vm("client-closed-pipe");
+    let mut child = Command::new(APPLEVZ)
+        .args(["status", vm.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}

@@ -3,11 +3,12 @@
 use applevz::{Limits, RosettaAvailability};
 
 use crate::failure::{Failure, exit};
+use crate::out::outln;
 
 pub(crate) fn check() -> Result<u8, Failure> {
-    let row = |name: &str, value: &str| println!("{name:<24} {value}");
+    let row = |name: &str, value: &str| outln!("{name:<24} {value}");
     if applevz::is_simulator() {
-        println!(
+        outln!(
             "applevz is running the simulator: {} has no Virtualization.framework, so every VM here is simulated",
             std::env::consts::OS
         );

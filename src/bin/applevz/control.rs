@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::failure::{Failure, exit};
+use crate::out::outln;
 use crate::terminal::Progress;
 use crate::vmdir::VmDir;
 
@@ -193,7 +194,7 @@ pub(crate) fn stop(dir: &Path, policy: Policy, timeout: Option<f64>) -> Result<u
         })
         .transpose()?;
     let state = send(&VmDir::open(dir)?, Request::Stop { policy, timeout })?;
-    println!("{state}");
+    outln!("{state}");
     Ok(exit::OK)
 }
 
@@ -201,7 +202,7 @@ pub(crate) fn simple(dir: &Path, request: Request) -> Result<u8, Failure> {
     let dir = VmDir::open(dir)?;
     match send(&dir, request) {
         Ok(state) => {
-            println!("{state}");
+            outln!("{state}");
             Ok(exit::OK)
         }
         Err(failure) if failure.code == exit::NOT_RUNNING && dir.saved_state().exists() => {
@@ -222,12 +223,12 @@ pub(crate) fn simple(dir: &Path, request: Request) -> Result<u8, Failure> {
 pub(crate) fn status(dir: &Path) -> Result<u8, Failure> {
     let dir = VmDir::open(dir)?;
     match send(&dir, Request::Status) {
-        Ok(state) => println!("{state}"),
+        Ok(state) => outln!("{state}"),
         Err(failure) if failure.code == exit::NOT_RUNNING => {
             if dir.saved_state().exists() {
-                println!("suspended (not running; `applevz run` resumes it)");
+                outln!("suspended (not running; `applevz run` resumes it)");
             } else {
-                println!("stopped (not running)");
+                outln!("stopped (not running)");
             }
         }
         Err(failure) => return Err(failure),

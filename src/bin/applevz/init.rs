@@ -6,6 +6,7 @@ use applevz::definition::{DiskDefinition, NetworkDefinition, parse_memory};
 use applevz::{VirtualMachine, VmDefinition};
 
 use crate::failure::{Failure, exit};
+use crate::out::{errln, outln};
 use crate::vmdir;
 
 #[derive(clap::Args)]
@@ -157,7 +158,7 @@ fn fill(
                 created.files.push(placeholder);
                 std::io::Write::write_all(&mut file, b"simulated kernel\n")
                     .map_err(|e| io("write the placeholder kernel", e))?;
-                eprintln!(
+                errln!(
                     "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
                 );
                 PathBuf::from(PLACEHOLDER_KERNEL)
@@ -215,7 +216,7 @@ fn fill(
     // identity (and the EFI variable store) now, not on first run.
     let config = VmDefinition::load_config(&definition_path)?;
     drop(VirtualMachine::new(&config)?);
-    println!(
+    outln!(
         "created {}: {} CPUs, {}, {} sparse disk; run it with `applevz run {}`",
         dir.display(),
         definition.cpus,

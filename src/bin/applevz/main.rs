@@ -1,10 +1,14 @@
 //! `applevz`: run, stop, suspend and resume a Linux VM from the terminal, on top of
 //! the public applevz API only.
 
+// Output goes through `out` (outln!, errln!), which never panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod check;
 mod control;
 mod failure;
 mod init;
+mod out;
 #[cfg(test)]
 mod pty;
 mod run;
@@ -17,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use control::Policy;
+use out::errln;
 
 #[derive(Parser)]
 #[command(
@@ -95,7 +100,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("applevz: {}", failure.message);
+            errln!("applevz: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }

@@ -20,6 +20,7 @@ use applevz::{
 use crate::control::Policy;
 use crate::control::{ControlServer, Request, timeout_from_seconds};
 use crate::failure::{Failure, exit};
+use crate::out::errln;
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
 
@@ -117,9 +118,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     let vm = Arc::new(VirtualMachine::new(&config)?);
 
     if applevz::is_simulator() {
-        eprintln!(
-            "applevz: running against the simulator (no Virtualization.framework on this OS)"
-        );
+        errln!("applevz: running against the simulator (no Virtualization.framework on this OS)");
     }
     let (messages, inbox) = mpsc::channel();
     forward_events(&vm, messages.clone());
@@ -147,7 +146,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     let outcome = main_loop(&vm, &inbox, &messages, &busy, &asked);
     drop(raw); // the terminal is back before anything else is printed
     let (code, message) = outcome?;
-    eprintln!("applevz: {message}");
+    errln!("applevz: {message}");
     Ok(code)
 }
 
@@ -192,7 +191,7 @@ fn main_loop(
                             finish_boot(&mut boot, vm);
                         }
                     }
-                    None => eprintln!(
+                    None => errln!(
                         "applevz: [{:>8.2} s] {}",
                         began.elapsed().as_secs_f64(),
                         describe(&event)
@@ -237,7 +236,7 @@ fn main_loop(
                 } else {
                     (ShutdownPolicy::Poweroff, "forcing the VM off")
                 };
-                eprintln!("applevz: {what}");
+                errln!("applevz: {what}");
                 let mut current = lock(asked);
                 *current = if policy == ShutdownPolicy::Powerdown && *current != Asked::Forced {
                     Asked::Powerdown
@@ -259,7 +258,7 @@ fn main_loop(
             Message::SignalShutdown(result) => {
                 signal_shutdowns -= 1;
                 if let Err(error) = result {
-                    eprintln!("applevz: shutdown: {error}");
+                    errln!("applevz: shutdown: {error}");
                 }
             }
             Message::Request => {}
@@ -279,7 +278,7 @@ fn main_loop(
 fn finish_boot(boot: &mut Option<Progress>, vm: &VirtualMachine) {
     if let Some(progress) = boot.take() {
         progress.finish(&vm.state().to_string());
-        eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
+        errln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
     }
 }
 
