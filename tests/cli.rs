@@ -558,6 +558,19 @@ fn ctrl_c_twice_during_a_boot_forces_the_vm_off_once_it_has_booted() {
 // Issue 11: the tool under faults and bad input.
 
 #[test]
+fn sighup_shuts_the_guest_down_like_sigterm() {
+    // The terminal closed or the SSH session dropped: a graceful powerdown, and the
+    // control socket removed, instead of dying at once (exit 129).
+    let (_dir, vm) = init_vm("sighup");
+    let run = spawn_run(&vm, "stop_delay_ms=50", &["--console", "file"]);
+    signal(&run, libc::SIGHUP);
+    let (code, log) = finish(run, &vm);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("the guest shut down"), "{log}");
+    assert!(!vm.join("control.sock").exists(), "control.sock is removed");
+}
+
+#[test]
 fn run_keeps_the_guest_when_stdout_and_stderr_are_closed_pipes() {
     // `applevz run DIR 2>&1 | head -1`: once `head` has gone, every line `run` writes
     // meets a closed pipe. It must neither panic nor be killed by SIGPIPE.

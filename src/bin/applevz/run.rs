@@ -1,8 +1,9 @@
 //! `applevz run DIR`: the VM in the foreground, until it ends.
 //!
-//! Threads: the main loop below owns the decisions; a signal thread turns SIGINT and
-//! SIGTERM into messages (the signals are blocked everywhere else, so no handler runs
-//! in an arbitrary thread); a forwarder turns the VM's state events into messages;
+//! Threads: the main loop below owns the decisions; a signal thread turns SIGINT,
+//! SIGTERM and SIGHUP (the terminal closed, the SSH session dropped) into messages
+//! (the signals are blocked everywhere else, so no handler runs in an arbitrary
+//! thread); a forwarder turns the VM's state events into messages;
 //! lifecycle operations (the start, a shutdown, control requests) run on their own
 //! threads so that a second Ctrl-C is heard while a graceful shutdown waits.
 
@@ -32,8 +33,8 @@ pub(crate) struct RunArgs {
     /// DIR/console.log.
     #[arg(long, value_enum)]
     console: Option<ConsoleTarget>,
-    /// Seconds Ctrl-C or SIGTERM wait for the guest to power off before forcing it
-    /// (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
+    /// Seconds Ctrl-C, SIGTERM or SIGHUP wait for the guest to power off before forcing
+    /// it (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
     /// forces it off (once an operation under way, such as the boot, has settled).
     #[arg(long)]
     graceful_timeout: Option<f64>,
@@ -49,7 +50,8 @@ enum ConsoleTarget {
 
 enum Message {
     Event(StateEvent),
-    Signal,
+    /// SIGINT, SIGTERM or SIGHUP (the number).
+    Signal(libc::c_int),
     /// The boot (or restore) finished.
     Started(applevz::Result<()>),
     /// A shutdown asked by a signal finished.
@@ -226,7 +228,8 @@ fn main_loop(
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
             }
-            Message::Signal => {
+            Message::Signal(number) => {
+                log::debug!("signal {number} received");
                 signals += 1;
                 let (policy, what) = if signals == 1 {
                     (
@@ -410,7 +413,7 @@ fn forward_events(vm: &VirtualMachine, messages: Sender<Message>) {
     });
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts).
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it starts).
 fn block_termination_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only
     // changes this thread's mask.
@@ -419,6 +422,7 @@ fn block_termination_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -432,7 +436,7 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 continue;
             }
-            if messages.send(Message::Signal).is_err() {
+            if messages.send(Message::Signal(signal)).is_err() {
                 break;
             }
         }
