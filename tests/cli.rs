@@ -620,3 +620,41 @@ fn a_client_whose_stdout_is_closed_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_forced_stop_cuts_a_waiting_graceful_stop_short() {
+    let (_dir, vm) = init_vm("forced-during-graceful");
+    let path = vm.to_str().unwrap().to_owned();
+    let run = spawn_run(&vm, "ignores_stop_request", &["--console", "file"]);
+    let began = Instant::now();
+    let graceful = std::thread::spawn({
+        let path = path.clone();
+        move || client(&["stop", &path, "--timeout", "30"])
+    });
+    // The graceful stop is waiting for a guest that ignores it.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, stdout, stderr) = client(&["stop", &path, "--policy", "poweroff"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    let (code, stdout, stderr) = graceful.join().unwrap();
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "the graceful wait was cut short"
+    );
+    let (code, log) = finish(run, &vm);
+    assert_eq!(code, 12, "forced off: {log}");
+
+    // Halt too; a second powerdown is refused while the first waits.
+    let run = spawn_run(&vm, "ignores_stop_request", &["--console", "file"]);
+    let graceful = std::thread::spawn({
+        let path = path.clone();
+        move || client(&["stop", &path, "--timeout", "30"])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, stderr) = client(&["stop", &path, "--timeout", "30"]);
+    assert_eq!(code, 4, "{stderr}");
+    let (code, stdout, stderr) = client(&["stop", &path, "--policy", "halt"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    assert_eq!(graceful.join().unwrap().0, 0);
+    assert_eq!(finish(run, &vm).0, 12);
+}

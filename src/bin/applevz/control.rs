@@ -26,11 +26,12 @@ use crate::vmdir::VmDir;
 pub(crate) enum Policy {
     /// Ask the guest to power off (ACPI power button).
     Powerdown,
-    /// Force the VM off; refused while another operation is under way; a suspended
-    /// VM keeps its saved state.
+    /// Force the VM off; cuts a graceful stop's wait short, refused while any other
+    /// operation is under way; a suspended VM keeps its saved state.
     Halt,
-    /// Force the VM off, after waiting for an operation under way to settle; a VM that
-    /// was already suspended has its saved state discarded.
+    /// Force the VM off; cuts a graceful stop's wait short, waits for any other
+    /// operation under way to settle; a VM that was already suspended has its saved
+    /// state discarded.
     Poweroff,
 }
 

@@ -456,8 +456,17 @@ fn control_handler(
             return Ok(vm.state().to_string());
         }
         // Counted until the reply is written (see `replied`); refused, not queued,
-        // while another operation is under way.
-        if busy.fetch_add(1, Ordering::SeqCst) != 0 {
+        // while another operation is under way. A forced stop goes to the library,
+        // which decides: it cuts a graceful stop's wait short, a Poweroff waits for
+        // any other operation to settle, a Halt is refused at once.
+        let forced = matches!(
+            request,
+            Request::Stop {
+                policy: Policy::Halt | Policy::Poweroff,
+                ..
+            }
+        );
+        if busy.fetch_add(1, Ordering::SeqCst) != 0 && !forced {
             return Err(Failure::new(
                 exit::WRONG_STATE,
                 format!(
