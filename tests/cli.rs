@@ -658,3 +658,71 @@ fn a_forced_stop_cuts_a_waiting_graceful_stop_short() {
     assert_eq!(graceful.join().unwrap().0, 0);
     assert_eq!(finish(run, &vm).0, 12);
 }
+
+#[test]
+fn init_flag_errors_name_the_flag_and_exit_2() {
+    let dir = TestDir::new("init-flags");
+    let vm = dir.join("vm");
+    let missing = dir.join("no-kernel");
+    for flags in [
+        &["--cpus", "0"][..],
+        &["--cpus", "100000"],
+        &["--memory", "1MiB"],
+        &["--memory", "1000000GiB"],
+        &["--memory", "0.3MiB"],
+        &["--disk-size", "0GiB"],
+        &["--disk-size", "lots"],
+        &["--kernel", missing.to_str().unwrap()],
+    ] {
+        let mut args = vec!["init", vm.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let (code, _, stderr) = client(&args);
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains(flags[0]),
+            "{flags:?} names the flag: {stderr}"
+        );
+        assert!(
+            !stderr.contains("vm.toml"),
+            "{flags:?} blames the flag: {stderr}"
+        );
+        assert!(!vm.exists(), "{flags:?}: nothing was created");
+    }
+    // A fraction that comes to a whole number of MiB is a size like any other.
+    let (code, stdout, stderr) = client(&[
+        "init",
+        vm.to_str().unwrap(),
+        "--memory",
+        "1.5GiB",
+        "--disk-size",
+        "0.5GiB",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1536MiB"), "{stdout}");
+    let definition = std::fs::read_to_string(vm.join("vm.toml")).unwrap();
+    assert!(definition.contains("memory = \"1536MiB\""), "{definition}");
+    assert_eq!(
+        std::fs::metadata(vm.join("disk.img")).unwrap().len(),
+        512 << 20
+    );
+}
+
+#[test]
+fn init_refuses_a_directory_that_is_not_empty_and_touches_nothing() {
+    let dir = TestDir::new("init-not-empty");
+    dir.file("notes.txt", b"mine");
+    let (code, _, stderr) = client(&["init", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert_eq!(dir.entries(), vec!["notes.txt"], "nothing was created");
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+
+    // An empty directory is filled.
+    let empty = TestDir::new("init-empty");
+    let (code, _, stderr) = client(&["init", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(empty.join("vm.toml").exists());
+}

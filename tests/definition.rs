@@ -272,4 +272,13 @@ fn memory_sizes_parse_with_units() {
     assert!(parse_memory("2G").is_err());
     assert!(parse_memory("GiB").is_err());
     assert!(parse_memory("99999999999999999GiB").is_err());
+    assert_eq!(parse_memory("1.5GiB"), Ok(1536 << 20));
+    assert_eq!(parse_memory("0.5 MiB"), Ok(512 << 10));
+    assert!(
+        parse_memory("0.3MiB").is_err(),
+        "not a whole number of bytes"
+    );
+    for malformed in ["1.GiB", ".5GiB", "1.2.3GiB", "1,5GiB"] {
+        assert!(parse_memory(malformed).is_err(), "{malformed}");
+    }
 }

@@ -204,24 +204,48 @@ impl TimeoutsDefinition {
     }
 }
 
-/// Parses `"512MiB"`, `"2GiB"` (also with a space) into bytes.
+/// Parses `"512MiB"`, `"2GiB"`, `"1.5GiB"` (also with a space) into bytes. A fraction
+/// must come to a whole number of bytes.
 pub fn parse_memory(value: &str) -> std::result::Result<u64, String> {
     let value = value.trim();
     let split = value
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} needs a whole number and a unit (MiB or GiB)"))?;
+    let malformed =
+        || format!("{value:?} needs a number and a unit (MiB or GiB), like 512MiB or 1.5GiB");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || (number.contains('.') && fraction.is_empty()) || fraction.contains('.') {
+        return Err(malformed());
+    }
     let scale = match unit.trim() {
         "MiB" => MIB,
         "GiB" => 1024 * MIB,
         other => return Err(format!("unit {other:?} is not MiB or GiB")),
     };
-    number
+    let too_large = || format!("{value:?} is too large");
+    let whole: u64 = whole.parse().map_err(|_| too_large())?;
+    // The fraction in bytes, exactly: digits * scale / 10^(number of digits).
+    let fraction_bytes = if fraction.is_empty() {
+        0
+    } else {
+        let digits: u128 = fraction.parse().map_err(|_| malformed())?;
+        let denominator = u32::try_from(fraction.len())
+            .ok()
+            .and_then(|places| 10u128.checked_pow(places))
+            .ok_or_else(malformed)?;
+        let scaled = digits
+            .checked_mul(u128::from(scale))
+            .ok_or_else(malformed)?;
+        if scaled % denominator != 0 {
+            return Err(format!("{value:?} is not a whole number of bytes"));
+        }
+        u64::try_from(scaled / denominator).map_err(|_| too_large())?
+    };
+    whole
         .checked_mul(scale)
-        .ok_or_else(|| format!("{value:?} is too large"))
+        .and_then(|bytes| bytes.checked_add(fraction_bytes))
+        .ok_or_else(too_large)
 }
 
 /// Formats bytes as the definition file writes them.
