@@ -266,7 +266,12 @@ pub enum Error {
     },
 
     /// A VM definition file is not valid.
-    #[error("{}: {}{reason}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    #[error(
+        "{}{}: {}{reason}",
+        file.display(),
+        location.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default(),
+        if key.is_empty() { String::new() } else { format!("{key}: ") }
+    )]
     Definition {
         /// The file.
         file: PathBuf,
@@ -274,6 +279,9 @@ pub enum Error {
         key: String,
         /// Why.
         reason: String,
+        /// Where in the file, when known: line and column, both from 1 (the column
+        /// counts characters).
+        location: Option<(usize, usize)>,
     },
 
     /// The listener was removed or its VM destroyed.

@@ -327,7 +327,18 @@ fn bad_inputs_have_clear_messages_and_statuses() {
     let (code, _, stderr) = client(&["run", vm.to_str().unwrap()]);
     assert_eq!(code, 5, "{stderr}");
     assert!(
-        stderr.contains(&format!("{}: colour: unknown field", definition.display())),
+        stderr.contains(&format!(
+            "{}:3:1: colour: unknown field",
+            definition.display()
+        )),
+        "{stderr}"
+    );
+    // A syntax error: where it is.
+    std::fs::write(&definition, "cpus = 2\nmemory = \"512MiB\nkernel = 1\n").unwrap();
+    let (code, _, stderr) = client(&["run", vm.to_str().unwrap()]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", definition.display())),
         "{stderr}"
     );
     std::fs::write(

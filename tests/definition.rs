@@ -132,6 +132,7 @@ fn rejected(text: &str) -> (String, String) {
             file: named,
             key,
             reason,
+            ..
         }) => {
             assert_eq!(named, file, "the error names the file");
             (key, reason)
@@ -280,5 +281,40 @@ fn memory_sizes_parse_with_units() {
     );
     for malformed in ["1.GiB", ".5GiB", "1.2.3GiB", "1,5GiB"] {
         assert!(parse_memory(malformed).is_err(), "{malformed}");
+    }
+}
+
+#[test]
+fn syntax_and_type_errors_point_at_the_line_and_column() {
+    let dir = TestDir::new("definition-location");
+    for (text, expected) in [
+        // A syntax error: the value is missing.
+        (
+            "memory = \"512MiB\"\ncpus = \n[boot]\nkernel = \"vmlinuz\"\n",
+            ":2:8: ",
+        ),
+        // An unterminated string, after a multi-byte character on the same line.
+        (
+            "memory = \"512MiB\"\n[boot]\ncommand_line = \"é\nkernel = \"k\"\n",
+            ":3:",
+        ),
+        // A value of the wrong type.
+        (
+            "memory = \"512MiB\"\ncpus = \"two\"\n[boot]\nkernel = \"vmlinuz\"\n",
+            ":2:8: cpus: ",
+        ),
+        // An unknown key.
+        (
+            "memory = \"512MiB\"\n[boot]\nkernel = \"vmlinuz\"\ncolour = 1\n",
+            ":4:1: boot.colour: ",
+        ),
+    ] {
+        let file = dir.file("vm.toml", text.as_bytes());
+        let message = VmDefinition::load(&file).unwrap_err().to_string();
+        let prefix = format!("{}{expected}", file.display());
+        assert!(
+            message.starts_with(&prefix),
+            "{text:?}: {message:?} starts with {prefix:?}"
+        );
     }
 }

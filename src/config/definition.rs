@@ -282,14 +282,20 @@ impl VmDefinition {
         }
     }
 
-    /// Parses a definition; `file` names it in errors.
+    /// Parses a definition; `file` names it in errors, with the line and column
+    /// where the parser found the problem.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|error| definition_error(file, "", error.message()))?;
+        let located = |key: &str, error: &toml::de::Error| Error::Definition {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason: error.message().trim_end().to_owned(),
+            location: error.span().map(|span| line_and_column(text, span.start)),
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| located("", &error))?;
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let key = error.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            definition_error(file, &key, error.inner().message())
+            located(&key, error.inner())
         })
     }
 
@@ -591,5 +597,16 @@ fn definition_error(file: &Path, key: &str, reason: &str) -> Error {
         file: file.to_owned(),
         key: key.to_owned(),
         reason: reason.to_owned(),
+        location: None,
     }
+}
+
+/// The line and column (both from 1; the column in characters) of byte `offset`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
