@@ -198,6 +198,34 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Two disks are the same file (also through another path or a link).
+    #[error(
+        "invalid configuration: disk {index} ({path}) is the same file as disk {first}: \
+         an image can be attached once"
+    )]
+    DuplicateDisk {
+        /// The later disk's path, as given.
+        path: PathBuf,
+        /// Its position among the disks.
+        index: usize,
+        /// The position of the disk that already uses the file.
+        first: usize,
+    },
+
+    /// Two network devices have the same fixed MAC address.
+    #[error(
+        "invalid configuration: MAC address {value} of network device {index} is already \
+         network device {first}'s: each device needs its own"
+    )]
+    DuplicateMacAddress {
+        /// The address, in canonical form.
+        value: String,
+        /// The later device's position among the network devices.
+        index: usize,
+        /// The position of the device that already has it.
+        first: usize,
+    },
+
     /// `MacChoice::Stable` without a persisted machine identity to derive it from.
     #[error(
         "invalid configuration: a stable MAC address needs a persisted machine identity \

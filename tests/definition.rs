@@ -318,3 +318,60 @@ fn syntax_and_type_errors_point_at_the_line_and_column() {
         );
     }
 }
+
+#[test]
+#[serial]
+fn a_disk_image_attached_twice_or_a_mac_address_used_twice_is_refused() {
+    let (dir, _) = vm_dir();
+    std::os::unix::fs::symlink(dir.join("root.img"), dir.join("link.img")).unwrap();
+    let file = dir.join("twice.toml");
+    for (second, first_index) in [
+        ("root.img", 0),
+        ("./root.img", 0),
+        ("link.img", 0),
+        ("../{dir}/root.img", 0),
+        ("data.img", 99), // a different file: accepted
+    ] {
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        let second = second.replace("{dir}", name);
+        let text = format!(
+            "{BASE}[[disk]]\npath = \"root.img\"\n[[disk]]\npath = \"seed.iso\"\nread_only = true\n\
+             [[disk]]\npath = \"{second}\"\n"
+        );
+        std::fs::write(&file, &text).unwrap();
+        match VmDefinition::load_config(&file) {
+            Ok(_) => assert_eq!(first_index, 99, "{second} is root.img again, accepted"),
+            Err(error) => {
+                let message = error.to_string();
+                assert_ne!(first_index, 99, "{second}: {message}");
+                assert!(
+                    message.starts_with(&format!("{}: disk[2].path: ", file.display())),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("same file as disk 0"),
+                    "{second}: {message}"
+                );
+            }
+        }
+    }
+
+    let text = format!(
+        "{BASE}[[network]]\nmac = \"52:54:00:12:34:56\"\n[[network]]\n\
+         [[network]]\nmac = \"52:54:00:12:34:56\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let message = VmDefinition::load_config(&file).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("{}: network[2].mac: ", file.display())),
+        "{message}"
+    );
+    assert!(message.contains("network device 0"), "{message}");
+    // Spelled differently, the same address.
+    let text = format!(
+        "{BASE}[[network]]\nmac = \"52:54:00:ab:cd:ef\"\n[[network]]\nmac = \"52:54:00:AB:CD:EF\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let message = VmDefinition::load_config(&file).unwrap_err().to_string();
+    assert!(message.contains("network[1].mac"), "{message}");
+}

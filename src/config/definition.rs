@@ -526,6 +526,8 @@ impl VmDefinition {
                 "mac",
             ),
             Error::StableMacNeedsIdentity => "network".into(),
+            Error::DuplicateDisk { index, .. } => format!("disk[{index}].path"),
+            Error::DuplicateMacAddress { index, .. } => format!("network[{index}].mac"),
             Error::InvalidBlockDeviceIdentifier { value, .. } => position(
                 self.disks
                     .iter()
