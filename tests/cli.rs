@@ -737,3 +737,51 @@ fn init_refuses_a_directory_that_is_not_empty_and_touches_nothing() {
     assert_eq!(code, 0, "{stderr}");
     assert!(empty.join("vm.toml").exists());
 }
+
+#[test]
+fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
+    use std::os::unix::process::CommandExt;
+    let with_umask = |args: &[&str]| {
+        let mut command = Command::new(APPLEVZ);
+        command.args(args).stdin(Stdio::null());
+        // SAFETY: umask is async-signal-safe and only changes the child's mask.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+        command
+    };
+    let dir = TestDir::new("owner-only");
+    let vm = dir.join("vm");
+    let path = vm.to_str().unwrap();
+    let output = with_umask(&["init", path, "--memory", "512MiB", "--disk-size", "64MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let run = with_umask(&["run", path, "--console", "file"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_status(&vm, "running");
+    let (code, _, stderr) = client(&["suspend", path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(finish(run, &vm).0, 13);
+    let efi = dir.join("efi");
+    let output = with_umask(&["init", efi.to_str().unwrap(), "--efi"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    for file in [
+        vm.join("disk.img"),
+        vm.join("machine-identifier"),
+        vm.join("console.log"),
+        vm.join("vm.state"),
+        efi.join("efi-vars"),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(format!("{mode:o}"), "600", "{}", file.display());
+    }
+}

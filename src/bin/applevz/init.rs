@@ -1,5 +1,6 @@
 //! `applevz init DIR`: a new VM directory.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use applevz::definition::{DiskDefinition, NetworkDefinition, format_memory, parse_memory};
@@ -249,9 +250,11 @@ fn fill(
     });
 
     let disk = dir.join(vmdir::DISK);
+    // The guest's disk is the owner's only, whatever the umask.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&disk)
         .map_err(|e| io("create the disk image", e))?;
     created.files.push(disk);

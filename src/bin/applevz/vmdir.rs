@@ -10,6 +10,9 @@
 //! DIR/run.lock                 held (flock) by the `applevz run` process
 //! DIR/control.sock             that process's control channel (mode 0600)
 //! ```
+//!
+//! The files that hold part of the guest (disk.img, machine-identifier, efi-vars,
+//! vm.state, console.log) are created with mode 0600 whatever the umask.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
