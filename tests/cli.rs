@@ -785,3 +785,98 @@ fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
         assert_eq!(format!("{mode:o}"), "600", "{}", file.display());
     }
 }
+
+/// A line of `/proc/<pid>/status` (Linux), e.g. `Threads` or `VmRSS`, as a number.
+#[cfg(target_os = "linux")]
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Sends raw bytes on the control socket and returns the reply (everything `run`
+/// writes before it closes the connection).
+fn raw_request(vm: &Path, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(vm.join("control.sock")).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_control_socket_bounds_what_a_client_can_make_run_hold() {
+    use std::io::{Read, Write};
+    let (_dir, vm) = init_vm("control-bounds");
+    let path = vm.to_str().unwrap();
+    let run = spawn_run(&vm, "", &["--console", "file"]);
+    let pid = run.id();
+
+    // Malformed requests get an error line, not a silent close.
+    let reply = raw_request(&vm, b"\xff\xfe status\n");
+    assert!(reply.starts_with("error 2 "), "not UTF-8: {reply:?}");
+    let reply = raw_request(&vm, b"reboot\n");
+    assert!(reply.starts_with("error 2 "), "unknown: {reply:?}");
+
+    // A huge line without a newline: refused once it is too long for a request,
+    // without `run` holding it in memory.
+    let rss_before = proc_status(pid, "VmRSS");
+    let mut stream = std::os::unix::net::UnixStream::connect(vm.join("control.sock")).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 300 << 20 {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // `run` answered and closed the connection
+        }
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert!(
+        reply.starts_with("error 2 ") && reply.contains("too long"),
+        "{reply:?} after {sent} bytes"
+    );
+    let rss_after = proc_status(pid, "VmRSS");
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "run grew from {rss_before} kB to {rss_after} kB"
+    );
+
+    // Many idle connections: a bounded number of threads; the rest are refused at
+    // once with a reply; and once the idle ones time out, requests work again.
+    let threads_before = proc_status(pid, "Threads");
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(std::os::unix::net::UnixStream::connect(vm.join("control.sock")).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let threads = proc_status(pid, "Threads");
+    assert!(
+        threads < threads_before + 40,
+        "{threads} threads for 300 idle connections (was {threads_before})"
+    );
+    let mut refused = String::new();
+    let mut last = idle.pop().unwrap();
+    last.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = last.read_to_string(&mut refused);
+    assert!(refused.starts_with("error "), "{refused:?}");
+    // The idle ones are closed by `run` after its timeout, each with a reply.
+    let mut first = idle.remove(0);
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut timed_out = String::new();
+    let _ = first.read_to_string(&mut timed_out);
+    assert!(timed_out.starts_with("error 2 "), "{timed_out:?}");
+    drop(idle);
+    wait_for_status(&vm, "running");
+    assert!(proc_status(pid, "Threads") <= threads_before + 4);
+
+    let (code, stdout, stderr) = client(&["stop", path, "--policy", "poweroff"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    assert_eq!(finish(run, &vm).0, 12);
+}

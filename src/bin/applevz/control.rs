@@ -3,16 +3,25 @@
 //! connection.
 //!
 //! Request: one line — `status`, `pause`, `resume`, `suspend`,
-//! `stop <powerdown|halt|poweroff> [<timeout seconds>]`.
+//! `stop <powerdown|halt|poweroff> [<timeout seconds>]` — of at most
+//! [`MAX_REQUEST_BYTES`], sent within [`REQUEST_TIMEOUT`] of connecting.
 //! Reply: any number of `progress <state>` lines while the operation runs, then
-//! `ok <state>` or `error <exit status> <message>`.
+//! `ok <state>` or `error <exit status> <message>`. Every connection gets a reply,
+//! also a malformed, oversized or late request (`error 2 …`) and one beyond the
+//! [`MAX_CONNECTIONS`] served at once (`error 1 …`).
+//!
+//! The socket is the owner's only, but any of the owner's programs may misbehave on
+//! it: `run` never holds more than one request's bytes per connection, nor more than
+//! [`MAX_CONNECTIONS`] threads for them. [`parse_request`] is a pure function of the
+//! request's bytes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 
@@ -48,6 +57,63 @@ pub(crate) enum Request {
     },
 }
 
+/// The longest request line `run` reads, newline included; a longer one is refused.
+pub(crate) const MAX_REQUEST_BYTES: usize = 256;
+/// How long `run` waits for a connection's request line before refusing it.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many connections `run` serves at once (one thread each); more are refused.
+pub(crate) const MAX_CONNECTIONS: usize = 32;
+/// How long `run` waits to write a line to a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses one request line (its bytes, with or without the final newline): the
+/// request, or the reason it is not one. Pure and total: any input gives one or the
+/// other, never a panic, so it can be fuzzed.
+pub(crate) fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request too long (more than {MAX_REQUEST_BYTES} bytes)"
+        ));
+    }
+    let line = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8 text".to_owned())?;
+    let unknown = || format!("unknown request {:?}", line.trim());
+    let mut words = line.split_ascii_whitespace();
+    let request = match words.next().ok_or_else(|| "empty request".to_owned())? {
+        "status" => Request::Status,
+        "pause" => Request::Pause,
+        "resume" => Request::Resume,
+        "suspend" => Request::Suspend,
+        "stop" => {
+            let policy = match words.next().ok_or_else(unknown)? {
+                "powerdown" => Policy::Powerdown,
+                "halt" => Policy::Halt,
+                "poweroff" => Policy::Poweroff,
+                _ => return Err(unknown()),
+            };
+            // Checked here too: the socket takes requests from any of the owner's
+            // programs, not only from `applevz stop`.
+            let timeout = match words.next() {
+                Some(seconds) => Some(
+                    seconds
+                        .parse()
+                        .ok()
+                        .and_then(timeout_from_seconds)
+                        .ok_or_else(|| {
+                            format!("the timeout {seconds:?} is not a positive number of seconds")
+                        })?,
+                ),
+                None => None,
+            };
+            Request::Stop { policy, timeout }
+        }
+        _ => return Err(unknown()),
+    };
+    match words.next() {
+        None => Ok(request),
+        Some(_) => Err(unknown()),
+    }
+}
+
 /// A number of seconds as a timeout: positive and small enough for a `Duration`.
 /// (A `Duration` too long for the clock is fine: the library treats it as no limit.)
 pub(crate) fn timeout_from_seconds(seconds: f64) -> Option<Duration> {
@@ -77,33 +143,6 @@ impl Request {
                 }
             }
         }
-    }
-
-    fn parse(line: &str) -> Option<Self> {
-        let mut words = line.split_whitespace();
-        let request = match words.next()? {
-            "status" => Self::Status,
-            "pause" => Self::Pause,
-            "resume" => Self::Resume,
-            "suspend" => Self::Suspend,
-            "stop" => {
-                let policy = match words.next()? {
-                    "powerdown" => Policy::Powerdown,
-                    "halt" => Policy::Halt,
-                    "poweroff" => Policy::Poweroff,
-                    _ => return None,
-                };
-                // Checked here too: the socket takes requests from any of the
-                // owner's programs, not only from `applevz stop`.
-                let timeout = match words.next() {
-                    Some(seconds) => Some(timeout_from_seconds(seconds.parse().ok()?)?),
-                    None => None,
-                };
-                Self::Stop { policy, timeout }
-            }
-            _ => return None,
-        };
-        words.next().is_none().then_some(request)
     }
 
     /// The command's verb, for messages.
@@ -283,16 +322,49 @@ impl ControlServer {
         Ok(server)
     }
 
-    /// Serves requests on a thread from now on (until the process ends).
+    /// Serves requests on a thread from now on (until the process ends): each
+    /// connection on a thread of its own, up to [`MAX_CONNECTIONS`] at once; beyond
+    /// that a connection is answered with an error at once and closed.
     pub(crate) fn serve(&mut self, handler: Arc<Handler>, replied: Arc<Replied>) {
         let Some(listener) = self.listener.take() else {
             return;
         };
         std::thread::spawn(move || {
-            for connection in listener.incoming().flatten() {
+            let active = Arc::new(AtomicUsize::new(0));
+            for connection in listener.incoming() {
+                let connection = match connection {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Out of descriptors, say: not a reason to spin.
+                        log::warn!("control socket: accept: {error}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    log::debug!(
+                        "control socket: refused a connection: {MAX_CONNECTIONS} served already"
+                    );
+                    refuse(
+                        &connection,
+                        &format!("too many connections at once ({MAX_CONNECTIONS}); try again"),
+                    );
+                    continue;
+                }
+                let slot = Slot(Arc::clone(&active));
                 let handler = Arc::clone(&handler);
                 let replied = Arc::clone(&replied);
-                std::thread::spawn(move || serve(connection, &*handler, &*replied));
+                let spawned = std::thread::Builder::new()
+                    .name("applevz-control".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        serve(connection, &*handler, &*replied);
+                    });
+                if let Err(error) = spawned {
+                    log::warn!("control socket: no thread for a connection: {error}");
+                }
             }
         });
     }
@@ -304,21 +376,76 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(connection: UnixStream, handler: &Handler, replied: &Replied) {
-    let mut line = String::new();
-    if BufReader::new(&connection).read_line(&mut line).is_err() {
-        return;
+/// One of the [`MAX_CONNECTIONS`] served at once, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Answers a connection that is not served with an error line.
+fn refuse(mut connection: &UnixStream, message: &str) {
+    let _ = writeln!(connection, "error {} {message}", exit::ERROR);
+}
+
+/// Reads one request line: at most [`MAX_REQUEST_BYTES`], within [`REQUEST_TIMEOUT`]
+/// of connecting (however slowly it trickles in). Bytes after the newline are
+/// ignored; a line cut short by the client closing its end counts as sent.
+fn read_request(mut connection: &UnixStream) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut line = Vec::new();
+    let mut buffer = [0u8; MAX_REQUEST_BYTES + 1];
+    loop {
+        let remaining = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|remaining| !remaining.is_zero())
+            .ok_or_else(|| format!("no request within {} s", REQUEST_TIMEOUT.as_secs()))?;
+        connection
+            .set_read_timeout(Some(remaining))
+            .map_err(|error| error.to_string())?;
+        let room = MAX_REQUEST_BYTES + 1 - line.len();
+        match connection.read(&mut buffer[..room]) {
+            Ok(0) => return Ok(line),
+            Ok(read) => {
+                let read = &buffer[..read];
+                if let Some(end) = read.iter().position(|&byte| byte == b'\n') {
+                    line.extend_from_slice(&read[..end]);
+                    return Ok(line);
+                }
+                line.extend_from_slice(read);
+                if line.len() > MAX_REQUEST_BYTES {
+                    return Err(format!(
+                        "request too long (more than {MAX_REQUEST_BYTES} bytes)"
+                    ));
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs()));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+fn serve(connection: UnixStream, handler: &Handler, replied: &Replied) {
     let mut writer = &connection;
-    let Some(request) = Request::parse(&line) else {
-        let _ = writeln!(
-            writer,
-            "error {} unknown request {:?}",
-            exit::USAGE,
-            line.trim()
-        );
-        return;
+    let request = match read_request(&connection).and_then(|line| parse_request(&line)) {
+        Ok(request) => request,
+        Err(reason) => {
+            log::debug!("control socket: refused a request: {reason}");
+            let _ = writeln!(writer, "error {} {reason}", exit::USAGE);
+            return;
+        }
     };
+    log::debug!("control socket: request {request:?}");
     let mut progress = |state: &str| {
         let _ = writeln!(writer, "progress {state}");
     };
@@ -330,7 +457,67 @@ fn serve(connection: UnixStream, handler: &Handler, replied: &Replied) {
             failure.message.replace('\n', " ")
         ),
     };
+    log::debug!("control socket: reply {reply:?}");
     let _ = writeln!(writer, "{reply}");
     let _ = writer.flush();
     replied(request);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!(parse_request(b"status"), Ok(Request::Status));
+        assert_eq!(parse_request(b"  pause \r"), Ok(Request::Pause));
+        assert_eq!(
+            parse_request(b"stop halt"),
+            Ok(Request::Stop {
+                policy: Policy::Halt,
+                timeout: None
+            })
+        );
+        assert_eq!(
+            parse_request(b"stop powerdown 2.5"),
+            Ok(Request::Stop {
+                policy: Policy::Powerdown,
+                timeout: Some(Duration::from_millis(2500))
+            })
+        );
+        for request in [
+            Request::Status,
+            Request::Suspend,
+            Request::Stop {
+                policy: Policy::Poweroff,
+                timeout: Some(Duration::from_secs(3)),
+            },
+        ] {
+            assert_eq!(parse_request(request.to_line().as_bytes()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_an_error_never_a_panic() {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"reboot",
+            b"status now",
+            b"stop",
+            b"stop gently",
+            b"stop halt 0",
+            b"stop halt -1",
+            b"stop halt NaN",
+            b"stop halt inf",
+            b"stop halt 1e400",
+            b"stop halt 1 2",
+            b"\xff\xfe",
+            b"status\0",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad:?}");
+        }
+        let long = vec![b's'; MAX_REQUEST_BYTES + 1];
+        assert!(parse_request(&long).unwrap_err().contains("too long"));
+    }
 }
