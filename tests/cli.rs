@@ -880,3 +880,29 @@ fn the_control_socket_bounds_what_a_client_can_make_run_hold() {
     assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
     assert_eq!(finish(run, &vm).0, 12);
 }
+
+#[test]
+fn a_vm_directory_deeper_than_a_socket_address_works() {
+    // sockaddr_un.sun_path holds 108 bytes on Linux (104 on macOS): every directory
+    // `init` accepts must work for run, status, pause and stop all the same.
+    let dir = TestDir::new("deep");
+    let vm = dir
+        .path()
+        .join("d".repeat(50))
+        .join("e".repeat(50))
+        .join("vm");
+    assert!(vm.join("control.sock").as_os_str().len() > 108);
+    let path = vm.to_str().unwrap();
+    let (code, _, stderr) = client(&["init", path, "--memory", "512MiB", "--disk-size", "8MiB"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(client(&["status", path]).1, "stopped (not running)\n");
+    let run = spawn_run(&vm, "", &["--console", "file"]);
+    let socket = std::fs::metadata(vm.join("control.sock")).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+    let (code, stdout, stderr) = client(&["pause", path]);
+    assert_eq!((code, stdout.as_str()), (0, "paused\n"), "{stderr}");
+    let (code, stdout, stderr) = client(&["stop", path, "--policy", "poweroff"]);
+    assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
+    assert_eq!(finish(run, &vm).0, 12);
+    assert!(!vm.join("control.sock").exists());
+}

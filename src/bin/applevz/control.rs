@@ -27,6 +27,7 @@ use clap::ValueEnum;
 
 use crate::failure::{Failure, exit};
 use crate::out::outln;
+use crate::socket_path::with_short_path;
 use crate::terminal::Progress;
 use crate::vmdir::VmDir;
 
@@ -171,19 +172,21 @@ impl Request {
 /// final state.
 fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
     let path = dir.control_socket();
-    let stream = UnixStream::connect(&path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            Failure::not_running(format!(
-                "no VM is running in {} (start it with `applevz run {}`)",
-                dir.path.display(),
-                dir.path.display()
-            ))
+    let stream = with_short_path(&path, |path| UnixStream::connect(path)).map_err(|error| {
+        match error.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                Failure::not_running(format!(
+                    "no VM is running in {} (start it with `applevz run {}`)",
+                    dir.path.display(),
+                    dir.path.display()
+                ))
+            }
+            std::io::ErrorKind::PermissionDenied => Failure::error(format!(
+                "{} belongs to another user: only the VM's owner can control it",
+                path.display()
+            )),
+            _ => Failure::error(format!("cannot reach {}: {error}", path.display())),
         }
-        std::io::ErrorKind::PermissionDenied => Failure::error(format!(
-            "{} belongs to another user: only the VM's owner can control it",
-            path.display()
-        )),
-        _ => Failure::error(format!("cannot reach {}: {error}", path.display())),
     })?;
     writeln!(&stream, "{}", request.to_line())
         .map_err(|error| Failure::error(format!("control channel: {error}")))?;
@@ -301,7 +304,7 @@ impl ControlServer {
         // after the bind, so the socket never exists with looser permissions. `run`
         // binds before it starts any thread, so no other file is created meanwhile.
         let previous = unsafe { libc::umask(0o077) };
-        let bound = UnixListener::bind(&path);
+        let bound = with_short_path(&path, |path| UnixListener::bind(path));
         // SAFETY: as above.
         unsafe { libc::umask(previous) };
         let listener = bound.map_err(|error| {

@@ -12,6 +12,7 @@ mod out;
 #[cfg(test)]
 mod pty;
 mod run;
+mod socket_path;
 mod terminal;
 mod vmdir;
 
