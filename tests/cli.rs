@@ -75,6 +75,18 @@ fn spawn_run_until(vm: &Path, guest: &str, extra: &[&str], state: &str) -> Child
         .spawn()
         .expect("spawn applevz run");
     wait_for_status(vm, state);
+    if state == "running" {
+        // The VM runs a moment before the boot (or restore) has finished: until then
+        // another request is refused as "under way". `run` says when it has.
+        let deadline = Instant::now() + PATIENCE;
+        while !std::fs::read_to_string(vm.join("run.stderr"))
+            .unwrap_or_default()
+            .contains("Ctrl-C shuts the guest down")
+        {
+            assert!(Instant::now() < deadline, "the boot never finished");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     child
 }
 
@@ -905,4 +917,75 @@ fn a_vm_directory_deeper_than_a_socket_address_works() {
     assert_eq!((code, stdout.as_str()), (0, "stopped\n"), "{stderr}");
     assert_eq!(finish(run, &vm).0, 12);
     assert!(!vm.join("control.sock").exists());
+}
+
+/// Suspends the VM `run` runs in `vm` (with the given guest script) and waits for
+/// `run` to end.
+fn suspend_vm(vm: &Path) {
+    let run = spawn_run(vm, "", &["--console", "file"]);
+    let (code, _, stderr) = client(&["suspend", vm.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(finish(run, vm).0, 13);
+    assert!(vm.join("vm.state").exists());
+}
+
+#[test]
+fn a_saved_state_that_cannot_be_restored_has_a_way_out_in_the_tool() {
+    let (_dir, vm) = init_vm("unrestorable");
+    let path = vm.to_str().unwrap();
+    let saved = vm.join("vm.state");
+    for damage in ["garbage", "definition edited"] {
+        suspend_vm(&vm);
+        let definition = std::fs::read_to_string(vm.join("vm.toml")).unwrap();
+        match damage {
+            "garbage" => std::fs::write(&saved, b"garbage").unwrap(),
+            _ => std::fs::write(
+                vm.join("vm.toml"),
+                definition.replace("cpus = 2", "cpus = 1"),
+            )
+            .unwrap(),
+        }
+        let (code, _, stderr) = client(&["run", path, "--console", "file"]);
+        assert_eq!(code, 1, "{damage}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`applevz stop {path} --policy poweroff`")),
+            "{damage}: the way out is a command of the tool: {stderr}"
+        );
+        assert!(
+            !stderr.contains("shutdown(") && !stderr.contains("start()"),
+            "{damage}: no library call in the message: {stderr}"
+        );
+        assert!(saved.exists(), "{damage}: the saved state is kept");
+
+        // Not running, suspended: a powerdown cannot reach a guest that does not run.
+        let (code, _, stderr) = client(&["stop", path]);
+        assert_eq!(code, 4, "{damage}: {stderr}");
+        assert!(stderr.contains("--policy poweroff"), "{stderr}");
+        assert!(saved.exists());
+
+        // The way out: the saved state is discarded, after saying what goes.
+        let size = std::fs::metadata(&saved).unwrap().len();
+        let (code, stdout, stderr) = client(&["stop", path, "--policy", "poweroff"]);
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, "stopped\n"),
+            "{damage}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&saved.display().to_string())
+                && stderr.contains(&format!("{size} bytes")),
+            "{damage}: says what it deletes: {stderr}"
+        );
+        assert!(!saved.exists(), "{damage}: discarded");
+        assert_eq!(client(&["status", path]).1, "stopped (not running)\n");
+
+        // And the VM boots afresh.
+        let run = spawn_run(&vm, "", &["--console", "file"]);
+        client(&["stop", path, "--policy", "poweroff"]);
+        assert_eq!(finish(run, &vm).0, 12);
+        std::fs::write(vm.join("vm.toml"), definition).unwrap();
+    }
+    // Nothing to discard: no VM runs, as before.
+    let (code, _, stderr) = client(&["stop", path, "--policy", "poweroff"]);
+    assert_eq!(code, 3, "{stderr}");
 }

@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 
-use crate::failure::{Failure, exit};
-use crate::out::outln;
+use applevz::{ShutdownPolicy, VirtualMachine, VmDefinition, VmState};
+
+use crate::failure::{self, Failure, exit};
+use crate::out::{errln, outln};
 use crate::socket_path::with_short_path;
 use crate::terminal::Progress;
-use crate::vmdir::VmDir;
+use crate::vmdir::{VmDir, describe_file};
 
 /// `--policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,9 +238,61 @@ pub(crate) fn stop(dir: &Path, policy: Policy, timeout: Option<f64>) -> Result<u
             })
         })
         .transpose()?;
-    let state = send(&VmDir::open(dir)?, Request::Stop { policy, timeout })?;
-    outln!("{state}");
-    Ok(exit::OK)
+    let dir = VmDir::open(dir)?;
+    match send(&dir, Request::Stop { policy, timeout }) {
+        Ok(state) => {
+            outln!("{state}");
+            Ok(exit::OK)
+        }
+        Err(failure) if failure.code == exit::NOT_RUNNING => {
+            stop_not_running(&dir, policy, failure)
+        }
+        Err(failure) => Err(failure),
+    }
+}
+
+/// `stop` when no `run` serves `dir`. A stopped VM has nothing to stop. A suspended
+/// one has no guest running either, but a saved state: a powerdown cannot reach it, a
+/// halt keeps it, a poweroff discards it (the library's `shutdown(Poweroff)` of a
+/// suspended VM), after saying what it deletes. This is the way out of a saved state
+/// that cannot be restored.
+fn stop_not_running(dir: &VmDir, policy: Policy, not_running: Failure) -> Result<u8, Failure> {
+    // Held until the end: no `run` can start on the directory meanwhile.
+    let _lock = dir.lock()?;
+    let config = VmDefinition::load_config(&dir.definition())?;
+    let vm = VirtualMachine::new(&config).map_err(|error| failure::in_dir(error, &dir.path))?;
+    let Some(saved) = vm
+        .saved_state_file()
+        .filter(|_| vm.state() == VmState::Suspended)
+    else {
+        return Err(not_running);
+    };
+    let d = dir.path.display();
+    match policy {
+        Policy::Powerdown => Err(Failure::new(
+            exit::WRONG_STATE,
+            format!(
+                "the VM in {d} is suspended, not running: a powerdown cannot reach its guest. \
+                 `applevz run {d}` resumes it; `applevz stop {d} --policy poweroff` discards \
+                 its saved state"
+            ),
+        )),
+        Policy::Halt => Err(Failure::not_running(format!(
+            "the VM in {d} is suspended, not running, and a halt keeps its saved state: \
+             nothing to do (`applevz stop {d} --policy poweroff` discards it)"
+        ))),
+        Policy::Poweroff => {
+            log::debug!("discarding the saved state {}", saved.display());
+            errln!(
+                "applevz: discarding the saved state of the suspended VM, {}: the suspended guest is lost",
+                describe_file(&saved)
+            );
+            vm.shutdown(ShutdownPolicy::Poweroff)
+                .map_err(|error| failure::in_dir(error, &dir.path))?;
+            outln!("{}", vm.state());
+            Ok(exit::OK)
+        }
+    }
 }
 
 pub(crate) fn simple(dir: &Path, request: Request) -> Result<u8, Failure> {

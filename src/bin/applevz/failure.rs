@@ -1,5 +1,9 @@
 //! How a command fails: a message and an exit status.
 
+use std::path::Path;
+
+use applevz::VmState;
+
 /// Exit statuses. `run` ends with one per way the VM can end; every command uses the
 /// error statuses.
 pub(crate) mod exit {
@@ -67,5 +71,81 @@ impl From<applevz::Error> for Failure {
             _ => exit::ERROR,
         };
         Self::new(code, error.to_string())
+    }
+}
+
+/// A library error about the VM in `dir`, told in the tool's terms: where the
+/// library's message names a way out as a library call (`start()`,
+/// `shutdown(Poweroff)`), this names the command that does it.
+pub(crate) fn in_dir(error: applevz::Error, dir: &Path) -> Failure {
+    use applevz::{Error, Operation, ShutdownPolicy};
+    let d = dir.display();
+    let run = format!("`applevz run {d}`");
+    let poweroff = format!("`applevz stop {d} --policy poweroff`");
+    let verb = |operation: &Operation| match operation {
+        Operation::Start => "start".to_owned(),
+        Operation::Restore => "restore".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Powerdown) => "stop".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Halt) => "stop (halt)".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Poweroff) => "stop (poweroff)".to_owned(),
+        other => other.to_string(),
+    };
+    match &error {
+        Error::InvalidState {
+            operation, state, ..
+        } => {
+            let way_out = match state {
+                VmState::Suspended => format!(
+                    "it is suspended: {run} resumes it, {poweroff} discards the saved state"
+                ),
+                VmState::Stopped => format!("it is not running: {run} starts it"),
+                VmState::Error => format!("the VM failed: {run} boots it afresh"),
+                VmState::Running
+                    if *operation == Operation::Shutdown(ShutdownPolicy::Powerdown) =>
+                {
+                    format!(
+                        "a graceful stop is already waiting for the guest: {poweroff} (or \
+                         --policy halt) cuts it short"
+                    )
+                }
+                VmState::Running => format!("pause it first: `applevz pause {d}`"),
+                _ => format!(
+                    "another operation is under way: wait for it (`applevz status {d}`), or \
+                     {poweroff} waits for it and then forces the VM off"
+                ),
+            };
+            Failure::new(
+                exit::WRONG_STATE,
+                format!(
+                    "cannot {} while the VM is {state}: {way_out}",
+                    verb(operation)
+                ),
+            )
+        }
+        Error::Timeout {
+            operation,
+            state,
+            timeout,
+            ..
+        } => Failure::error(format!(
+            "{} did not finish within {timeout:?}; the VM is {state}: it may still finish; \
+             {poweroff} waits for it to settle and then forces the VM off",
+            verb(operation)
+        )),
+        Error::RestoreFailed { path, source } => Failure::error(format!(
+            "could not restore the saved state {}: {source}. The file is kept: {poweroff} \
+             discards it (the suspended guest is lost) and {run} then boots afresh",
+            path.display()
+        )),
+        Error::SavedStateChanged { path, what, .. } => Failure::error(format!(
+            "{what} {}: nothing was changed. If that file is another VM's, move it away; \
+             {poweroff} discards a saved state the VM tracks",
+            path.display()
+        )),
+        Error::NoSavedStatePath => Failure::error(format!(
+            "suspend needs a saved-state file: add saved_state = \"vm.state\" to {}",
+            dir.join("vm.toml").display()
+        )),
+        _ => Failure::from(error),
     }
 }

@@ -7,7 +7,7 @@
 //! lifecycle operations (the start, a shutdown, control requests) run on their own
 //! threads so that a second Ctrl-C is heard while a graceful shutdown waits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use applevz::{
 
 use crate::control::Policy;
 use crate::control::{ControlServer, Request, timeout_from_seconds};
-use crate::failure::{Failure, exit};
+use crate::failure::{self, Failure, exit};
 use crate::out::errln;
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
@@ -137,7 +137,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
             }
         }
     };
-    server.serve(control_handler(&vm, &busy, &asked), Arc::new(replied));
+    server.serve(
+        control_handler(&vm, &dir.path, &busy, &asked),
+        Arc::new(replied),
+    );
 
     let raw = match on_terminal {
         true => {
@@ -145,7 +148,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         }
         false => None,
     };
-    let outcome = main_loop(&vm, &inbox, &messages, &busy, &asked);
+    let outcome = main_loop(&vm, &dir.path, &inbox, &messages, &busy, &asked);
     drop(raw); // the terminal is back before anything else is printed
     let (code, message) = outcome?;
     errln!("applevz: {message}");
@@ -154,6 +157,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
 
 fn main_loop(
     vm: &Arc<VirtualMachine>,
+    dir: &Path,
     inbox: &Receiver<Message>,
     messages: &Sender<Message>,
     busy: &AtomicUsize,
@@ -221,7 +225,7 @@ fn main_loop(
                     progress.abandon();
                 }
                 if *lock(asked) != Asked::Forced {
-                    return Err(error.into());
+                    return Err(failure::in_dir(error, dir));
                 }
                 // The boot failed after a forced shutdown was asked: the VM ends as
                 // forced off.
@@ -261,7 +265,7 @@ fn main_loop(
             Message::SignalShutdown(result) => {
                 signal_shutdowns -= 1;
                 if let Err(error) = result {
-                    errln!("applevz: shutdown: {error}");
+                    errln!("applevz: shutdown: {}", failure::in_dir(error, dir).message);
                 }
             }
             Message::Request => {}
@@ -445,10 +449,12 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
 
 fn control_handler(
     vm: &Arc<VirtualMachine>,
+    dir: &Path,
     busy: &Arc<AtomicUsize>,
     asked: &Arc<Mutex<Asked>>,
 ) -> Arc<crate::control::Handler> {
     let vm = Arc::clone(vm);
+    let dir = dir.to_owned();
     let busy = Arc::clone(busy);
     let asked = Arc::clone(asked);
     Arc::new(move |request: Request, progress: &mut dyn FnMut(&str)| {
@@ -470,9 +476,12 @@ fn control_handler(
             return Err(Failure::new(
                 exit::WRONG_STATE,
                 format!(
-                    "cannot {} while the VM is {}: another operation is under way; try again when it has finished",
+                    "cannot {} while the VM is {}: another operation is under way; try again \
+                     when it has finished, or `applevz stop {} --policy poweroff` waits for it \
+                     and then forces the VM off",
                     request.verb(),
-                    vm.state()
+                    vm.state(),
+                    dir.display()
                 ),
             ));
         }
@@ -499,7 +508,7 @@ fn control_handler(
                 *current = previous;
             }
         }
-        result.map_err(Failure::from)
+        result.map_err(|error| failure::in_dir(error, &dir))
     })
 }
 

@@ -100,3 +100,49 @@ impl VmDir {
         Ok(file)
     }
 }
+
+/// A file for a message: its path, size and when it was last written, e.g.
+/// `DIR/vm.state (536870912 bytes = 512.0 MiB, written 2026-01-02 03:04:05 UTC)`.
+pub(crate) fn describe_file(path: &Path) -> String {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return path.display().to_string();
+    };
+    let size = metadata.len();
+    let size = match size {
+        0..=1048575 => format!("{size} bytes"),
+        _ if size < 1 << 30 => {
+            format!("{size} bytes = {:.1} MiB", size as f64 / f64::from(1 << 20))
+        }
+        _ => format!("{size} bytes = {:.1} GiB", size as f64 / f64::from(1 << 30)),
+    };
+    match metadata.modified() {
+        Ok(time) => format!("{} ({size}, written {})", path.display(), local_time(time)),
+        Err(_) => format!("{} ({size})", path.display()),
+    }
+}
+
+/// A moment as local date and time, e.g. `2026-01-02 03:04:05 CET`.
+fn local_time(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    let seconds = libc::time_t::try_from(seconds).unwrap_or(libc::time_t::MAX);
+    // SAFETY: tm is plain data, filled by localtime_r for a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to a time_t and a tm; localtime_r is thread-safe.
+    if unsafe { libc::localtime_r(&seconds, &mut tm) }.is_null() {
+        return format!("{seconds} s after the epoch");
+    }
+    let mut buffer = [0u8; 64];
+    // SAFETY: the buffer's size is passed; the format is NUL-terminated; tm is filled.
+    let length = unsafe {
+        libc::strftime(
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            c"%Y-%m-%d %H:%M:%S %Z".as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buffer[..length]).into_owned()
+}
