@@ -989,3 +989,49 @@ fn a_saved_state_that_cannot_be_restored_has_a_way_out_in_the_tool() {
     let (code, _, stderr) = client(&["stop", path, "--policy", "poweroff"]);
     assert_eq!(code, 3, "{stderr}");
 }
+
+#[test]
+fn a_suspend_cut_short_by_kill_9_is_reported_not_ignored() {
+    // `run` killed while it saves the guest: the partial saved state it leaves may be
+    // the only copy of the guest (on a Mac, the size of its memory). The next `status`
+    // and `run` must say where it is, how big and how old, and what to do; `run` must
+    // not boot afresh over it (that would change the disk under it).
+    let (_dir, vm) = init_vm("kill-during-suspend");
+    let path = vm.to_str().unwrap().to_owned();
+    let run = spawn_run(&vm, "operation_delay_ms=3000", &["--console", "file"]);
+    let suspending = std::thread::spawn({
+        let path = path.clone();
+        move || client(&["suspend", &path])
+    });
+    wait_for_status(&vm, "saving");
+    signal(&run, libc::SIGKILL);
+    let (code, _) = finish(run, &vm);
+    assert_eq!(code, -1, "killed");
+    let _ = suspending.join();
+    let leftover = std::fs::read_dir(&vm)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().contains(".partial-"))
+        .expect("the interrupted suspend left its file");
+
+    let (code, stdout, stderr) = client(&["status", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("stopped"), "{stdout}");
+    let leftover_name = leftover.file_name().unwrap().to_string_lossy().into_owned();
+    for needle in [leftover_name.as_str(), "bytes", "written", "interrupted"] {
+        assert!(stderr.contains(needle), "status reports {needle}: {stderr}");
+    }
+
+    let (code, _, stderr) = client(&["run", &path, "--console", "file"]);
+    assert_eq!(code, 4, "run refuses to boot over it: {stderr}");
+    for needle in [leftover_name.as_str(), "bytes", "written", "mv ", "rm -r "] {
+        assert!(stderr.contains(needle), "run says {needle}: {stderr}");
+    }
+    assert!(leftover.exists(), "never deleted");
+
+    // Choosing to boot afresh: the leftover goes, run boots.
+    std::fs::remove_dir_all(&leftover).unwrap();
+    let run = spawn_run(&vm, "", &["--console", "file"]);
+    client(&["stop", &path, "--policy", "poweroff"]);
+    assert_eq!(finish(run, &vm).0, 12);
+}

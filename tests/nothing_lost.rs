@@ -465,3 +465,27 @@ fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
     unsafe { libc::umask(previous) };
     leaks.finish();
 }
+
+/// What a suspend cut short by the end of its process leaves is listed, never
+/// adopted or deleted; a suspend under way in this process is not listed.
+#[test]
+fn interrupted_suspends_are_listed() {
+    let dir = TestDir::new("interrupted");
+    let target = dir.join("vm.state");
+    assert!(applevz::interrupted_suspends(&target).unwrap().is_empty());
+    let complete = dir.join(".vm.state.partial-999999-0");
+    std::fs::create_dir(&complete).unwrap();
+    std::fs::write(complete.join("vm.state"), b"guest").unwrap();
+    let empty = dir.join(".vm.state.partial-999999-1");
+    std::fs::create_dir(&empty).unwrap();
+    let older = dir.file(".vm.state.partial-999998-0", b"guest");
+    let ours = dir.join(&format!(".vm.state.partial-{}-0", std::process::id()));
+    std::fs::create_dir(&ours).unwrap();
+    dir.file("unrelated", b"x");
+    dir.file(".other.state.partial-1-0", b"another VM's");
+    assert_eq!(
+        applevz::interrupted_suspends(&target).unwrap(),
+        vec![older, complete.join("vm.state"), empty]
+    );
+    assert!(complete.join("vm.state").exists(), "nothing deleted");
+}

@@ -295,6 +295,46 @@ impl VirtualMachine {
     }
 }
 
+/// What suspends of a VM whose saved-state path is `saved_state` left behind when
+/// their process ended before they finished (killed, crashed, the machine lost
+/// power): each one a saved state that may be incomplete, or complete and the only
+/// copy of the guest. applevz never deletes or adopts these itself; show them to
+/// whoever can decide. Suspends under way in this process are not listed.
+///
+/// Each entry is the saved-state file left in a suspend's private directory
+/// (`.vm.state.partial-<pid>-<n>/vm.state`), or the directory itself when it holds
+/// no such file, or a plain `.vm.state.partial-<pid>-<n>` file (written by earlier
+/// versions). Sorted by path.
+pub fn interrupted_suspends(saved_state: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let Some(name) = saved_state.file_name() else {
+        return Ok(Vec::new());
+    };
+    let directory = match saved_state.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{}{PARTIAL_SAVE_MARKER}", name.to_string_lossy());
+    let ours = format!("{prefix}{}-", std::process::id());
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        if !entry_name.starts_with(&prefix) || entry_name.starts_with(&ours) {
+            continue;
+        }
+        let path = entry.path();
+        let inside = path.join(name);
+        found.push(if inside.is_file() { inside } else { path });
+    }
+    found.sort();
+    Ok(found)
+}
+
 fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

@@ -322,6 +322,9 @@ pub(crate) fn status(dir: &Path) -> Result<u8, Failure> {
     match send(&dir, Request::Status) {
         Ok(state) => outln!("{state}"),
         Err(failure) if failure.code == exit::NOT_RUNNING => {
+            if let Some(message) = dir.interrupted_suspends(false) {
+                errln!("applevz: {message}");
+            }
             if dir.saved_state().exists() {
                 outln!("suspended (not running; `applevz run` resumes it)");
             } else {

@@ -82,6 +82,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         .transpose()?;
     let dir = VmDir::open(&args.dir)?;
     let _lock = dir.lock()?;
+    if let Some(message) = dir.interrupted_suspends(true) {
+        return Err(Failure::new(exit::WRONG_STATE, message));
+    }
     // Before any thread exists: the bind briefly tightens the process's umask.
     let mut server = ControlServer::bind(&dir)?;
     // Before any thread exists, so every thread inherits the blocked mask.

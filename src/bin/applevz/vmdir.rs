@@ -20,6 +20,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::failure::Failure;
+use crate::out::errln;
 
 pub(crate) const DEFINITION: &str = "vm.toml";
 pub(crate) const DISK: &str = "disk.img";
@@ -145,4 +146,110 @@ fn local_time(time: std::time::SystemTime) -> String {
         )
     };
     String::from_utf8_lossy(&buffer[..length]).into_owned()
+}
+
+impl VmDir {
+    /// Where the VM in this directory keeps its saved state: the definition's
+    /// `saved_state` (relative to the directory), else DIR/vm.state.
+    pub(crate) fn saved_state_target(&self) -> PathBuf {
+        applevz::VmDefinition::load(&self.definition())
+            .ok()
+            .and_then(|definition| definition.saved_state)
+            .map_or_else(|| self.saved_state(), |path| self.path.join(path))
+    }
+
+    /// What suspends that were cut short (their process killed while saving) left in
+    /// this directory, as a message saying what to do; `None` when there is nothing.
+    /// An empty private directory holds nothing to lose: `tidy` removes it (saying
+    /// so), otherwise it is listed like the rest.
+    pub(crate) fn interrupted_suspends(&self, tidy: bool) -> Option<String> {
+        let target = self.saved_state_target();
+        let found = match applevz::interrupted_suspends(&target) {
+            Ok(found) => found,
+            Err(error) => {
+                return Some(format!(
+                    "cannot look for interrupted suspends next to {}: {error}",
+                    target.display()
+                ));
+            }
+        };
+        let mut left = Vec::new();
+        for path in found {
+            let empty_directory =
+                std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+            if !empty_directory {
+                left.push(path);
+            } else if tidy {
+                match std::fs::remove_dir(&path) {
+                    Ok(()) => errln!(
+                        "applevz: removed {}, an empty directory an interrupted suspend left",
+                        path.display()
+                    ),
+                    Err(_) => left.push(path),
+                }
+            } else {
+                errln!(
+                    "applevz: {} is an empty directory an interrupted suspend left (nothing to \
+                     lose; `applevz run` removes it)",
+                    path.display()
+                );
+            }
+        }
+        if left.is_empty() {
+            return None;
+        }
+        let d = self.path.display();
+        let mut message = format!(
+            "a suspend of the VM in {d} was interrupted (its process ended while it saved the \
+             guest) and left what may be an incomplete saved state, or the only copy of the \
+             guest; nothing was deleted, and `applevz run` does not boot afresh over it:"
+        );
+        for path in &left {
+            // The suspend's private directory (or the file itself, from older versions).
+            let private = if path.is_file()
+                && path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|name| name.to_string_lossy().contains(".partial-"))
+            {
+                path.parent().unwrap_or(path)
+            } else {
+                path
+            };
+            if path.is_dir() {
+                message.push_str(&format!("\n  {} (a directory)", path.display()));
+            } else {
+                message.push_str(&format!("\n  {}", describe_file(path)));
+            }
+            if path.is_file() {
+                let tidy_up = if private == path.as_path() {
+                    String::new()
+                } else {
+                    format!(" && rmdir {}", shell_quote(private))
+                };
+                message.push_str(&format!(
+                    "\n    to try to resume from it: mv {} {}{tidy_up}, then `applevz run {d}` \
+                     (if it cannot be restored, `applevz stop {d} --policy poweroff` discards it)",
+                    shell_quote(path),
+                    shell_quote(&target),
+                ));
+                if target.exists() {
+                    message.push_str(&format!(
+                        "; {} exists too: move it away first",
+                        target.display()
+                    ));
+                }
+            }
+            message.push_str(&format!(
+                "\n    to give it up and boot afresh: rm -r {}",
+                shell_quote(private)
+            ));
+        }
+        Some(message)
+    }
+}
+
+/// `path` quoted for a POSIX shell.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
