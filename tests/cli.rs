@@ -1035,3 +1035,22 @@ fn a_suspend_cut_short_by_kill_9_is_reported_not_ignored() {
     client(&["stop", &path, "--policy", "poweroff"]);
     assert_eq!(finish(run, &vm).0, 12);
 }
+
+#[test]
+fn check_on_the_simulator_claims_no_host_feature() {
+    // On Linux the rows describe what the simulator emulates, not this host: no
+    // "Rosetta installed" or "suspend available" as if it were a Mac.
+    let (code, stdout, _) = client(&["check"]);
+    assert_eq!(code, 0);
+    for row in [
+        "virtualization",
+        "suspend (save/restore)",
+        "Rosetta for Linux",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row: {stdout}"));
+        assert!(line.contains("simulat"), "{line}");
+    }
+}
