@@ -38,10 +38,8 @@ fi
 step "the simulator's C tests under AddressSanitizer+UBSan and ThreadSanitizer"
 bash scripts/sanitize-sim.sh
 
-libclang_dir=""
-for dir in /usr/lib/llvm-19/lib /usr/lib/llvm-*/lib; do
-    if compgen -G "$dir/libclang*.so*" >/dev/null; then libclang_dir=$dir; break; fi
-done
+# libclang itself, not libclang-cpp (scripts/find-libclang.sh, tested in tests/scripts.rs).
+libclang_dir=$(bash scripts/find-libclang.sh || true)
 if [ -n "$libclang_dir" ]; then
     step "bindings match include/applevz.h (bindgen, libclang in $libclang_dir)"
     LIBCLANG_PATH=$libclang_dir cargo build --locked --features bindgen
