@@ -1054,3 +1054,38 @@ fn check_on_the_simulator_claims_no_host_feature() {
         assert!(line.contains("simulat"), "{line}");
     }
 }
+
+#[test]
+fn rust_log_debug_shows_the_definition_the_lock_the_socket_and_requests() {
+    let (_dir, vm) = init_vm("logging");
+    let path = vm.to_str().unwrap();
+    let log = vm.join("run.stderr");
+    let mut run = Command::new(APPLEVZ)
+        .args(["run", path, "--console", "file"])
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_status(&vm, "running");
+    let status = Command::new(APPLEVZ)
+        .args(["status", path])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let client_log = text(&status.stderr);
+    for needle in ["control.sock", "status", "ok running"] {
+        assert!(
+            client_log.contains(needle),
+            "client logs {needle}: {client_log}"
+        );
+    }
+    let (code, _, stderr) = client(&["stop", path, "--policy", "poweroff"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(run.wait().unwrap().code(), Some(12));
+    let run_log = std::fs::read_to_string(&log).unwrap();
+    for needle in ["vm.toml", "run.lock", "control.sock", "request", "reply"] {
+        assert!(run_log.contains(needle), "run logs {needle}: {run_log}");
+    }
+}

@@ -301,6 +301,7 @@ impl VmDefinition {
 
     /// Reads and parses a definition file.
     pub fn load(file: &Path) -> Result<Self> {
+        log::debug!("reading the VM definition {}", file.display());
         let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
             action: "read the VM definition",
             path: file.to_owned(),

@@ -174,6 +174,7 @@ impl Request {
 /// final state.
 fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
     let path = dir.control_socket();
+    log::debug!("connecting to {}", path.display());
     let stream = with_short_path(&path, |path| UnixStream::connect(path)).map_err(|error| {
         match error.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -190,11 +191,13 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
             _ => Failure::error(format!("cannot reach {}: {error}", path.display())),
         }
     })?;
+    log::debug!("request: {}", request.to_line());
     writeln!(&stream, "{}", request.to_line())
         .map_err(|error| Failure::error(format!("control channel: {error}")))?;
     let progress = (request != Request::Status).then(|| Progress::new(request.label()));
     for line in BufReader::new(&stream).lines() {
         let line = line.map_err(|error| Failure::error(format!("control channel: {error}")))?;
+        log::debug!("reply: {line}");
         let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         match kind {
             "progress" => {
@@ -322,6 +325,10 @@ pub(crate) fn status(dir: &Path) -> Result<u8, Failure> {
     match send(&dir, Request::Status) {
         Ok(state) => outln!("{state}"),
         Err(failure) if failure.code == exit::NOT_RUNNING => {
+            log::debug!(
+                "no VM runs in {}: reading the directory",
+                dir.path.display()
+            );
             if let Some(message) = dir.interrupted_suspends(false) {
                 errln!("applevz: {message}");
             }
@@ -367,6 +374,7 @@ impl ControlServer {
         let listener = bound.map_err(|error| {
             Failure::error(format!("cannot create {}: {error}", path.display()))
         })?;
+        log::debug!("control socket bound at {}", path.display());
         let server = Self {
             path,
             listener: Some(listener),
@@ -402,6 +410,10 @@ impl ControlServer {
                     }
                 };
                 let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
+                log::trace!(
+                    "control socket: a connection ({} served)",
+                    active.load(Ordering::SeqCst)
+                );
                 if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::SeqCst);
                     log::debug!(

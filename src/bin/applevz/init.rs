@@ -132,6 +132,7 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
         ));
     }
 
+    log::debug!("creating a VM in {}", dir.display());
     let created_dir = !dir.exists();
     std::fs::create_dir_all(dir)
         .map_err(|error| Failure::error(format!("cannot create {}: {error}", dir.display())))?;

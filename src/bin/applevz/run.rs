@@ -91,6 +91,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     let signals = block_termination_signals();
 
     let definition_path = dir.definition();
+    log::debug!("loading {}", definition_path.display());
     let definition = VmDefinition::load(&definition_path)?;
     let mut builder = definition.to_builder(&definition_path)?;
     let on_terminal = match args.console {
@@ -121,6 +122,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     }
     let config = definition.finish(&definition_path, builder)?;
     let vm = Arc::new(VirtualMachine::new(&config)?);
+    log::debug!("the VM is {}", vm.state());
 
     if applevz::is_simulator() {
         errln!("applevz: running against the simulator (no Virtualization.framework on this OS)");

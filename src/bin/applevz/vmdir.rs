@@ -98,6 +98,7 @@ impl VmDir {
         let _ = file.set_len(0);
         let _ = file.rewind();
         let _ = writeln!(file, "{}", std::process::id());
+        log::debug!("holding {} (pid {})", path.display(), std::process::id());
         Ok(file)
     }
 }
