@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -351,11 +351,20 @@ pub(crate) type Handler =
 /// out a request and answering it).
 pub(crate) type Replied = dyn Fn(Request) + Send + Sync;
 
-/// The server side, owned by `applevz run`; removes its socket when dropped.
+/// The server side, owned by `applevz run`. When dropped (`run` is ending) it removes
+/// its socket, answers the connections still queued (`error 3`: the VM no longer
+/// runs), and gives the requests being served a moment to finish their answers, so
+/// no request that reached `run` goes unanswered.
 pub(crate) struct ControlServer {
     path: PathBuf,
     /// Bound, not yet served.
     listener: Option<UnixListener>,
+    /// A second handle on the listening socket, to answer what is queued at the end.
+    queued: Option<UnixListener>,
+    /// Connections being served (each on its thread), at most [`MAX_CONNECTIONS`].
+    active: Arc<AtomicUsize>,
+    /// Set when `run` ends: from then on every connection gets the "ended" answer.
+    ending: Arc<AtomicBool>,
 }
 
 impl ControlServer {
@@ -377,7 +386,10 @@ impl ControlServer {
         log::debug!("control socket bound at {}", path.display());
         let server = Self {
             path,
+            queued: listener.try_clone().ok(),
             listener: Some(listener),
+            active: Arc::new(AtomicUsize::new(0)),
+            ending: Arc::new(AtomicBool::new(false)),
         };
         std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o600)).map_err(
             |error| {
@@ -397,11 +409,14 @@ impl ControlServer {
         let Some(listener) = self.listener.take() else {
             return;
         };
+        let active = Arc::clone(&self.active);
+        let ending = Arc::clone(&self.ending);
+        let path = self.path.clone();
         std::thread::spawn(move || {
-            let active = Arc::new(AtomicUsize::new(0));
             for connection in listener.incoming() {
                 let connection = match connection {
                     Ok(connection) => connection,
+                    Err(_) if ending.load(Ordering::SeqCst) => break,
                     Err(error) => {
                         // Out of descriptors, say: not a reason to spin.
                         log::warn!("control socket: accept: {error}");
@@ -410,12 +425,13 @@ impl ControlServer {
                     }
                 };
                 let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
-                log::trace!(
-                    "control socket: a connection ({} served)",
-                    active.load(Ordering::SeqCst)
-                );
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::SeqCst);
+                let slot = Slot::take(&active);
+                log::trace!("control socket: a connection ({} served)", slot.count());
+                if ending.load(Ordering::SeqCst) {
+                    answer_ended(&connection, &path);
+                    continue;
+                }
+                if slot.count() > MAX_CONNECTIONS {
                     log::debug!(
                         "control socket: refused a connection: {MAX_CONNECTIONS} served already"
                     );
@@ -425,7 +441,6 @@ impl ControlServer {
                     );
                     continue;
                 }
-                let slot = Slot(Arc::clone(&active));
                 let handler = Arc::clone(&handler);
                 let replied = Arc::clone(&replied);
                 let spawned = std::thread::Builder::new()
@@ -444,12 +459,58 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
+        // No new connection can reach `run` from here on.
         let _ = std::fs::remove_file(&self.path);
+        self.ending.store(true, Ordering::SeqCst);
+        // Those already queued are answered, not dropped unanswered at exit.
+        if let Some(queued) = &self.queued {
+            if queued.set_nonblocking(true).is_ok() {
+                while let Ok((connection, _)) = queued.accept() {
+                    let _ = connection.set_nonblocking(false);
+                    let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
+                    answer_ended(&connection, &self.path);
+                }
+            }
+        }
+        // Requests being served finish their answers (a moment, bounded; at least a
+        // few milliseconds, for a connection the serving thread has just accepted).
+        let began = Instant::now();
+        while (self.active.load(Ordering::SeqCst) > 0 || began.elapsed() < ENDING_GRACE_MIN)
+            && began.elapsed() < ENDING_GRACE_MAX
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
-/// One of the [`MAX_CONNECTIONS`] served at once, given back when dropped.
+/// How long an ending `run` waits at least, and at most, for answers being written.
+const ENDING_GRACE_MIN: Duration = Duration::from_millis(20);
+const ENDING_GRACE_MAX: Duration = Duration::from_secs(2);
+
+/// Answers a connection that reached `run` as it ends.
+fn answer_ended(mut connection: &UnixStream, socket: &Path) {
+    let dir = socket.parent().unwrap_or(socket).display();
+    let _ = writeln!(
+        connection,
+        "error {} the VM in {dir} is no longer running: `applevz run` has ended",
+        exit::NOT_RUNNING
+    );
+}
+
+/// A connection being served, counted until it is dropped.
 struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(active))
+    }
+
+    /// Connections being served, this one included.
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
