@@ -11,6 +11,7 @@ mod init;
 mod out;
 #[cfg(test)]
 mod pty;
+mod request;
 mod run;
 mod socket_path;
 mod terminal;
@@ -21,8 +22,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use control::Policy;
 use out::errln;
+use request::{Policy, Request};
 
 #[derive(Parser)]
 #[command(
@@ -93,9 +94,9 @@ fn main() -> ExitCode {
             policy,
             timeout,
         } => control::stop(&dir, policy, timeout),
-        Command::Suspend { dir } => control::simple(&dir, control::Request::Suspend),
-        Command::Pause { dir } => control::simple(&dir, control::Request::Pause),
-        Command::Resume { dir } => control::simple(&dir, control::Request::Resume),
+        Command::Suspend { dir } => control::simple(&dir, Request::Suspend),
+        Command::Pause { dir } => control::simple(&dir, Request::Pause),
+        Command::Resume { dir } => control::simple(&dir, Request::Resume),
         Command::Status { dir } => control::status(&dir),
     };
     match outcome {

@@ -18,10 +18,10 @@ use applevz::{
     VmDefinition, VmState,
 };
 
-use crate::control::Policy;
-use crate::control::{ControlServer, Request, timeout_from_seconds};
+use crate::control::ControlServer;
 use crate::failure::{self, Failure, exit};
 use crate::out::errln;
+use crate::request::{Policy, Request, timeout_from_seconds};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
 
