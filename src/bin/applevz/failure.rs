@@ -142,10 +142,105 @@ pub(crate) fn in_dir(error: applevz::Error, dir: &Path) -> Failure {
              {poweroff} discards a saved state the VM tracks",
             path.display()
         )),
+        // The one file error whose action names a library call: a suspend that could
+        // not rename its saved state into place.
+        Error::Io {
+            action,
+            path,
+            source,
+        } if action.contains("start()") => Failure::error(format!(
+            "could not move the saved state into place ({source}): it is kept at {}, and \
+             {run} restores the VM from there",
+            path.display()
+        )),
         Error::NoSavedStatePath => Failure::error(format!(
             "suspend needs a saved-state file: add saved_state = \"vm.state\" to {}",
             dir.join("vm.toml").display()
         )),
         _ => Failure::from(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use applevz::{Error, Operation, ShutdownPolicy};
+    use std::time::Duration;
+
+    /// Every lifecycle error, told for the tool, names commands, never library calls.
+    #[test]
+    fn lifecycle_errors_name_commands_not_library_calls() {
+        let dir = Path::new("/vms/demo");
+        let framework = || applevz::FrameworkError {
+            domain: applevz::VZ_ERROR_DOMAIN.into(),
+            code: applevz::VzErrorCode::Restore,
+            raw_code: 12,
+            description: "the saved state is damaged".into(),
+        };
+        let mut errors = Vec::new();
+        for state in [
+            VmState::Suspended,
+            VmState::Stopped,
+            VmState::Error,
+            VmState::Running,
+            VmState::Paused,
+            VmState::Saving,
+        ] {
+            for operation in [
+                Operation::Start,
+                Operation::Pause,
+                Operation::Resume,
+                Operation::Suspend,
+                Operation::Shutdown(ShutdownPolicy::Powerdown),
+                Operation::Shutdown(ShutdownPolicy::Halt),
+            ] {
+                errors.push(Error::InvalidState {
+                    operation,
+                    state,
+                    hint: "start() or shutdown(Poweroff)",
+                });
+                errors.push(Error::Timeout {
+                    operation,
+                    state,
+                    timeout: Duration::from_secs(1),
+                    hint: "shutdown(Poweroff) waits for it",
+                });
+            }
+        }
+        errors.push(Error::RestoreFailed {
+            path: dir.join("vm.state"),
+            source: framework(),
+        });
+        errors.push(Error::SavedStateChanged {
+            path: dir.join("vm.state"),
+            what: "a saved state this VM did not write appeared at",
+            hint: "create a new VirtualMachine to restore it",
+        });
+        errors.push(Error::Io {
+            action: "could not move the saved state into place; it is kept, and start() restores from",
+            path: dir.join(".vm.state.partial-1-0/vm.state"),
+            source: std::io::Error::other("disk full"),
+        });
+        errors.push(Error::NoSavedStatePath);
+        for error in errors {
+            let library = error.to_string();
+            let told = in_dir(error, dir).message;
+            for call in [
+                "start()",
+                "shutdown(",
+                "wait_for_state",
+                "VirtualMachine",
+                "VmConfigBuilder",
+            ] {
+                assert!(
+                    !told.contains(call),
+                    "{told:?} (from {library:?}) names {call}"
+                );
+            }
+            assert!(
+                told.contains("applevz ") || told.contains("vm.toml"),
+                "{told:?} names a command"
+            );
+        }
     }
 }
