@@ -198,6 +198,34 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Two disks are the same file (also through another path or a link).
+    #[error(
+        "invalid configuration: disk {index} ({path}) is the same file as disk {first}: \
+         an image can be attached once"
+    )]
+    DuplicateDisk {
+        /// The later disk's path, as given.
+        path: PathBuf,
+        /// Its position among the disks.
+        index: usize,
+        /// The position of the disk that already uses the file.
+        first: usize,
+    },
+
+    /// Two network devices have the same fixed MAC address.
+    #[error(
+        "invalid configuration: MAC address {value} of network device {index} is already \
+         network device {first}'s: each device needs its own"
+    )]
+    DuplicateMacAddress {
+        /// The address, in canonical form.
+        value: String,
+        /// The later device's position among the network devices.
+        index: usize,
+        /// The position of the device that already has it.
+        first: usize,
+    },
+
     /// `MacChoice::Stable` without a persisted machine identity to derive it from.
     #[error(
         "invalid configuration: a stable MAC address needs a persisted machine identity \
@@ -266,7 +294,12 @@ pub enum Error {
     },
 
     /// A VM definition file is not valid.
-    #[error("{}: {}{reason}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    #[error(
+        "{}{}: {}{reason}",
+        file.display(),
+        location.map(|(line, column)| format!(":{line}:{column}")).unwrap_or_default(),
+        if key.is_empty() { String::new() } else { format!("{key}: ") }
+    )]
     Definition {
         /// The file.
         file: PathBuf,
@@ -274,6 +307,9 @@ pub enum Error {
         key: String,
         /// Why.
         reason: String,
+        /// Where in the file, when known: line and column, both from 1 (the column
+        /// counts characters).
+        location: Option<(usize, usize)>,
     },
 
     /// The listener was removed or its VM destroyed.

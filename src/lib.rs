@@ -64,6 +64,7 @@ pub use error::{Error, Result};
 pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
 pub use vm::VirtualMachine;
+pub use vm::saved_state::interrupted_suspends;
 pub use vm::vsock::{VsockListener, VsockStream};
 
 /// True when this build runs against the simulator rather than Virtualization.framework.

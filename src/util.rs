@@ -1,5 +1,6 @@
 //! Small general helpers below every layer: locking, deadlines, removing a file that
-//! may be absent. Only `std` here, so any module can use them.
+//! may be absent (and a saved state's private directory). Only `std` here, so any
+//! module can use them.
 
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -44,5 +45,40 @@ pub(crate) fn remove_if_present(path: &Path) {
         Ok(()) => log::debug!("removed {}", path.display()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => log::warn!("could not remove {}: {error}", path.display()),
+    }
+}
+
+/// In the name of the private directory (mode 0700) a suspend writes its saved state
+/// in, next to the target: `.vm.state.partial-<pid>-<n>/vm.state` (see
+/// `vm/saved_state.rs`).
+pub(crate) const PARTIAL_SAVE_MARKER: &str = ".partial-";
+
+/// Removes a saved-state file that may be absent and, when it was written in a
+/// suspend's private directory, that directory once it is empty.
+pub(crate) fn remove_saved_state_file(path: &Path) {
+    remove_if_present(path);
+    remove_private_save_directory(path);
+}
+
+/// Removes the private directory `file` was saved in, if it is one and is empty (a
+/// save still writing there removes it when it ends).
+pub(crate) fn remove_private_save_directory(file: &Path) {
+    let Some(directory) = file.parent() else {
+        return;
+    };
+    let private = directory
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().contains(PARTIAL_SAVE_MARKER));
+    if !private {
+        return;
+    }
+    match std::fs::remove_dir(directory) {
+        Ok(()) => log::debug!("removed {}", directory.display()),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) => {}
+        Err(error) => log::warn!("could not remove {}: {error}", directory.display()),
     }
 }

@@ -182,17 +182,26 @@ fn calls_outside_their_documented_states_are_refused() {
 )]
 fn powerdown_of_a_paused_vm_resumes_it_then_the_guest_stops() {
     use VmState::*;
-    if !guest::handles_power_button() {
-        eprintln!(
-            "not checked: set APPLEVZ_TEST_GUEST_HANDLES_POWER_BUTTON=1 for a guest that powers off on the power button"
-        );
-        return;
-    }
     let dir = Scratch::new("powerdown");
     let vm = vm(&dir, 512);
     vm.start().unwrap();
     vm.pause().unwrap();
     let events = vm.subscribe();
+    if !guest::handles_power_button() {
+        // A guest without ACPI power-button handling ignores the request: resumed
+        // first, then the graceful wait times out and the VM keeps running.
+        vm.set_timeouts(Timeouts {
+            graceful_shutdown: Duration::from_secs(5),
+            ..timeouts()
+        });
+        let error = vm.shutdown(ShutdownPolicy::Powerdown).expect_err("ignored");
+        assert!(matches!(error, applevz::Error::Timeout { .. }), "{error:?}");
+        assert_eq!(vm.state(), Running);
+        let states = states_until(&events, |e| e.state == Running);
+        assert_eq!(states, vec![Resuming, Running]);
+        vm.shutdown(ShutdownPolicy::Halt).unwrap();
+        return;
+    }
     vm.shutdown(ShutdownPolicy::Powerdown).unwrap();
     let mut kinds = Vec::new();
     let states = states_until(&events, |e| {
@@ -253,7 +262,16 @@ fn suspend_saves_an_owner_only_file_and_start_restores_it() {
 )]
 fn a_saved_state_restores_only_into_the_configuration_that_made_it() {
     if !applevz::save_restore_supported() {
-        eprintln!("not checked: this Mac has no save/restore");
+        // Intel Macs and macOS < 14: the contract is a clear error, the VM running on.
+        let vm = vm(&Scratch::new("no-save-restore"), 512);
+        vm.start().unwrap();
+        let error = vm.suspend().expect_err("not supported here");
+        assert!(
+            matches!(error, Error::SuspendNotSupported { .. }),
+            "{error:?}"
+        );
+        assert_eq!(vm.state(), VmState::Running);
+        vm.shutdown(ShutdownPolicy::Halt).unwrap();
         return;
     }
     let dir = Scratch::new("other-config");
@@ -287,7 +305,16 @@ fn a_restored_vm_can_be_suspended_and_restored_again() {
     // Every restore goes into a fresh native VM object; the VM keeps working across
     // several rounds.
     if !applevz::save_restore_supported() {
-        eprintln!("not checked: this Mac has no save/restore");
+        // Intel Macs and macOS < 14: the contract is a clear error, the VM running on.
+        let vm = vm(&Scratch::new("no-save-restore"), 512);
+        vm.start().unwrap();
+        let error = vm.suspend().expect_err("not supported here");
+        assert!(
+            matches!(error, Error::SuspendNotSupported { .. }),
+            "{error:?}"
+        );
+        assert_eq!(vm.state(), VmState::Running);
+        vm.shutdown(ShutdownPolicy::Halt).unwrap();
         return;
     }
     let dir = Scratch::new("rounds");

@@ -132,6 +132,7 @@ fn rejected(text: &str) -> (String, String) {
             file: named,
             key,
             reason,
+            ..
         }) => {
             assert_eq!(named, file, "the error names the file");
             (key, reason)
@@ -272,4 +273,105 @@ fn memory_sizes_parse_with_units() {
     assert!(parse_memory("2G").is_err());
     assert!(parse_memory("GiB").is_err());
     assert!(parse_memory("99999999999999999GiB").is_err());
+    assert_eq!(parse_memory("1.5GiB"), Ok(1536 << 20));
+    assert_eq!(parse_memory("0.5 MiB"), Ok(512 << 10));
+    assert!(
+        parse_memory("0.3MiB").is_err(),
+        "not a whole number of bytes"
+    );
+    for malformed in ["1.GiB", ".5GiB", "1.2.3GiB", "1,5GiB"] {
+        assert!(parse_memory(malformed).is_err(), "{malformed}");
+    }
+}
+
+#[test]
+fn syntax_and_type_errors_point_at_the_line_and_column() {
+    let dir = TestDir::new("definition-location");
+    for (text, expected) in [
+        // A syntax error: the value is missing.
+        (
+            "memory = \"512MiB\"\ncpus = \n[boot]\nkernel = \"vmlinuz\"\n",
+            ":2:8: ",
+        ),
+        // An unterminated string, after a multi-byte character on the same line.
+        (
+            "memory = \"512MiB\"\n[boot]\ncommand_line = \"é\nkernel = \"k\"\n",
+            ":3:",
+        ),
+        // A value of the wrong type.
+        (
+            "memory = \"512MiB\"\ncpus = \"two\"\n[boot]\nkernel = \"vmlinuz\"\n",
+            ":2:8: cpus: ",
+        ),
+        // An unknown key.
+        (
+            "memory = \"512MiB\"\n[boot]\nkernel = \"vmlinuz\"\ncolour = 1\n",
+            ":4:1: boot.colour: ",
+        ),
+    ] {
+        let file = dir.file("vm.toml", text.as_bytes());
+        let message = VmDefinition::load(&file).unwrap_err().to_string();
+        let prefix = format!("{}{expected}", file.display());
+        assert!(
+            message.starts_with(&prefix),
+            "{text:?}: {message:?} starts with {prefix:?}"
+        );
+    }
+}
+
+#[test]
+#[serial]
+fn a_disk_image_attached_twice_or_a_mac_address_used_twice_is_refused() {
+    let (dir, _) = vm_dir();
+    std::os::unix::fs::symlink(dir.join("root.img"), dir.join("link.img")).unwrap();
+    let file = dir.join("twice.toml");
+    for (second, first_index) in [
+        ("root.img", 0),
+        ("./root.img", 0),
+        ("link.img", 0),
+        ("../{dir}/root.img", 0),
+        ("data.img", 99), // a different file: accepted
+    ] {
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        let second = second.replace("{dir}", name);
+        let text = format!(
+            "{BASE}[[disk]]\npath = \"root.img\"\n[[disk]]\npath = \"seed.iso\"\nread_only = true\n\
+             [[disk]]\npath = \"{second}\"\n"
+        );
+        std::fs::write(&file, &text).unwrap();
+        match VmDefinition::load_config(&file) {
+            Ok(_) => assert_eq!(first_index, 99, "{second} is root.img again, accepted"),
+            Err(error) => {
+                let message = error.to_string();
+                assert_ne!(first_index, 99, "{second}: {message}");
+                assert!(
+                    message.starts_with(&format!("{}: disk[2].path: ", file.display())),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("same file as disk 0"),
+                    "{second}: {message}"
+                );
+            }
+        }
+    }
+
+    let text = format!(
+        "{BASE}[[network]]\nmac = \"52:54:00:12:34:56\"\n[[network]]\n\
+         [[network]]\nmac = \"52:54:00:12:34:56\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let message = VmDefinition::load_config(&file).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("{}: network[2].mac: ", file.display())),
+        "{message}"
+    );
+    assert!(message.contains("network device 0"), "{message}");
+    // Spelled differently, the same address.
+    let text = format!(
+        "{BASE}[[network]]\nmac = \"52:54:00:ab:cd:ef\"\n[[network]]\nmac = \"52:54:00:AB:CD:EF\"\n"
+    );
+    std::fs::write(&file, &text).unwrap();
+    let message = VmDefinition::load_config(&file).unwrap_err().to_string();
+    assert!(message.contains("network[1].mac"), "{message}");
 }

@@ -543,10 +543,11 @@ fn storage_nvme_identifiers_and_iso() {
     let dir = TestDir::new("storage");
     let root = dir.file("root.img", &[0u8; 4096]);
     let seed = dir.file("seed.iso", &[0u8; 2048]);
+    let data = dir.file("data.img", &[0u8; 4096]);
     let config = plain(&dir)
         .generic_platform(MachineIdentifier::Persisted(dir.join("machine-id")))
         .disk(Disk::new(&root).interface(StorageInterface::Nvme))
-        .disk(Disk::new(&root).read_only(true).identifier("root-ro"))
+        .disk(Disk::new(&data).read_only(true).identifier("data-ro"))
         .disk(Disk::iso(&seed))
         .build()
         .unwrap();

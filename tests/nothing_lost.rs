@@ -379,3 +379,113 @@ fn the_saved_state_is_tracked_not_re_read() {
     drop(first);
     leaks.finish();
 }
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Guest memory (the saved state, also while it is being written), the machine
+/// identity, the EFI variable store and the serial log are the owner's only, whatever
+/// the umask: none of them is created readable by others.
+#[test]
+#[serial]
+fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
+    // SAFETY: umask only changes the process's file-creation mask.
+    let previous = unsafe { libc::umask(0o022) };
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("owner-only");
+    let vm = Arc::new(
+        VirtualMachine::new(
+            &builder(&dir, SimulatedGuest::default())
+                .serial_port(applevz::SerialPort::File {
+                    path: dir.join("console.log"),
+                    append: true,
+                })
+                .build()
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        format!("{:o}", mode(&dir.join("console.log"))),
+        "600",
+        "serial log"
+    );
+    assert_eq!(
+        format!("{:o}", mode(&dir.join(IDENTITY))),
+        "600",
+        "machine identifier"
+    );
+    vm.start().unwrap();
+    vm.simulator().set_operation_delay(SLOW);
+    let suspend = spawn(&vm, VirtualMachine::suspend);
+    vm.wait_for_state(VmState::Saving, PATIENCE).unwrap();
+    // While the guest's memory is written, nobody else can read it: the file (or the
+    // directory it is written in) is the owner's only.
+    let partial = dir
+        .entries()
+        .into_iter()
+        .find(|name| name.contains(".partial-"))
+        .expect("the saved state being written");
+    let partial = dir.join(&partial);
+    let readable_by_others = if partial.is_dir() {
+        mode(&partial) & 0o077 != 0
+            && std::fs::read_dir(&partial)
+                .unwrap()
+                .any(|entry| mode(&entry.unwrap().path()) & 0o077 != 0)
+    } else {
+        mode(&partial) & 0o077 != 0
+    };
+    assert!(
+        !readable_by_others,
+        "{} is open to others while the guest is saved",
+        partial.display()
+    );
+    suspend.join().unwrap().unwrap();
+    assert_eq!(
+        format!("{:o}", mode(&dir.join("vm.state"))),
+        "600",
+        "saved state"
+    );
+    no_partial_files(&dir);
+    drop(vm);
+
+    let store = dir.join("efi-vars");
+    let kernel_less = applevz::VmConfig::builder()
+        .cpu_count(1)
+        .memory_mib(256)
+        .efi_boot_loader(&store, applevz::EfiVariableStore::OpenOrCreate)
+        .build()
+        .unwrap();
+    drop(VirtualMachine::new(&kernel_less).unwrap());
+    assert_eq!(format!("{:o}", mode(&store)), "600", "EFI variable store");
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    leaks.finish();
+}
+
+/// What a suspend cut short by the end of its process leaves is listed, never
+/// adopted or deleted; a suspend under way in this process is not listed.
+#[test]
+fn interrupted_suspends_are_listed() {
+    let dir = TestDir::new("interrupted");
+    let target = dir.join("vm.state");
+    assert!(applevz::interrupted_suspends(&target).unwrap().is_empty());
+    let complete = dir.join(".vm.state.partial-999999-0");
+    std::fs::create_dir(&complete).unwrap();
+    std::fs::write(complete.join("vm.state"), b"guest").unwrap();
+    let empty = dir.join(".vm.state.partial-999999-1");
+    std::fs::create_dir(&empty).unwrap();
+    let older = dir.file(".vm.state.partial-999998-0", b"guest");
+    let ours = dir.join(&format!(".vm.state.partial-{}-0", std::process::id()));
+    std::fs::create_dir(&ours).unwrap();
+    dir.file("unrelated", b"x");
+    dir.file(".other.state.partial-1-0", b"another VM's");
+    assert_eq!(
+        applevz::interrupted_suspends(&target).unwrap(),
+        vec![older, complete.join("vm.state"), empty]
+    );
+    assert!(complete.join("vm.state").exists(), "nothing deleted");
+}

@@ -148,6 +148,8 @@ fn kind_of(error: &Error) -> applevz_error_kind {
         | Error::InvalidShareTag { .. }
         | Error::InvalidShareName { .. }
         | Error::DeviceNotConfigured { .. }
+        | Error::DuplicateDisk { .. }
+        | Error::DuplicateMacAddress { .. }
         | Error::Definition { .. } => APPLEVZ_ERROR_INVALID_CONFIG,
     }
 }

@@ -200,27 +200,52 @@ impl TimeoutsDefinition {
     }
 }
 
-/// Parses `"512MiB"`, `"2GiB"` (also with a space) into bytes.
+/// Parses `"512MiB"`, `"2GiB"`, `"1.5GiB"` (also with a space) into bytes. A fraction
+/// must come to a whole number of bytes.
 ///
 /// # Errors
-/// Why `value` is not a size: no whole number, a unit other than MiB or GiB, or too large.
+/// Why `value` is not a size: not a number, a unit other than MiB or GiB, a fraction
+/// that is not a whole number of bytes, or too large.
 pub fn parse_memory(value: &str) -> std::result::Result<u64, String> {
     let value = value.trim();
     let split = value
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} needs a whole number and a unit (MiB or GiB)"))?;
+    let malformed =
+        || format!("{value:?} needs a number and a unit (MiB or GiB), like 512MiB or 1.5GiB");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || (number.contains('.') && fraction.is_empty()) || fraction.contains('.') {
+        return Err(malformed());
+    }
     let scale = match unit.trim() {
         "MiB" => MIB,
         "GiB" => 1024 * MIB,
         other => return Err(format!("unit {other:?} is not MiB or GiB")),
     };
-    number
+    let too_large = || format!("{value:?} is too large");
+    let whole: u64 = whole.parse().map_err(|_| too_large())?;
+    // The fraction in bytes, exactly: digits * scale / 10^(number of digits).
+    let fraction_bytes = if fraction.is_empty() {
+        0
+    } else {
+        let digits: u128 = fraction.parse().map_err(|_| malformed())?;
+        let denominator = u32::try_from(fraction.len())
+            .ok()
+            .and_then(|places| 10u128.checked_pow(places))
+            .ok_or_else(malformed)?;
+        let scaled = digits
+            .checked_mul(u128::from(scale))
+            .ok_or_else(malformed)?;
+        if scaled % denominator != 0 {
+            return Err(format!("{value:?} is not a whole number of bytes"));
+        }
+        u64::try_from(scaled / denominator).map_err(|_| too_large())?
+    };
+    whole
         .checked_mul(scale)
-        .ok_or_else(|| format!("{value:?} is too large"))
+        .and_then(|bytes| bytes.checked_add(fraction_bytes))
+        .ok_or_else(too_large)
 }
 
 /// Formats bytes as the definition file writes them.
@@ -258,18 +283,24 @@ impl VmDefinition {
         }
     }
 
-    /// Parses a definition; `file` names it in errors.
+    /// Parses a definition; `file` names it in errors, with the line and column
+    /// where the parser found the problem.
     ///
     /// # Errors
     /// [`Error::Definition`] naming `file`, the key and the reason: bad TOML, an unknown key, or a
     /// value of the wrong type or spelling.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|error| definition_error(file, "", error.message()))?;
+        let located = |key: &str, error: &toml::de::Error| Error::Definition {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason: error.message().trim_end().to_owned(),
+            location: error.span().map(|span| line_and_column(text, span.start)),
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| located("", &error))?;
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let key = error.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            definition_error(file, &key, error.inner().message())
+            located(&key, error.inner())
         })
     }
 
@@ -278,6 +309,7 @@ impl VmDefinition {
     /// # Errors
     /// [`Error::Io`] when the file cannot be read; otherwise as [`VmDefinition::parse`].
     pub fn load(file: &Path) -> Result<Self> {
+        log::debug!("reading the VM definition {}", file.display());
         let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
             action: "read the VM definition",
             path: file.to_owned(),
@@ -522,6 +554,8 @@ impl VmDefinition {
                 "mac",
             ),
             Error::StableMacNeedsIdentity => "network".into(),
+            Error::DuplicateDisk { index, .. } => format!("disk[{index}].path"),
+            Error::DuplicateMacAddress { index, .. } => format!("network[{index}].mac"),
             Error::InvalidBlockDeviceIdentifier { value, .. } => position(
                 self.disks
                     .iter()
@@ -593,5 +627,16 @@ fn definition_error(file: &Path, key: &str, reason: &str) -> Error {
         file: file.to_owned(),
         key: key.to_owned(),
         reason: reason.to_owned(),
+        location: None,
     }
+}
+
+/// The line and column (both from 1; the column in characters) of byte `offset`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }

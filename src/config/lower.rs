@@ -6,6 +6,7 @@ use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,6 +58,12 @@ impl VmConfig {
                 native
                     .set_efi_boot_loader(&variable_store.c, create)
                     .map_err(create_error)?;
+                if create {
+                    // Created by the framework under the process's umask: the guest's
+                    // firmware variables are the owner's only, like every file that
+                    // holds part of the guest.
+                    restrict_to_owner(&variable_store.path, "restrict the EFI variable store")?;
+                }
             }
         }
         let identity: Option<Vec<u8>> = match &self.platform {
@@ -126,6 +133,9 @@ impl VmConfig {
         for serial in &self.serial_ports {
             match serial {
                 SerialPort::File { path, append } => {
+                    // Created here, owner-only, rather than by the framework under the
+                    // process's umask: the guest's console may show anything.
+                    create_owner_only(path, "create the serial log")?;
                     let path = CPath::new("serial log path", path)?;
                     native.add_serial_port_file(&path.c, *append)
                 }
@@ -232,7 +242,11 @@ fn load_or_create_identifier(path: &Path) -> Result<Vec<u8>> {
             // create_new: never overwrite an identity another process just wrote.
             let write = || -> std::io::Result<()> {
                 use std::io::Write;
-                let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
                 file.write_all(&bytes)?;
                 file.sync_all()
             };
@@ -255,4 +269,32 @@ fn load_or_create_identifier(path: &Path) -> Result<Vec<u8>> {
             source,
         }),
     }
+}
+
+/// Creates `path` with mode 0600 when it does not exist; an existing file is left as
+/// it is.
+fn create_owner_only(path: &Path, action: &'static str) -> Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Makes `path` readable and writable by its owner only.
+fn restrict_to_owner(path: &Path, action: &'static str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    })
 }

@@ -167,6 +167,7 @@ impl VmConfigBuilder {
         for disk in &self.disks {
             validate_disk(disk, platform.is_some())?;
         }
+        check_distinct_disks(&self.disks)?;
 
         let has_identity = matches!(
             platform,
@@ -177,6 +178,7 @@ impl VmConfigBuilder {
             .into_iter()
             .map(|network| validate_network(network, has_identity))
             .collect::<Result<Vec<_>>>()?;
+        check_distinct_macs(&networks)?;
 
         for port in &self.serial_ports {
             if let SerialPort::File { path, .. } = port {
@@ -291,6 +293,46 @@ fn validate_disk(disk: &Disk, generic_platform: bool) -> Result<()> {
     CPath::new("disk image path", &disk.path)?;
     if let Some(identifier) = &disk.identifier {
         c_string("block device identifier", identifier.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Refuses a file attached as two disks: the same file by another path, through a
+/// symbolic link or a hard link (compared by device and inode, after every check that
+/// the files exist).
+fn check_distinct_disks(disks: &[Disk]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashMap::new();
+    for (index, disk) in disks.iter().enumerate() {
+        let metadata = metadata_of("disk image", &disk.path)?;
+        if let Some(&first) = seen.get(&(metadata.dev(), metadata.ino())) {
+            return Err(Error::DuplicateDisk {
+                path: disk.path.clone(),
+                index,
+                first,
+            });
+        }
+        seen.insert((metadata.dev(), metadata.ino()), index);
+    }
+    Ok(())
+}
+
+/// Refuses a fixed MAC address given to two network devices (they are in canonical
+/// form by now, so spelling does not matter). Random and stable addresses are
+/// distinct by construction.
+fn check_distinct_macs(networks: &[Network]) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (index, network) in networks.iter().enumerate() {
+        if let MacChoice::Fixed(mac) = &network.mac {
+            if let Some(&first) = seen.get(mac) {
+                return Err(Error::DuplicateMacAddress {
+                    value: mac.clone(),
+                    index,
+                    first,
+                });
+            }
+            seen.insert(mac.clone(), index);
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use crate::ffi::sys;
 use crate::ffi::sys::cf::CFErrorRef;
 use crate::framework_error::FrameworkError;
 use crate::state::{EventKind, VmState};
-use crate::util::{deadline_after, lock, remove_if_present, wait_until_deadline};
+use crate::util::{deadline_after, lock, remove_saved_state_file, wait_until_deadline};
 
 /// Where one asynchronous operation's outcome lands: `()` for lifecycle operations,
 /// an owned descriptor for a vsock connection.
@@ -35,7 +35,8 @@ pub(crate) struct CompletionSlot<T> {
 
 struct Outcome<T> {
     result: Option<Result<T, FrameworkError>>,
-    /// Set when the waiter gave up: the file to delete when the completion arrives.
+    /// Set when the waiter gave up: the saved-state file to delete when the completion
+    /// arrives (with the private directory it was written in).
     abandoned_with_cleanup: Option<PathBuf>,
 }
 
@@ -112,7 +113,7 @@ impl<T> CompletionSlot<T> {
     fn complete(&self, result: Result<T, FrameworkError>) {
         let mut outcome = lock(&self.outcome);
         if let Some(path) = outcome.abandoned_with_cleanup.take() {
-            remove_if_present(&path);
+            remove_saved_state_file(&path);
         }
         outcome.result = Some(result);
         drop(outcome);
@@ -120,12 +121,13 @@ impl<T> CompletionSlot<T> {
     }
 
     /// For a wait that timed out: when the operation completes after all, delete
-    /// `path` (the file a late save writes), so nothing is left behind.
+    /// `path` (the file a late save writes, and its private directory), so nothing is
+    /// left behind.
     pub(crate) fn abandon_with_cleanup(&self, path: PathBuf) {
         let mut outcome = lock(&self.outcome);
         if outcome.result.is_some() {
             // Completed between the timeout and now.
-            remove_if_present(&path);
+            remove_saved_state_file(&path);
         } else {
             outcome.abandoned_with_cleanup = Some(path);
         }

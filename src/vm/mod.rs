@@ -8,7 +8,7 @@
 //! an operation in flight: it waits for it to settle.
 
 mod devices;
-mod saved_state;
+pub(crate) mod saved_state;
 mod tracker;
 pub(crate) mod vsock;
 

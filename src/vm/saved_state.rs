@@ -14,7 +14,9 @@ use crate::config::CPath;
 use crate::error::{Error, Result};
 use crate::ffi::native_vm::AsyncOp;
 use crate::state::{EventKind, Operation, VmState};
-use crate::util::{lock, remove_if_present};
+use crate::util::{
+    PARTIAL_SAVE_MARKER, lock, remove_private_save_directory, remove_saved_state_file,
+};
 
 impl VirtualMachine {
     /// Suspends a running or paused VM to its saved-state file: pause, save to a
@@ -54,19 +56,26 @@ impl VirtualMachine {
         }
         self.refuse_foreign_saved_state()?;
         // Made before the pause, so nothing can fail between the pause and the save
-        // without the VM being resumed.
-        let temporary = CPath::new("saved-state path", &temporary_path_next_to(&target.path))?;
+        // without the VM being resumed. The save goes into a private directory (mode
+        // 0700) next to the target: the framework creates the file under the
+        // process's umask, and the guest's memory must not be readable by others
+        // while it is written.
+        let temporary = CPath::new(
+            "saved-state path",
+            &private_save_path_next_to(&target.path)?,
+        )?;
 
         let was_running = state == VmState::Running;
         if was_running {
             if let Err(error) = self.run(operation, AsyncOp::Pause, self.timeouts().pause) {
+                remove_private_save_directory(&temporary.path);
                 self.resume_after_failed_suspend(operation);
                 return Err(error);
             }
         }
         if let Err(error) = self.run(operation, AsyncOp::Save(&temporary.c), self.timeouts().save) {
             // A save still under way removes its file when it ends (NativeVm::run).
-            remove_if_present(&temporary.path);
+            remove_saved_state_file(&temporary.path);
             if was_running {
                 self.resume_after_failed_suspend(operation);
             }
@@ -89,7 +98,10 @@ impl VirtualMachine {
             });
         }
         let (kept_at, moved) = match move_into_place(&temporary, target) {
-            Ok(()) => (target.path.clone(), Ok(())),
+            Ok(()) => {
+                remove_private_save_directory(&temporary.path);
+                (target.path.clone(), Ok(()))
+            }
             Err(error) => (temporary.path.clone(), Err(error)),
         };
         let framework_state = self.tracker.framework_state();
@@ -191,6 +203,7 @@ impl VirtualMachine {
             return Ok(());
         };
         let removed = std::fs::remove_file(&path);
+        remove_private_save_directory(&path);
         self.tracker
             .update(|t| t.saved_state = None, Some(EventKind::SavedStateRemoved));
         match removed {
@@ -212,9 +225,10 @@ impl VirtualMachine {
         self.restored_from_saved_state
             .store(false, Ordering::SeqCst);
         match std::fs::remove_file(&path) {
-            Ok(()) => {}
+            Ok(()) => remove_private_save_directory(&path),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 log::warn!("the saved state {} was already gone", path.display());
+                remove_private_save_directory(&path);
             }
             Err(source) => {
                 return Err(Error::Io {
@@ -288,21 +302,77 @@ impl VirtualMachine {
     }
 }
 
+/// What suspends of a VM whose saved-state path is `saved_state` left behind when
+/// their process ended before they finished (killed, crashed, the machine lost
+/// power): each one a saved state that may be incomplete, or complete and the only
+/// copy of the guest. applevz never deletes or adopts these itself; show them to
+/// whoever can decide. Suspends under way in this process are not listed.
+///
+/// Each entry is the saved-state file left in a suspend's private directory
+/// (`.vm.state.partial-<pid>-<n>/vm.state`), or the directory itself when it holds
+/// no such file, or a plain `.vm.state.partial-<pid>-<n>` file (written by earlier
+/// versions). Sorted by path.
+///
+/// # Errors
+/// The file system's error when the saved state's directory cannot be read.
+pub fn interrupted_suspends(saved_state: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let Some(name) = saved_state.file_name() else {
+        return Ok(Vec::new());
+    };
+    let directory = match saved_state.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{}{PARTIAL_SAVE_MARKER}", name.to_string_lossy());
+    let ours = format!("{prefix}{}-", std::process::id());
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        if !entry_name.starts_with(&prefix) || entry_name.starts_with(&ours) {
+            continue;
+        }
+        let path = entry.path();
+        let inside = path.join(name);
+        found.push(if inside.is_file() { inside } else { path });
+    }
+    found.sort();
+    Ok(found)
+}
+
 fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// A fresh path in the target's directory, so the final rename stays on one file
-/// system and is atomic.
-fn temporary_path_next_to(target: &Path) -> PathBuf {
+/// A fresh path in a new private directory (mode 0700) in the target's directory:
+/// `.vm.state.partial-<pid>-<n>/vm.state`. Next to the target, so the final rename
+/// stays on one file system and is atomic; private, so nobody else can read the file
+/// while the framework writes it, whatever mode it gets.
+fn private_save_path_next_to(target: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = target.file_name().unwrap_or_default();
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    target.with_file_name(format!(".{name}.partial-{}-{unique}", std::process::id()))
+    let directory = target.with_file_name(format!(
+        ".{}{PARTIAL_SAVE_MARKER}{}-{unique}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&directory)
+        .map_err(|source| Error::Io {
+            action: "create a private directory for the saved state",
+            path: directory.clone(),
+            source,
+        })?;
+    Ok(directory.join(name))
 }
 
 /// Renames a saved state into place; on failure it stays at its temporary path, since

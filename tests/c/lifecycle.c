@@ -307,7 +307,7 @@ static void test_bad_definitions(void) {
 
     make_vm("unknown-key", "bogus = 1", path, sizeof path);
     CHECK(applevz_vm_open(path, &error) == NULL);
-    EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_CONFIG, "vm.toml: bogus: unknown field `bogus`");
+    EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_CONFIG, "vm.toml:3:1: bogus: unknown field `bogus`");
 
     make_vm("bad-memory", "", path, sizeof path);
     write_file(path, "memory = \"lots\"\n[boot]\nkernel = \"vmlinuz\"\n");

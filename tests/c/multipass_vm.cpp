@@ -353,7 +353,7 @@ static void test_errors() {
     // A bad definition: the constructor throws with the file and the key.
     const std::string bad = make_vm("multipass-bad", "cpus = \"two\"");
     EXPECT_THROW(mp::AppleVirtualMachine vm(bad), APPLEVZ_ERROR_INVALID_CONFIG,
-                 "vm.toml: cpus: invalid type");
+                 "vm.toml:2:8: cpus: invalid type");
     EXPECT_THROW(mp::AppleVirtualMachine vm(scratch + "/nowhere/vm.toml"), APPLEVZ_ERROR_IO,
                  "nowhere/vm.toml");
 

@@ -3,61 +3,86 @@
 use applevz::{Limits, RosettaAvailability};
 
 use crate::failure::exit;
+use crate::out::outln;
 
 /// Prints the report; it cannot fail, so it always ends with `exit::OK`.
 pub(crate) fn check() -> u8 {
-    let row = |name: &str, value: &str| println!("{name:<24} {value}");
+    let row = |name: &str, value: &str| outln!("{name:<24} {value}");
     if applevz::is_simulator() {
-        println!(
+        outln!(
             "applevz is running the simulator: {} has no Virtualization.framework, so every VM here is simulated",
             std::env::consts::OS
         );
     }
+    let simulated = applevz::is_simulator();
     row("host", &host_description());
     row(
         "virtualization",
-        if applevz::is_supported() {
-            "supported"
-        } else {
-            "NOT supported: this Mac (or the VM it runs in) offers no hardware virtualization"
+        match (simulated, applevz::is_supported()) {
+            (true, _) => "simulated (no guest runs: the simulator models the framework's contract)",
+            (false, true) => "supported",
+            (false, false) => {
+                "NOT supported: this Mac (or the VM it runs in) offers no hardware virtualization"
+            }
         },
     );
     row("entitlement", &entitlement());
     let limits = Limits::host();
+    let modelled = if simulated {
+        " (the simulator's limits, from this host)"
+    } else {
+        ""
+    };
     row(
         "CPUs",
-        &format!("{} to {}", limits.min_cpu_count, limits.max_cpu_count),
+        &format!(
+            "{} to {}{modelled}",
+            limits.min_cpu_count, limits.max_cpu_count
+        ),
     );
     row(
         "memory",
         &format!(
-            "{} to {}",
+            "{} to {}{modelled}",
             applevz::definition::format_memory(limits.min_memory_size),
             applevz::definition::format_memory(
                 limits.max_memory_size - limits.max_memory_size % (1 << 20)
-            )
+            ),
         ),
     );
+    // On the simulator these rows say what it emulates, never that this host has a
+    // Mac's feature.
+    let save_restore = applevz::save_restore_supported();
     row(
         "suspend (save/restore)",
-        if applevz::save_restore_supported() {
-            "available"
-        } else {
-            "not available: needs Apple silicon with macOS 14 or later"
+        match (simulated, save_restore) {
+            (true, true) => {
+                "simulated: the simulator saves and restores (a Mac needs Apple silicon with macOS 14 or later)"
+            }
+            (true, false) => "simulated as not available on this host",
+            (false, true) => "available",
+            (false, false) => "not available: needs Apple silicon with macOS 14 or later",
         },
     );
-    row(
-        "Rosetta for Linux",
-        match applevz::rosetta_availability() {
-            RosettaAvailability::Installed => "installed",
-            RosettaAvailability::NotInstalled => {
-                "not installed: run `softwareupdate --install-rosetta`"
-            }
-            RosettaAvailability::NotSupported => {
-                "not supported here (needs Apple silicon with macOS 13)"
-            }
-        },
-    );
+    let rosetta = match applevz::rosetta_availability() {
+        RosettaAvailability::Installed => "installed",
+        RosettaAvailability::NotInstalled => {
+            "not installed: run `softwareupdate --install-rosetta`"
+        }
+        RosettaAvailability::NotSupported => {
+            "not supported here (needs Apple silicon with macOS 13)"
+        }
+    };
+    if simulated {
+        row(
+            "Rosetta for Linux",
+            &format!(
+                "simulated as {rosetta} (this host has no Rosetta; a Mac needs Apple silicon with macOS 13)"
+            ),
+        );
+    } else {
+        row("Rosetta for Linux", rosetta);
+    }
     exit::OK
 }
 

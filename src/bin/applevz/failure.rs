@@ -1,5 +1,9 @@
 //! How a command fails: a message and an exit status.
 
+use std::path::Path;
+
+use applevz::VmState;
+
 /// Exit statuses. `run` ends with one per way the VM can end; every command uses the
 /// error statuses.
 pub(crate) mod exit {
@@ -67,5 +71,176 @@ impl From<applevz::Error> for Failure {
             _ => exit::ERROR,
         };
         Self::new(code, error.to_string())
+    }
+}
+
+/// A library error about the VM in `dir`, told in the tool's terms: where the
+/// library's message names a way out as a library call (`start()`,
+/// `shutdown(Poweroff)`), this names the command that does it.
+pub(crate) fn in_dir(error: applevz::Error, dir: &Path) -> Failure {
+    use applevz::{Error, Operation, ShutdownPolicy};
+    let d = dir.display();
+    let run = format!("`applevz run {d}`");
+    let poweroff = format!("`applevz stop {d} --policy poweroff`");
+    let verb = |operation: &Operation| match operation {
+        Operation::Start => "start".to_owned(),
+        Operation::Restore => "restore".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Powerdown) => "stop".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Halt) => "stop (halt)".to_owned(),
+        Operation::Shutdown(ShutdownPolicy::Poweroff) => "stop (poweroff)".to_owned(),
+        other => other.to_string(),
+    };
+    match &error {
+        Error::InvalidState {
+            operation, state, ..
+        } => {
+            let way_out = match state {
+                VmState::Suspended => format!(
+                    "it is suspended: {run} resumes it, {poweroff} discards the saved state"
+                ),
+                VmState::Stopped => format!("it is not running: {run} starts it"),
+                VmState::Error => format!("the VM failed: {run} boots it afresh"),
+                VmState::Running
+                    if *operation == Operation::Shutdown(ShutdownPolicy::Powerdown) =>
+                {
+                    format!(
+                        "a graceful stop is already waiting for the guest: {poweroff} (or \
+                         --policy halt) cuts it short"
+                    )
+                }
+                VmState::Running => format!("pause it first: `applevz pause {d}`"),
+                _ => format!(
+                    "another operation is under way: wait for it (`applevz status {d}`), or \
+                     {poweroff} waits for it and then forces the VM off"
+                ),
+            };
+            Failure::new(
+                exit::WRONG_STATE,
+                format!(
+                    "cannot {} while the VM is {state}: {way_out}",
+                    verb(operation)
+                ),
+            )
+        }
+        Error::Timeout {
+            operation,
+            state,
+            timeout,
+            ..
+        } => Failure::error(format!(
+            "{} did not finish within {timeout:?}; the VM is {state}: it may still finish; \
+             {poweroff} waits for it to settle and then forces the VM off",
+            verb(operation)
+        )),
+        Error::RestoreFailed { path, source } => Failure::error(format!(
+            "could not restore the saved state {}: {source}. The file is kept: {poweroff} \
+             discards it (the suspended guest is lost) and {run} then boots afresh",
+            path.display()
+        )),
+        Error::SavedStateChanged { path, what, .. } => Failure::error(format!(
+            "{what} {}: nothing was changed. If that file is another VM's, move it away; \
+             {poweroff} discards a saved state the VM tracks",
+            path.display()
+        )),
+        // The one file error whose action names a library call: a suspend that could
+        // not rename its saved state into place.
+        Error::Io {
+            action,
+            path,
+            source,
+        } if action.contains("start()") => Failure::error(format!(
+            "could not move the saved state into place ({source}): it is kept at {}, and \
+             {run} restores the VM from there",
+            path.display()
+        )),
+        Error::NoSavedStatePath => Failure::error(format!(
+            "suspend needs a saved-state file: add saved_state = \"vm.state\" to {}",
+            dir.join("vm.toml").display()
+        )),
+        _ => Failure::from(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use applevz::{Error, Operation, ShutdownPolicy};
+    use std::time::Duration;
+
+    /// Every lifecycle error, told for the tool, names commands, never library calls.
+    #[test]
+    fn lifecycle_errors_name_commands_not_library_calls() {
+        let dir = Path::new("/vms/demo");
+        let framework = || applevz::FrameworkError {
+            domain: applevz::VZ_ERROR_DOMAIN.into(),
+            code: applevz::VzErrorCode::Restore,
+            raw_code: 12,
+            description: "the saved state is damaged".into(),
+        };
+        let mut errors = Vec::new();
+        for state in [
+            VmState::Suspended,
+            VmState::Stopped,
+            VmState::Error,
+            VmState::Running,
+            VmState::Paused,
+            VmState::Saving,
+        ] {
+            for operation in [
+                Operation::Start,
+                Operation::Pause,
+                Operation::Resume,
+                Operation::Suspend,
+                Operation::Shutdown(ShutdownPolicy::Powerdown),
+                Operation::Shutdown(ShutdownPolicy::Halt),
+            ] {
+                errors.push(Error::InvalidState {
+                    operation,
+                    state,
+                    hint: "start() or shutdown(Poweroff)",
+                });
+                errors.push(Error::Timeout {
+                    operation,
+                    state,
+                    timeout: Duration::from_secs(1),
+                    hint: "shutdown(Poweroff) waits for it",
+                });
+            }
+        }
+        errors.push(Error::RestoreFailed {
+            path: dir.join("vm.state"),
+            source: framework(),
+        });
+        errors.push(Error::SavedStateChanged {
+            path: dir.join("vm.state"),
+            what: "a saved state this VM did not write appeared at",
+            hint: "create a new VirtualMachine to restore it",
+        });
+        errors.push(Error::Io {
+            action: "could not move the saved state into place; it is kept, and start() restores from",
+            path: dir.join(".vm.state.partial-1-0/vm.state"),
+            source: std::io::Error::other("disk full"),
+        });
+        errors.push(Error::NoSavedStatePath);
+        for error in errors {
+            let library = error.to_string();
+            let told = in_dir(error, dir).message;
+            for call in [
+                "start()",
+                "shutdown(",
+                "wait_for_state",
+                "VirtualMachine",
+                "VmConfigBuilder",
+            ] {
+                assert!(
+                    !told.contains(call),
+                    "{told:?} (from {library:?}) names {call}"
+                );
+            }
+            assert!(
+                told.contains("applevz ") || told.contains("vm.toml"),
+                "{told:?} names a command"
+            );
+        }
     }
 }

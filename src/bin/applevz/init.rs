@@ -1,11 +1,13 @@
 //! `applevz init DIR`: a new VM directory.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use applevz::definition::{DiskDefinition, NetworkDefinition, parse_memory};
+use applevz::definition::{DiskDefinition, NetworkDefinition, format_memory, parse_memory};
 use applevz::{VirtualMachine, VmDefinition};
 
 use crate::failure::{Failure, exit};
+use crate::out::{errln, outln};
 use crate::vmdir;
 
 #[derive(clap::Args)]
@@ -35,6 +37,8 @@ pub(crate) struct InitArgs {
     #[arg(long, default_value = "8GiB")]
     disk_size: String,
 }
+
+const MIB: u64 = 1 << 20;
 
 /// The placeholder kernel written on the simulator when no --kernel is given.
 const PLACEHOLDER_KERNEL: &str = "vmlinuz";
@@ -73,6 +77,7 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
             ));
         }
     }
+    refuse_a_directory_that_is_not_empty(dir)?;
     let usage = |message: String| Failure::new(exit::USAGE, message);
     // vm.toml is UTF-8 text: a path it cannot hold is refused before anything exists.
     for (option, path) in [("--kernel", &args.kernel), ("--initrd", &args.initrd)] {
@@ -83,16 +88,51 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
             )));
         }
     }
+    // Every flag is checked here, naming the flag: once vm.toml exists, a bad value
+    // would be blamed on the file.
+    for (option, path) in [("--kernel", &args.kernel), ("--initrd", &args.initrd)] {
+        if let Some(path) = path.as_deref().filter(|p| !p.is_file()) {
+            return Err(usage(format!("{option}: {} is not a file", path.display())));
+        }
+    }
+    let limits = applevz::Limits::host();
+    if !(limits.min_cpu_count..=limits.max_cpu_count).contains(&args.cpus) {
+        return Err(usage(format!(
+            "--cpus: {} is outside this host's range {} to {}",
+            args.cpus, limits.min_cpu_count, limits.max_cpu_count
+        )));
+    }
     let memory =
         parse_memory(&args.memory).map_err(|reason| usage(format!("--memory: {reason}")))?;
+    if memory % MIB != 0 {
+        return Err(usage(format!(
+            "--memory: {} is not a whole number of MiB",
+            args.memory
+        )));
+    }
+    if !(limits.min_memory_size..=limits.max_memory_size).contains(&memory) {
+        return Err(usage(format!(
+            "--memory: {} is outside this host's range {} to {}",
+            args.memory,
+            format_memory(limits.min_memory_size),
+            format_memory(limits.max_memory_size - limits.max_memory_size % MIB)
+        )));
+    }
     let disk_size =
         parse_memory(&args.disk_size).map_err(|reason| usage(format!("--disk-size: {reason}")))?;
+    if disk_size == 0 || disk_size % MIB != 0 {
+        return Err(usage(format!(
+            "--disk-size: {} is not a whole number of MiB, at least 1MiB",
+            args.disk_size
+        )));
+    }
     if args.kernel.is_none() && !args.efi && !applevz::is_simulator() {
         return Err(usage(
             "give --kernel PATH (a Linux kernel for this Mac) or --efi".into(),
         ));
     }
 
+    log::debug!("creating a VM in {}", dir.display());
     let created_dir = !dir.exists();
     std::fs::create_dir_all(dir)
         .map_err(|error| Failure::error(format!("cannot create {}: {error}", dir.display())))?;
@@ -106,6 +146,30 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
         created.keep = true;
     }
     outcome
+}
+
+/// `init` fills a new or empty directory only: anything in it may be someone's.
+fn refuse_a_directory_that_is_not_empty(dir: &Path) -> Result<(), Failure> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // absent (created below), or not a directory (reported there)
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let shown = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > 3 { ", …" } else { "" };
+    Err(Failure::new(
+        exit::EXISTS,
+        format!(
+            "{} is not empty ({shown}{more}): init needs a new or empty directory; nothing was changed",
+            dir.display()
+        ),
+    ))
 }
 
 /// What this `init` created, removed again if it fails (and only that).
@@ -157,7 +221,7 @@ fn fill(
             created.files.push(placeholder);
             std::io::Write::write_all(&mut file, b"simulated kernel\n")
                 .map_err(|e| io("write the placeholder kernel", e))?;
-            eprintln!(
+            errln!(
                 "applevz: simulator: wrote a placeholder kernel (vmlinuz); pass --kernel on a Mac"
             );
             PathBuf::from(PLACEHOLDER_KERNEL)
@@ -186,9 +250,11 @@ fn fill(
     });
 
     let disk = dir.join(vmdir::DISK);
+    // The guest's disk is the owner's only, whatever the umask.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&disk)
         .map_err(|e| io("create the disk image", e))?;
     created.files.push(disk);
@@ -214,7 +280,7 @@ fn fill(
     // identity (and the EFI variable store) now, not on first run.
     let config = VmDefinition::load_config(&definition_path)?;
     drop(VirtualMachine::new(&config)?);
-    println!(
+    outln!(
         "created {}: {} CPUs, {}, {} sparse disk; run it with `applevz run {}`",
         dir.display(),
         definition.cpus,

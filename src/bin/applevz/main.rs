@@ -1,13 +1,19 @@
 //! `applevz`: run, stop, suspend and resume a Linux VM from the terminal, on top of
 //! the public applevz API only.
 
+// Output goes through `out` (outln!, errln!), which never panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod check;
 mod control;
 mod failure;
 mod init;
+mod out;
 #[cfg(test)]
 mod pty;
+mod request;
 mod run;
+mod socket_path;
 mod terminal;
 mod vmdir;
 
@@ -16,7 +22,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use control::Policy;
+use out::errln;
+use request::{Policy, Request};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +34,7 @@ use control::Policy;
 #[command(
     after_help = "Exit statuses: 0 ok (run: the guest shut down when asked), 1 error, 2 usage, \
 3 no VM running, 4 wrong state, 5 not a VM directory or bad vm.toml, 6 already running, \
-7 VM exists; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
+7 VM exists or directory not empty; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -87,15 +94,15 @@ fn main() -> ExitCode {
             policy,
             timeout,
         } => control::stop(&dir, policy, timeout),
-        Command::Suspend { dir } => control::simple(&dir, control::Request::Suspend),
-        Command::Pause { dir } => control::simple(&dir, control::Request::Pause),
-        Command::Resume { dir } => control::simple(&dir, control::Request::Resume),
+        Command::Suspend { dir } => control::simple(&dir, Request::Suspend),
+        Command::Pause { dir } => control::simple(&dir, Request::Pause),
+        Command::Resume { dir } => control::simple(&dir, Request::Resume),
         Command::Status { dir } => control::status(&dir),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("applevz: {}", failure.message);
+            errln!("applevz: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }

@@ -1,12 +1,13 @@
 //! `applevz run DIR`: the VM in the foreground, until it ends.
 //!
-//! Threads: the main loop below owns the decisions; a signal thread turns SIGINT and
-//! SIGTERM into messages (the signals are blocked everywhere else, so no handler runs
-//! in an arbitrary thread); a forwarder turns the VM's state events into messages;
+//! Threads: the main loop below owns the decisions; a signal thread turns SIGINT,
+//! SIGTERM and SIGHUP (the terminal closed, the SSH session dropped) into messages
+//! (the signals are blocked everywhere else, so no handler runs in an arbitrary
+//! thread); a forwarder turns the VM's state events into messages;
 //! lifecycle operations (the start, a shutdown, control requests) run on their own
 //! threads so that a second Ctrl-C is heard while a graceful shutdown waits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,10 @@ use applevz::{
     VmDefinition, VmState,
 };
 
-use crate::control::Policy;
-use crate::control::{ControlServer, Request, timeout_from_seconds};
-use crate::failure::{Failure, exit};
+use crate::control::ControlServer;
+use crate::failure::{self, Failure, exit};
+use crate::out::errln;
+use crate::request::{Policy, Request, timeout_from_seconds};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
 
@@ -35,8 +37,8 @@ pub(crate) struct RunArgs {
     /// DIR/console.log.
     #[arg(long, value_enum)]
     console: Option<ConsoleTarget>,
-    /// Seconds Ctrl-C or SIGTERM wait for the guest to power off before forcing it
-    /// (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
+    /// Seconds Ctrl-C, SIGTERM or SIGHUP wait for the guest to power off before forcing
+    /// it (default: the file's timeouts.graceful_shutdown, else 30); a second Ctrl-C
     /// forces it off (once an operation under way, such as the boot, has settled).
     #[arg(long)]
     graceful_timeout: Option<f64>,
@@ -52,7 +54,8 @@ enum ConsoleTarget {
 
 enum Message {
     Event(StateEvent),
-    Signal,
+    /// SIGINT, SIGTERM or SIGHUP (the number).
+    Signal(libc::c_int),
     /// The boot (or restore) finished.
     Started(applevz::Result<()>),
     /// A shutdown asked by a signal finished.
@@ -83,12 +86,16 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         .transpose()?;
     let dir = VmDir::open(&args.dir)?;
     let _lock = dir.lock()?;
+    if let Some(message) = dir.interrupted_suspends(true) {
+        return Err(Failure::new(exit::WRONG_STATE, message));
+    }
     // Before any thread exists: the bind briefly tightens the process's umask.
     let mut server = ControlServer::bind(&dir)?;
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = block_termination_signals();
 
     let definition_path = dir.definition();
+    log::debug!("loading {}", definition_path.display());
     let definition = VmDefinition::load(&definition_path)?;
     let mut builder = definition.to_builder(&definition_path)?;
     let on_terminal = match args.console {
@@ -119,11 +126,10 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     }
     let config = definition.finish(&definition_path, builder)?;
     let vm = Arc::new(VirtualMachine::new(&config)?);
+    log::debug!("the VM is {}", vm.state());
 
     if applevz::is_simulator() {
-        eprintln!(
-            "applevz: running against the simulator (no Virtualization.framework on this OS)"
-        );
+        errln!("applevz: running against the simulator (no Virtualization.framework on this OS)");
     }
     let (messages, inbox) = mpsc::channel();
     forward_events(&vm, messages.clone());
@@ -140,22 +146,26 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
             }
         }
     };
-    server.serve(control_handler(&vm, &busy, &asked), Arc::new(replied));
+    server.serve(
+        control_handler(&vm, &dir.path, &busy, &asked),
+        Arc::new(replied),
+    );
 
     let raw = if on_terminal {
         Some(RawMode::enter(0).map_err(|error| Failure::error(format!("raw mode: {error}")))?)
     } else {
         None
     };
-    let outcome = main_loop(&vm, &inbox, &messages, &busy, &asked);
+    let outcome = main_loop(&vm, &dir.path, &inbox, &messages, &busy, &asked);
     drop(raw); // the terminal is back before anything else is printed
     let (code, message) = outcome?;
-    eprintln!("applevz: {message}");
+    errln!("applevz: {message}");
     Ok(code)
 }
 
 fn main_loop(
     vm: &Arc<VirtualMachine>,
+    dir: &Path,
     inbox: &Receiver<Message>,
     messages: &Sender<Message>,
     busy: &AtomicUsize,
@@ -195,7 +205,7 @@ fn main_loop(
                             finish_boot(&mut boot, vm);
                         }
                     }
-                    None => eprintln!(
+                    None => errln!(
                         "applevz: [{:>8.2} s] {}",
                         began.elapsed().as_secs_f64(),
                         describe(&event)
@@ -223,14 +233,15 @@ fn main_loop(
                     progress.abandon();
                 }
                 if *lock(asked) != Asked::Forced {
-                    return Err(error.into());
+                    return Err(failure::in_dir(error, dir));
                 }
                 // The boot failed after a forced shutdown was asked: the VM ends as
                 // forced off.
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
             }
-            Message::Signal => {
+            Message::Signal(number) => {
+                log::debug!("signal {number} received");
                 signals += 1;
                 let (policy, what) = if signals == 1 {
                     (
@@ -240,7 +251,7 @@ fn main_loop(
                 } else {
                     (ShutdownPolicy::Poweroff, "forcing the VM off")
                 };
-                eprintln!("applevz: {what}");
+                errln!("applevz: {what}");
                 let mut current = lock(asked);
                 *current = if policy == ShutdownPolicy::Powerdown && *current != Asked::Forced {
                     Asked::Powerdown
@@ -262,7 +273,7 @@ fn main_loop(
             Message::SignalShutdown(result) => {
                 signal_shutdowns -= 1;
                 if let Err(error) = result {
-                    eprintln!("applevz: shutdown: {error}");
+                    errln!("applevz: shutdown: {}", failure::in_dir(error, dir).message);
                 }
             }
             Message::Request => {}
@@ -282,7 +293,7 @@ fn main_loop(
 fn finish_boot(boot: &mut Option<Progress>, vm: &VirtualMachine) {
     if let Some(progress) = boot.take() {
         progress.finish(&vm.state().to_string());
-        eprintln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
+        errln!("applevz: Ctrl-C shuts the guest down; twice forces it off");
     }
 }
 
@@ -416,7 +427,7 @@ fn forward_events(vm: &VirtualMachine, messages: Sender<Message>) {
     });
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts).
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it starts).
 fn block_termination_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only
     // changes this thread's mask.
@@ -425,6 +436,7 @@ fn block_termination_signals() -> libc::sigset_t {
         libc::sigemptyset(&raw mut set);
         libc::sigaddset(&raw mut set, libc::SIGINT);
         libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::sigaddset(&raw mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }
@@ -438,7 +450,7 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
             if unsafe { libc::sigwait(&raw const set, &raw mut signal) } != 0 {
                 continue;
             }
-            if messages.send(Message::Signal).is_err() {
+            if messages.send(Message::Signal(signal)).is_err() {
                 break;
             }
         }
@@ -447,10 +459,12 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
 
 fn control_handler(
     vm: &Arc<VirtualMachine>,
+    dir: &Path,
     busy: &Arc<AtomicUsize>,
     asked: &Arc<Mutex<Asked>>,
 ) -> Arc<crate::control::Handler> {
     let vm = Arc::clone(vm);
+    let dir = dir.to_owned();
     let busy = Arc::clone(busy);
     let asked = Arc::clone(asked);
     Arc::new(move |request: Request, progress: &mut dyn FnMut(&str)| {
@@ -458,14 +472,26 @@ fn control_handler(
             return Ok(vm.state().to_string());
         }
         // Counted until the reply is written (see `replied`); refused, not queued,
-        // while another operation is under way.
-        if busy.fetch_add(1, Ordering::SeqCst) != 0 {
+        // while another operation is under way. A forced stop goes to the library,
+        // which decides: it cuts a graceful stop's wait short, a Poweroff waits for
+        // any other operation to settle, a Halt is refused at once.
+        let forced = matches!(
+            request,
+            Request::Stop {
+                policy: Policy::Halt | Policy::Poweroff,
+                ..
+            }
+        );
+        if busy.fetch_add(1, Ordering::SeqCst) != 0 && !forced {
             return Err(Failure::new(
                 exit::WRONG_STATE,
                 format!(
-                    "cannot {} while the VM is {}: another operation is under way; try again when it has finished",
+                    "cannot {} while the VM is {}: another operation is under way; try again \
+                     when it has finished, or `applevz stop {} --policy poweroff` waits for it \
+                     and then forces the VM off",
                     request.verb(),
-                    vm.state()
+                    vm.state(),
+                    dir.display()
                 ),
             ));
         }
@@ -492,7 +518,7 @@ fn control_handler(
                 *current = previous;
             }
         }
-        result.map_err(Failure::from)
+        result.map_err(|error| failure::in_dir(error, &dir))
     })
 }
 

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::out::errln;
+
 pub(crate) fn is_terminal(fd: i32) -> bool {
     // SAFETY: isatty only inspects the descriptor.
     unsafe { libc::isatty(fd) == 1 }
@@ -123,7 +125,7 @@ impl Progress {
         self.state(state);
         if self.inner.in_place {
             self.inner.render();
-            eprintln!();
+            errln!("");
         }
     }
 
@@ -131,7 +133,7 @@ impl Progress {
     pub(crate) fn abandon(self) {
         self.inner.done.store(true, Ordering::SeqCst);
         if self.inner.in_place {
-            eprintln!();
+            errln!("");
         }
     }
 }
