@@ -36,6 +36,47 @@ pub struct SimulatedGuest {
 }
 
 impl SimulatedGuest {
+    /// The guest a comma-separated script describes, as `APPLEVZ_SIM_GUEST` spells it
+    /// for the command-line tool and the C API, e.g.
+    /// `boot_delay_ms=500,ignores_stop_request,power_off_after_ms=2000`. Keys:
+    /// `boot_delay_ms`, `stop_delay_ms`, `operation_delay_ms`, `power_off_after_ms`,
+    /// `crash_after_ms` (the VM fails with `VZErrorDomain` code 1), and the flags
+    /// `ignores_stop_request`, `save_restore_unsupported`, `not_savable`.
+    ///
+    /// # Errors
+    /// The first item it cannot use, as written.
+    pub fn from_script(script: &str) -> Result<Self, String> {
+        let mut guest = Self::default();
+        for item in script.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            let ms = || {
+                value
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| item.to_owned())
+            };
+            let flag = || {
+                if value.is_empty() {
+                    Ok(true)
+                } else {
+                    Err(item.to_owned())
+                }
+            };
+            match key {
+                "boot_delay_ms" => guest.boot_delay = ms()?,
+                "stop_delay_ms" => guest.stop_delay = ms()?,
+                "operation_delay_ms" => guest.operation_delay = ms()?,
+                "power_off_after_ms" => guest.power_off_after = Some(ms()?),
+                "crash_after_ms" => guest.crash_after = Some((ms()?, 1)),
+                "ignores_stop_request" => guest.ignores_stop_request = flag()?,
+                "save_restore_unsupported" => guest.save_restore_unsupported = flag()?,
+                "not_savable" => guest.not_savable = flag()?,
+                _ => return Err(item.to_owned()),
+            }
+        }
+        Ok(guest)
+    }
+
     /// Scripts the guest of the configuration being built.
     pub(crate) fn apply_to(&self, config: &mut NativeConfig) {
         config.sim_boot_delay(self.boot_delay);

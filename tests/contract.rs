@@ -53,6 +53,20 @@ mod guest {
     }
 }
 
+/// Where save/restore does not exist (Intel Macs, macOS < 14), the contract is a
+/// clear error and the VM running on.
+fn suspend_is_refused_and_the_vm_keeps_running() {
+    let vm = vm(&Scratch::new("no-save-restore"), 512);
+    vm.start().unwrap();
+    let error = vm.suspend().expect_err("not supported here");
+    assert!(
+        matches!(error, Error::SuspendNotSupported { .. }),
+        "{error:?}"
+    );
+    assert_eq!(vm.state(), VmState::Running);
+    vm.shutdown(ShutdownPolicy::Halt).unwrap();
+}
+
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -222,19 +236,13 @@ fn powerdown_of_a_paused_vm_resumes_it_then_the_guest_stops() {
 )]
 fn suspend_saves_an_owner_only_file_and_start_restores_it() {
     use VmState::{Paused, Pausing, Restoring, Resuming, Running, Saving, Stopping, Suspended};
+    if !applevz::save_restore_supported() {
+        suspend_is_refused_and_the_vm_keeps_running();
+        return;
+    }
     let dir = Scratch::new("suspend");
     let vm = vm(&dir, 512);
     vm.start().unwrap();
-    if !applevz::save_restore_supported() {
-        // Intel Macs and macOS < 14: a clear error, and the VM keeps running.
-        let error = vm.suspend().expect_err("not supported here");
-        assert!(
-            matches!(error, Error::SuspendNotSupported { .. }),
-            "{error:?}"
-        );
-        assert_eq!(vm.state(), VmState::Running);
-        return;
-    }
     let events = vm.subscribe();
     vm.suspend().unwrap();
     assert_eq!(
@@ -262,16 +270,7 @@ fn suspend_saves_an_owner_only_file_and_start_restores_it() {
 )]
 fn a_saved_state_restores_only_into_the_configuration_that_made_it() {
     if !applevz::save_restore_supported() {
-        // Intel Macs and macOS < 14: the contract is a clear error, the VM running on.
-        let vm = vm(&Scratch::new("no-save-restore"), 512);
-        vm.start().unwrap();
-        let error = vm.suspend().expect_err("not supported here");
-        assert!(
-            matches!(error, Error::SuspendNotSupported { .. }),
-            "{error:?}"
-        );
-        assert_eq!(vm.state(), VmState::Running);
-        vm.shutdown(ShutdownPolicy::Halt).unwrap();
+        suspend_is_refused_and_the_vm_keeps_running();
         return;
     }
     let dir = Scratch::new("other-config");
@@ -305,16 +304,7 @@ fn a_restored_vm_can_be_suspended_and_restored_again() {
     // Every restore goes into a fresh native VM object; the VM keeps working across
     // several rounds.
     if !applevz::save_restore_supported() {
-        // Intel Macs and macOS < 14: the contract is a clear error, the VM running on.
-        let vm = vm(&Scratch::new("no-save-restore"), 512);
-        vm.start().unwrap();
-        let error = vm.suspend().expect_err("not supported here");
-        assert!(
-            matches!(error, Error::SuspendNotSupported { .. }),
-            "{error:?}"
-        );
-        assert_eq!(vm.state(), VmState::Running);
-        vm.shutdown(ShutdownPolicy::Halt).unwrap();
+        suspend_is_refused_and_the_vm_keeps_running();
         return;
     }
     let dir = Scratch::new("rounds");

@@ -11,7 +11,6 @@
 //! `save_restore_unsupported`, `not_savable`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::sim::SimulatedGuest;
 
@@ -40,41 +39,14 @@ pub(super) fn from_env(definition: &Path) -> Result<SimulatedGuest, applevz_erro
     }
 }
 
-/// Parses a script; an item it cannot use is the error.
 fn parse(script: &str) -> Result<SimulatedGuest, String> {
-    let mut guest = SimulatedGuest::default();
-    for item in script.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (key, value) = item.split_once('=').unwrap_or((item, ""));
-        let ms = || {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| item.to_owned())
-        };
-        let flag = || {
-            if value.is_empty() {
-                Ok(true)
-            } else {
-                Err(item.to_owned())
-            }
-        };
-        match key {
-            "boot_delay_ms" => guest.boot_delay = ms()?,
-            "stop_delay_ms" => guest.stop_delay = ms()?,
-            "operation_delay_ms" => guest.operation_delay = ms()?,
-            "power_off_after_ms" => guest.power_off_after = Some(ms()?),
-            "crash_after_ms" => guest.crash_after = Some((ms()?, 1)),
-            "ignores_stop_request" => guest.ignores_stop_request = flag()?,
-            "save_restore_unsupported" => guest.save_restore_unsupported = flag()?,
-            "not_savable" => guest.not_savable = flag()?,
-            _ => return Err(item.to_owned()),
-        }
-    }
-    Ok(guest)
+    SimulatedGuest::from_script(script)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

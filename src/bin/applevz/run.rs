@@ -579,34 +579,13 @@ fn perform(
 /// `boot_delay_ms=500,ignores_stop_request,power_off_after_ms=2000`.
 #[cfg(applevz_simulator)]
 fn simulated_guest_from_env() -> Result<applevz::sim::SimulatedGuest, Failure> {
-    let mut guest = applevz::sim::SimulatedGuest::default();
     let Ok(script) = std::env::var("APPLEVZ_SIM_GUEST") else {
-        return Ok(guest);
+        return Ok(applevz::sim::SimulatedGuest::default());
     };
-    for item in script.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bad = || {
-            Failure::new(
-                exit::USAGE,
-                format!("APPLEVZ_SIM_GUEST: cannot use {item:?}"),
-            )
-        };
-        let (key, value) = item.split_once('=').unwrap_or((item, ""));
-        let ms = || {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| bad())
-        };
-        match key {
-            "boot_delay_ms" => guest.boot_delay = ms()?,
-            "stop_delay_ms" => guest.stop_delay = ms()?,
-            "operation_delay_ms" => guest.operation_delay = ms()?,
-            "power_off_after_ms" => guest.power_off_after = Some(ms()?),
-            "crash_after_ms" => guest.crash_after = Some((ms()?, 1)),
-            "ignores_stop_request" => guest.ignores_stop_request = true,
-            "save_restore_unsupported" => guest.save_restore_unsupported = true,
-            _ => return Err(bad()),
-        }
-    }
-    Ok(guest)
+    applevz::sim::SimulatedGuest::from_script(&script).map_err(|item| {
+        Failure::new(
+            exit::USAGE,
+            format!("APPLEVZ_SIM_GUEST: cannot use {item:?}"),
+        )
+    })
 }
