@@ -374,37 +374,26 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
 
 bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error)
 {
-    return avz_run(error, ^NSError *_Nullable {
-        AVZMachine *machine = avz_machine(vm);
-        if (machine == nil) {
-            return avz_error(AVZ_ERROR_INTERNAL, @"no virtual machine (NULL avz_vm)");
+    return avz_vm_sync(vm, error, @"request stop",
+                       ^NSError *_Nullable(AVZMachine *machine, VZVirtualMachine *virtualMachine) {
+        (void)machine;
+        /* The framework's own predicate first: the ABI promises code 3 when the guest
+         * cannot be asked (the framework documents only NO + an error). */
+        if (!virtualMachine.canRequestStop) {
+            return avz_error(AVZ_ERROR_INVALID_STATE,
+                             [NSString stringWithFormat:@"Cannot ask the guest to stop: the "
+                                                        @"virtual machine is %@ (canRequestStop "
+                                                        @"is false; only a running guest can be "
+                                                        @"asked)",
+                                                        avz_state_name(virtualMachine.state)]);
         }
-        __block NSError *failure = nil;
-        [machine syncOnQueue:^{
-            @try {
-                VZVirtualMachine *virtualMachine = machine.vm;
-                /* The framework's own predicate first: the ABI promises code 3 when the
-                 * guest cannot be asked (the framework documents only NO + an error). */
-                if (!virtualMachine.canRequestStop) {
-                    failure = avz_error(
-                        AVZ_ERROR_INVALID_STATE,
-                        [NSString stringWithFormat:@"Cannot ask the guest to stop: the virtual "
-                                                   @"machine is %@ (canRequestStop is false; "
-                                                   @"only a running guest can be asked)",
-                                                   avz_state_name(virtualMachine.state)]);
-                    return;
-                }
-                NSError *frameworkError = nil;
-                if (![virtualMachine requestStopWithError:&frameworkError]) {
-                    failure = avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
-                                     @"the guest cannot be asked to stop in the virtual "
-                                     @"machine's current state");
-                }
-            } @catch (NSException *exception) {
-                failure = avz_exception_error(exception, @"request stop");
-            }
-        }];
-        return failure;
+        NSError *frameworkError = nil;
+        if (![virtualMachine requestStopWithError:&frameworkError]) {
+            return avz_or(frameworkError, AVZ_ERROR_INVALID_STATE,
+                          @"the guest cannot be asked to stop in the virtual machine's current "
+                          @"state");
+        }
+        return nil;
     });
 }
 
