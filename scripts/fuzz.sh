@@ -33,6 +33,7 @@ cd "$(dirname "$0")/.."
 # `cargo fuzz add NAME` writes, and seeds in fuzz/corpus/NAME/).
 targets=(
     definition
+    control_request
 )
 
 CARGO_FUZZ_VERSION=0.13.2

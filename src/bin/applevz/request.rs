@@ -87,11 +87,15 @@ pub(crate) fn parse_request(line: &[u8]) -> Result<Request, String> {
     }
 }
 
-/// A number of seconds as a timeout: positive and small enough for a `Duration`.
-/// (A `Duration` too long for the clock is fine: the library treats it as no limit.)
+/// A number of seconds as a timeout: positive, at least a nanosecond once rounded to
+/// one (a shorter one would be sent as `0`, which is refused), and small enough for a
+/// `Duration`. (A `Duration` too long for the clock is fine: the library treats it as
+/// no limit.)
 pub(crate) fn timeout_from_seconds(seconds: f64) -> Option<Duration> {
     if seconds > 0.0 {
-        Duration::try_from_secs_f64(seconds).ok()
+        Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
     } else {
         None
     }
@@ -186,6 +190,9 @@ mod tests {
             b"stop",
             b"stop gently",
             b"stop halt 0",
+            // Positive, but under half a nanosecond: rounds to 0 (found by fuzzing).
+            b"stop halt 1e-12",
+            b"stop halt .0000000000000000000000016124519969550572730",
             b"stop halt -1",
             b"stop halt NaN",
             b"stop halt inf",
@@ -196,6 +203,9 @@ mod tests {
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(timeout_from_seconds(1e-12), None);
+        assert_eq!(timeout_from_seconds(4e-10), None);
+        assert_eq!(timeout_from_seconds(5e-10), Some(Duration::from_nanos(1)));
         let long = vec![b's'; MAX_REQUEST_BYTES + 1];
         assert!(parse_request(&long).unwrap_err().contains("too long"));
     }
