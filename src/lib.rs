@@ -42,6 +42,8 @@ mod config;
 mod error;
 mod ffi;
 mod framework_error;
+#[doc(hidden)]
+pub mod probe;
 #[cfg(applevz_simulator)]
 pub mod sim;
 mod state;

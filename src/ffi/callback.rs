@@ -49,6 +49,7 @@ impl CompletionSlot<()> {
         /// `context` comes from `for_operation` and this is its one call; `error` is
         /// NULL or a +1 `CFError` that this call takes over.
         unsafe extern "C" fn trampoline(context: *mut c_void, error: CFErrorRef) {
+            crate::probe::completion_called();
             // SAFETY: the context owns one Arc reference, taken back here exactly once
             // (the native side calls each completion exactly once).
             let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<()>>()) };
@@ -203,6 +204,7 @@ where
         event: i32,
         error: CFErrorRef,
     ) {
+        crate::probe::observer_called();
         // SAFETY: the native VM keeps the context alive until it calls the release
         // function, which happens after the last observer call; it is an `F`, as this
         // trampoline was instantiated for the box it came with.
