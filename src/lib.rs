@@ -39,6 +39,7 @@
 
 mod capi;
 mod config;
+mod deadline;
 mod error;
 mod ffi;
 mod framework_error;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 const LIBRARY_LAYERS: &[&str] = &[
     "util",
     "probe",
+    "deadline",
     "framework_error",
     "state",
     "error",
