@@ -161,8 +161,18 @@ impl VirtualMachine {
     /// order. Dropping the receiver ends the subscription.
     pub fn subscribe(&self) -> Receiver<StateEvent> {
         let (sender, receiver) = mpsc::channel();
-        self.tracker.subscribe(sender);
+        self.subscribe_with(sender);
         receiver
+    }
+
+    /// A subscription into a channel of your own: every state change from now on is
+    /// sent as `T::from(event)`, in order; it ends once the receiver is gone. One
+    /// thread can then wait on a single channel for state changes and its own messages
+    /// alike, without polling. An operation's events are all sent before the operation
+    /// returns, so a message sent after it returned comes after them.
+    pub fn subscribe_with<T: From<StateEvent> + Send + 'static>(&self, sender: mpsc::Sender<T>) {
+        self.tracker
+            .subscribe(Box::new(move |event| sender.send(T::from(event)).is_ok()));
     }
 
     /// Waits until the VM is in `target`, up to `timeout`; event-driven.

@@ -8,7 +8,6 @@
 //! costs no wake-up call.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,9 @@ pub(super) struct Busy {
     pub(super) operation: Operation,
     pub(super) timeouts: Timeouts,
 }
+
+/// Hands one event to a subscriber; false once the subscriber is gone.
+pub(super) type Subscriber = Box<dyn FnMut(StateEvent) -> bool + Send>;
 
 pub(super) struct Tracked {
     /// The framework's state as last reported by the current native VM (never
@@ -44,7 +46,7 @@ pub(super) struct Tracked {
     pub(super) generation: u64,
     /// The current native VM object has left `Stopped` at least once.
     pub(super) native_has_run: bool,
-    subscribers: Vec<Sender<StateEvent>>,
+    subscribers: Vec<Subscriber>,
     /// Threads waiting on `Tracker::changed` (counted under the lock).
     waiters: usize,
 }
@@ -71,7 +73,7 @@ impl Tracked {
         };
         log::debug!("VM event: {event:?}");
         self.subscribers
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+            .retain_mut(|subscriber| subscriber(event.clone()));
     }
 }
 
@@ -110,7 +112,7 @@ impl Tracker {
         self.lock().framework_state
     }
 
-    pub(super) fn subscribe(&self, subscriber: Sender<StateEvent>) {
+    pub(super) fn subscribe(&self, subscriber: Subscriber) {
         self.lock().subscribers.push(subscriber);
     }
 
