@@ -14,11 +14,11 @@
  *                 a false result) unless the out-parameter itself is NULL.
  *
  * Threads:
- *   Every VM owns one private serial queue (a dispatch queue on macOS, a worker thread
- *   in the simulator). Completions and observer callbacks run on that queue. A callback
- *   must not block and must not call any avz_vm_* function synchronously; the functions
- *   documented as "synchronous" hop onto the VM's queue and may be called from any
- *   other thread.
+ *   Every VM owns one private serial queue (a dispatch queue on macOS, a serial queue on
+ *   a small pool of worker threads shared by every VM in the simulator). Completions and
+ *   observer callbacks run on that queue. A callback must not block and must not call
+ *   any avz_vm_* function synchronously; the functions documented as "synchronous" hop
+ *   onto the VM's queue and may be called from any other thread.
  *
  * Callbacks that can run before the function that caused them returns (every other
  * callback runs later, on the VM's queue, never inside the call):

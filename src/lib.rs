@@ -39,9 +39,12 @@
 
 mod capi;
 mod config;
+mod deadline;
 mod error;
 mod ffi;
 mod framework_error;
+#[doc(hidden)]
+pub mod probe;
 #[cfg(applevz_simulator)]
 pub mod sim;
 mod state;

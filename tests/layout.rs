@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 /// before it (and itself). A new top-level module must be placed here.
 const LIBRARY_LAYERS: &[&str] = &[
     "util",
+    "probe",
+    "deadline",
     "framework_error",
     "state",
     "error",

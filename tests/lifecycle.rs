@@ -817,6 +817,50 @@ fn a_saved_state_does_not_restore_under_another_mac_address() {
     leaks.finish();
 }
 
+/// What `subscribe_with` is for: one channel carrying state changes and the caller's own
+/// messages, with an operation's events ahead of anything sent after it returned.
+#[test]
+#[serial]
+fn subscribe_with_puts_an_operations_events_before_what_follows_it() {
+    #[derive(Debug, PartialEq)]
+    enum Message {
+        Event(VmState),
+        Mine(&'static str),
+    }
+    impl From<StateEvent> for Message {
+        fn from(event: StateEvent) -> Self {
+            Message::Event(event.state)
+        }
+    }
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("subscribe-with");
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    vm.subscribe_with(sender.clone());
+    vm.start().unwrap();
+    sender.send(Message::Mine("started")).unwrap();
+    vm.shutdown(ShutdownPolicy::Halt).unwrap();
+    sender.send(Message::Mine("stopped")).unwrap();
+    let received: Vec<Message> = receiver.try_iter().collect();
+    assert_eq!(
+        received,
+        [
+            Message::Event(VmState::Starting),
+            Message::Event(VmState::Running),
+            Message::Mine("started"),
+            Message::Event(VmState::Stopping),
+            Message::Event(VmState::Stopped),
+            Message::Mine("stopped")
+        ]
+    );
+    // The receiver gone, the subscription ends (the VM drops its sender).
+    drop(receiver);
+    vm.start().unwrap();
+    drop(vm);
+    leaks.finish();
+}
+
 #[test]
 #[serial]
 fn a_crash_reaches_every_subscriber_with_the_framework_error() {

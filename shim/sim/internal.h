@@ -306,14 +306,19 @@ struct avz_vm {
     uint32_t *guest_ports; /* where the simulated guest listens */
     size_t guest_port_count;
 
+    /* The queue's place in the worker pool (queue.c), guarded by the pool's mutex. */
+    bool scheduled;               /* on the ready list or in a worker's turn */
+    struct avz_vm *ready_next;    /* the ready list's link */
+    size_t heap_index;            /* 1 + position in the pool's timer heap; 0: none */
+    uint64_t heap_deadline;       /* when the pool schedules the queue for its timers */
+
     /* Guarded by mutex. */
     pthread_mutex_t mutex;
-    pthread_cond_t wake;      /* the worker waits on it */
     pthread_cond_t sync_done; /* synchronous callers wait on it */
     sim_task *tasks, *tasks_tail;
     sim_timer *timers; /* by deadline, then id */
     uint64_t next_timer_id;
-    bool dying;
+    atomic_bool dying; /* set under mutex once; callbacks read it without */
 
     int32_t state;
     bool left_stopped; /* has ever been in a state other than Stopped */
@@ -441,23 +446,27 @@ AVZ_SIM_HIDDEN avz_vm *avz_sim_vm_check(avz_vm *vm, const char *function);
 /* A new, zeroed callback at the end of `out` (its fd -1). */
 AVZ_SIM_HIDDEN outbox_item *avz_sim_outbox_push(outbox *out);
 
-/* Arms a timer of `kind` `delay_ms` from now (worker, mutex held); returns its id. */
+/* Arms a timer of `kind` `delay_ms` from now (on the VM's queue, mutex held: the pool
+ * learns of it when the queue's turn ends, or right after a synchronous call run in
+ * place); returns its id. */
 AVZ_SIM_HIDDEN uint64_t avz_sim_timer_add(avz_vm *vm, uint32_t delay_ms, enum timer_kind kind);
 
 /* Removes the timer *id (if armed) and clears *id. */
 AVZ_SIM_HIDDEN void avz_sim_timer_cancel(avz_vm *vm, uint64_t *id);
 
-/* Appends `task` (owned from now on) to the VM's queue and wakes the worker. */
+/* Appends `task` (owned from now on) to the VM's queue and schedules the queue on the
+ * worker pool when it is idle. */
 AVZ_SIM_HIDDEN void avz_sim_vm_post(avz_vm *vm, sim_task *task);
 
-/* Runs a synchronous call on the VM's queue: posts it and waits, or runs it in place
- * when already on the queue (a callback; the real framework would deadlock there). */
+/* Runs a synchronous call on the VM's queue: in place when the queue is idle (nothing
+ * queued, no turn running: as dispatch_sync does) or when already on the queue (a
+ * callback; the real framework would deadlock there); otherwise posts it and waits. */
 AVZ_SIM_HIDDEN void avz_sim_vm_sync(avz_vm *vm, sync_call *call);
 
 /* Hands a failed synchronous call's error to the caller. Returns call->ok. */
 AVZ_SIM_HIDDEN bool avz_sim_sync_result(sync_call *call, CFErrorRef *error);
 
-/* Whether the current thread is `vm`'s worker (a callback running on its queue). */
+/* Whether the current thread runs `vm`'s queue (a callback running on it). */
 AVZ_SIM_HIDDEN bool avz_sim_on_worker(const avz_vm *vm);
 
 /* ---- vm.c ---- */

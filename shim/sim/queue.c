@@ -1,6 +1,7 @@
 /*
- * queue.c — the VM's dispatch queue: one worker thread per VM with its task FIFO,
- * timers and outbox of callbacks, synchronous hops onto it, and the VM's creation and
+ * queue.c — each VM's dispatch queue: a serial queue (task FIFO, timers, outbox of
+ * callbacks) run by a small pool of worker threads shared by every VM, one timer thread
+ * for every queue's timers, synchronous hops onto a queue, and the VM's creation and
  * lifetime.
  * See README.md beside this file for what the simulator models.
  */
@@ -21,12 +22,333 @@
 #define SERIAL_RUNNING_LINE "applevz-sim: guest is running\n"
 #define CONSOLE_READY_FORMAT "applevz-sim: console port %s is ready\n"
 
+/* A queue's turn on a worker handles at most this many tasks and timers, then goes to
+ * the back of the ready list, so that a busy VM does not hold a worker from the others. */
+#define TURN_BUDGET 16
+/* Workers: one per online CPU, at least 2 (a callback that waits for another VM's
+ * queue then still leaves one to run it), at most 4. */
+#define MIN_WORKERS 2
+#define MAX_WORKERS 4
+
 static void vm_last_release(void *object);
 
 static const avz_sim_class vm_class = {"avz_vm", vm_last_release};
 
-/* The VM whose worker is the current thread, if any. */
+/* ---------------------------------------------------------------------------------- */
+/* The worker pool                                                                    */
+/* ---------------------------------------------------------------------------------- */
+
+/* Like libdispatch's serial queues on its global pool: a queue with work is
+ * "scheduled", which puts it on the ready list exactly once; a worker takes it from
+ * there and runs its turn (tasks, then due timers, in order), so a VM's callbacks never
+ * run on two threads at once. A queue that ends its turn with timers left gets one
+ * entry in the timer heap (its earliest deadline); the timer thread sleeps on
+ * CLOCK_MONOTONIC until the first one falls due and then schedules that queue. Lock
+ * order: a VM's mutex, then the pool's. The threads live as long as the process. */
+typedef struct pool_worker {
+    pthread_cond_t wake;
+    bool woken;
+    struct pool_worker *next_idle;
+} pool_worker;
+
+static struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t timer; /* the timer thread waits here */
+    bool initialised;
+    pool_worker workers[MAX_WORKERS];
+    unsigned worker_count, wanted;
+    /* Idle workers, the last one to become idle on top: work goes to the worker that
+     * ran last (its CPU and cache are warm; a caller that waits for one operation
+     * after another keeps talking to the same thread). */
+    pool_worker *idle;
+    bool timer_thread;
+    avz_vm *ready_head, *ready_tail;
+    avz_vm **heap; /* min-heap on heap_deadline */
+    size_t heap_count, heap_capacity;
+} pool = {.mutex = PTHREAD_MUTEX_INITIALIZER};
+
+static void heap_swap(size_t a, size_t b) {
+    avz_vm *vm = pool.heap[a];
+    pool.heap[a] = pool.heap[b];
+    pool.heap[b] = vm;
+    pool.heap[a]->heap_index = a + 1;
+    pool.heap[b]->heap_index = b + 1;
+}
+
+static void heap_sift_up(size_t i) {
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (pool.heap[parent]->heap_deadline <= pool.heap[i]->heap_deadline) {
+            break;
+        }
+        heap_swap(i, parent);
+        i = parent;
+    }
+}
+
+static void heap_sift_down(size_t i) {
+    for (;;) {
+        size_t smallest = i, left = 2 * i + 1, right = 2 * i + 2;
+        if (left < pool.heap_count &&
+            pool.heap[left]->heap_deadline < pool.heap[smallest]->heap_deadline) {
+            smallest = left;
+        }
+        if (right < pool.heap_count &&
+            pool.heap[right]->heap_deadline < pool.heap[smallest]->heap_deadline) {
+            smallest = right;
+        }
+        if (smallest == i) {
+            return;
+        }
+        heap_swap(i, smallest);
+        i = smallest;
+    }
+}
+
+/* Pool mutex held: takes `vm` out of the timer heap (if it is in it). */
+static void heap_remove(avz_vm *vm) {
+    if (vm->heap_index == 0) {
+        return;
+    }
+    size_t i = vm->heap_index - 1;
+    vm->heap_index = 0;
+    pool.heap_count--;
+    if (i == pool.heap_count) {
+        return;
+    }
+    avz_vm *moved = pool.heap[pool.heap_count];
+    pool.heap[i] = moved;
+    moved->heap_index = i + 1;
+    heap_sift_up(i);
+    heap_sift_down(moved->heap_index - 1);
+}
+
+/* Pool mutex held: the timer thread schedules `vm` at `deadline` (its one entry). */
+static void heap_set(avz_vm *vm, uint64_t deadline) {
+    if (vm->heap_index != 0 && vm->heap_deadline == deadline) {
+        return;
+    }
+    heap_remove(vm);
+    avz_sim_array_reserve((void **)&pool.heap, &pool.heap_capacity, pool.heap_count + 1,
+                          sizeof *pool.heap);
+    vm->heap_deadline = deadline;
+    pool.heap[pool.heap_count] = vm;
+    vm->heap_index = ++pool.heap_count;
+    heap_sift_up(pool.heap_count - 1);
+    if (pool.heap[0] == vm) {
+        /* A new first deadline: the timer thread sleeps until an older one. */
+        pthread_cond_signal(&pool.timer);
+    }
+}
+
+/* Pool mutex held: puts an idle queue on the ready list. Returns the idle worker to
+ * wake, if any (the caller wakes it with wake_worker once it released the mutex). */
+static pool_worker *schedule_locked(avz_vm *vm) {
+    if (vm->scheduled) {
+        return NULL; /* on the ready list already, or its turn will see the new work */
+    }
+    vm->scheduled = true;
+    vm->ready_next = NULL;
+    if (pool.ready_tail != NULL) {
+        pool.ready_tail->ready_next = vm;
+    } else {
+        pool.ready_head = vm;
+    }
+    pool.ready_tail = vm;
+    pool_worker *worker = pool.idle;
+    if (worker != NULL) {
+        pool.idle = worker->next_idle;
+        worker->woken = true;
+    }
+    return worker;
+}
+
+/* Wakes a worker schedule_locked picked (NULL: none). The workers live as long as the
+ * process, so this is safe after the pool's mutex was released. */
+static void wake_worker(pool_worker *worker) {
+    if (worker != NULL) {
+        pthread_cond_signal(&worker->wake);
+    }
+}
+
+/* The VM whose queue the current thread runs, if any. */
 static _Thread_local avz_vm *current_worker_vm;
+
+static void vm_free(avz_vm *vm);
+static void outbox_deliver(avz_vm *vm, outbox *out);
+
+/* One turn of `vm`'s queue on a worker: queued tasks first, then due timers, each with
+ * its callbacks delivered (without the mutex) before the next. Ends when nothing is
+ * left to do now, after TURN_BUDGET items (back to the end of the ready list), or by
+ * freeing the VM once its last reference is gone. */
+static void vm_turn(avz_vm *vm) {
+    current_worker_vm = vm;
+    outbox out;
+    memset(&out, 0, sizeof out);
+    pthread_mutex_lock(&vm->mutex);
+    for (unsigned handled = 0;; handled++) {
+        if (atomic_load_explicit(&vm->dying, memory_order_relaxed)) {
+            pthread_mutex_unlock(&vm->mutex);
+            current_worker_vm = NULL;
+            vm_free(vm);
+            return;
+        }
+        if (handled == TURN_BUDGET) {
+            /* Still scheduled: straight back onto the ready list. */
+            pthread_mutex_lock(&pool.mutex);
+            vm->scheduled = false;
+            pool_worker *worker = schedule_locked(vm);
+            pthread_mutex_unlock(&pool.mutex);
+            pthread_mutex_unlock(&vm->mutex);
+            current_worker_vm = NULL;
+            wake_worker(worker);
+            return;
+        }
+        sim_task *task = vm->tasks;
+        if (task != NULL) {
+            vm->tasks = task->next;
+            if (vm->tasks == NULL) {
+                vm->tasks_tail = NULL;
+            }
+            avz_sim_handle_task(vm, &out, task);
+            pthread_mutex_unlock(&vm->mutex);
+            free(task->path);
+            free(task);
+            outbox_deliver(vm, &out);
+            pthread_mutex_lock(&vm->mutex);
+            continue;
+        }
+        sim_timer *timer = vm->timers;
+        if (timer != NULL && timer->deadline_ns <= avz_sim_monotonic_ns()) {
+            vm->timers = timer->next;
+            avz_sim_handle_timer(vm, &out, timer);
+            pthread_mutex_unlock(&vm->mutex);
+            free(timer);
+            outbox_deliver(vm, &out);
+            pthread_mutex_lock(&vm->mutex);
+            continue;
+        }
+        break;
+    }
+    /* Idle until a task is posted or its first timer falls due. Decided under both
+     * mutexes: a task posted after this is seen unscheduled and schedules the queue. */
+    pthread_mutex_lock(&pool.mutex);
+    vm->scheduled = false;
+    if (vm->timers != NULL) {
+        heap_set(vm, vm->timers->deadline_ns);
+    } else {
+        heap_remove(vm);
+    }
+    pthread_mutex_unlock(&pool.mutex);
+    pthread_mutex_unlock(&vm->mutex);
+    current_worker_vm = NULL;
+}
+
+static void *worker_main(void *arg) {
+    pool_worker *self = arg;
+    pthread_mutex_lock(&pool.mutex);
+    for (;;) {
+        avz_vm *vm = pool.ready_head;
+        if (vm == NULL) {
+            self->next_idle = pool.idle;
+            pool.idle = self;
+            while (!self->woken) {
+                pthread_cond_wait(&self->wake, &pool.mutex);
+            }
+            self->woken = false;
+            continue;
+        }
+        pool.ready_head = vm->ready_next;
+        if (pool.ready_head == NULL) {
+            pool.ready_tail = NULL;
+        }
+        vm->ready_next = NULL;
+        pthread_mutex_unlock(&pool.mutex);
+        vm_turn(vm);
+        pthread_mutex_lock(&pool.mutex);
+    }
+    return NULL;
+}
+
+static void *pool_timer(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&pool.mutex);
+    for (;;) {
+        if (pool.heap_count == 0) {
+            pthread_cond_wait(&pool.timer, &pool.mutex);
+            continue;
+        }
+        avz_vm *vm = pool.heap[0];
+        if (vm->heap_deadline > avz_sim_monotonic_ns()) {
+            avz_sim_cond_wait_until(&pool.timer, &pool.mutex, vm->heap_deadline);
+            continue;
+        }
+        /* Due: the queue's turn handles its due timers (and re-enters the heap with its
+         * next deadline when it ends). While the VM has an entry here it cannot be
+         * freed: vm_free takes it out under this mutex first. */
+        heap_remove(vm);
+        pool_worker *worker = schedule_locked(vm);
+        if (worker != NULL) {
+            pthread_mutex_unlock(&pool.mutex);
+            wake_worker(worker);
+            pthread_mutex_lock(&pool.mutex);
+        }
+    }
+    return NULL;
+}
+
+/* Starts the pool's threads that are missing (the first VM starts them all). False, with
+ * the error set, when there is no worker or no timer thread. */
+static bool pool_start(CFErrorRef *error) {
+    char buf[ERRBUF];
+    pthread_mutex_lock(&pool.mutex);
+    if (!pool.initialised) {
+        for (unsigned i = 0; i < MAX_WORKERS; i++) {
+            pthread_cond_init(&pool.workers[i].wake, NULL);
+        }
+        avz_sim_cond_init_monotonic(&pool.timer);
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        pool.wanted = cpus < MIN_WORKERS   ? MIN_WORKERS
+                      : cpus > MAX_WORKERS ? MAX_WORKERS
+                                           : (unsigned)cpus;
+        pool.initialised = true;
+    }
+    int rc = 0;
+    if (pool.worker_count < pool.wanted || !pool.timer_thread) {
+        /* The pool's threads run with every signal blocked, like a dispatch queue's
+         * threads: a serial write to a closed pipe then fails with EPIPE instead of
+         * killing the process, and the caller's signal handling is left alone. */
+        sigset_t all, previous;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_t thread;
+        while (rc == 0 && pool.worker_count < pool.wanted) {
+            rc = pthread_create(&thread, &attr, worker_main, &pool.workers[pool.worker_count]);
+            pool.worker_count += rc == 0;
+        }
+        if (rc == 0 && !pool.timer_thread) {
+            rc = pthread_create(&thread, &attr, pool_timer, NULL);
+            pool.timer_thread = rc == 0;
+        }
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    }
+    bool ok = pool.worker_count > 0 && pool.timer_thread;
+    pthread_mutex_unlock(&pool.mutex);
+    if (!ok) {
+        avz_sim_fail(error, VZ, AVZ_ERROR_INTERNAL,
+                     "Cannot create the virtual machine: no thread for its queue: %s.",
+                     avz_sim_strerror(rc, buf, sizeof buf));
+    }
+    return ok;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The VM's queue                                                                     */
+/* ---------------------------------------------------------------------------------- */
 
 bool avz_sim_on_worker(const avz_vm *vm) {
     return current_worker_vm == vm;
@@ -46,11 +368,10 @@ outbox_item *avz_sim_outbox_push(outbox *out) {
     return item;
 }
 
+/* Whether the last reference is gone (it never comes back, so no lock is needed to
+ * read it on the queue). */
 static bool vm_is_dying(avz_vm *vm) {
-    pthread_mutex_lock(&vm->mutex);
-    bool dying = vm->dying;
-    pthread_mutex_unlock(&vm->mutex);
-    return dying;
+    return atomic_load_explicit(&vm->dying, memory_order_acquire);
 }
 
 /* Runs on the worker without the mutex: every callback in order, then the operation
@@ -129,7 +450,8 @@ uint64_t avz_sim_timer_add(avz_vm *vm, uint32_t delay_ms, enum timer_kind kind) 
     }
     timer->next = *link;
     *link = timer;
-    /* The worker itself arms timers, so it recomputes its wait before sleeping. */
+    /* Only the queue arms timers: the pool learns of them when the turn ends (or right
+     * after a synchronous call run in place). */
     return timer->id;
 }
 
@@ -164,8 +486,13 @@ static void vm_free_resources(avz_vm *vm) {
     free(vm->guest_ports);
 }
 
-/* Frees the VM; runs on its worker once it is dying. */
+/* Frees the VM; runs in its queue's last turn, once it is dying. */
 static void vm_free(avz_vm *vm) {
+    /* Still "scheduled" (this turn), so never put on the ready list again; out of the
+     * timer heap, so the timer thread forgets it. */
+    pthread_mutex_lock(&pool.mutex);
+    heap_remove(vm);
+    pthread_mutex_unlock(&pool.mutex);
     /* Nothing is in flight (operations hold references), so what is left are timers and
      * fire-and-forget triggers that no longer matter. */
     while (vm->timers != NULL) {
@@ -197,89 +524,84 @@ static void vm_free(avz_vm *vm) {
     if (vm->observer_release != NULL) {
         vm->observer_release(vm->observer_context);
     }
-    pthread_cond_destroy(&vm->wake);
     pthread_cond_destroy(&vm->sync_done);
     pthread_mutex_destroy(&vm->mutex);
     avz_sim_object_free(&vm->base);
 }
 
-static void *vm_worker(void *arg) {
-    avz_vm *vm = arg;
-    current_worker_vm = vm;
-    outbox out;
-    memset(&out, 0, sizeof out);
-
-    pthread_mutex_lock(&vm->mutex);
-    while (!vm->dying) {
-        sim_task *task = vm->tasks;
-        if (task != NULL) {
-            vm->tasks = task->next;
-            if (vm->tasks == NULL) {
-                vm->tasks_tail = NULL;
-            }
-            avz_sim_handle_task(vm, &out, task);
-            pthread_mutex_unlock(&vm->mutex);
-            free(task->path);
-            free(task);
-            outbox_deliver(vm, &out);
-            pthread_mutex_lock(&vm->mutex);
-            continue;
-        }
-        sim_timer *timer = vm->timers;
-        if (timer != NULL && timer->deadline_ns <= avz_sim_monotonic_ns()) {
-            vm->timers = timer->next;
-            avz_sim_handle_timer(vm, &out, timer);
-            pthread_mutex_unlock(&vm->mutex);
-            free(timer);
-            outbox_deliver(vm, &out);
-            pthread_mutex_lock(&vm->mutex);
-            continue;
-        }
-        if (timer != NULL) {
-            avz_sim_cond_wait_until(&vm->wake, &vm->mutex, timer->deadline_ns);
-        } else {
-            pthread_cond_wait(&vm->wake, &vm->mutex);
-        }
-    }
-    pthread_mutex_unlock(&vm->mutex);
-    current_worker_vm = NULL;
-    vm_free(vm);
-    return NULL;
-}
-
-/* The last reference went (on any thread, the worker included): the worker frees the
- * VM. Never blocks. */
+/* The last reference went (on any thread, the queue's own included): the queue's next
+ * turn frees the VM. Never blocks. */
 static void vm_last_release(void *object) {
     avz_vm *vm = object;
     pthread_mutex_lock(&vm->mutex);
-    vm->dying = true;
-    pthread_cond_signal(&vm->wake);
+    atomic_store_explicit(&vm->dying, true, memory_order_release);
+    /* Scheduled under the VM's mutex: a turn running now frees the VM as soon as it
+     * takes the mutex again, so `vm` must not be touched after it is released. */
+    pthread_mutex_lock(&pool.mutex);
+    pool_worker *worker = schedule_locked(vm);
+    pthread_mutex_unlock(&pool.mutex);
     pthread_mutex_unlock(&vm->mutex);
+    wake_worker(worker);
 }
 
-void avz_sim_vm_post(avz_vm *vm, sim_task *task) {
-    pthread_mutex_lock(&vm->mutex);
+/* VM mutex held: appends `task` to the queue and schedules the queue. Returns the worker
+ * to wake once the VM's mutex is released (its turn starts by taking it). */
+static pool_worker *post_locked(avz_vm *vm, sim_task *task) {
+    task->next = NULL;
     if (vm->tasks_tail != NULL) {
         vm->tasks_tail->next = task;
     } else {
         vm->tasks = task;
     }
     vm->tasks_tail = task;
-    pthread_cond_signal(&vm->wake);
+    /* Under the VM's mutex, so that a queue with tasks is always scheduled (a turn
+     * decides to end under this mutex too). */
+    pthread_mutex_lock(&pool.mutex);
+    pool_worker *worker = schedule_locked(vm);
+    pthread_mutex_unlock(&pool.mutex);
+    return worker;
+}
+
+void avz_sim_vm_post(avz_vm *vm, sim_task *task) {
+    pthread_mutex_lock(&vm->mutex);
+    pool_worker *worker = post_locked(vm, task);
     pthread_mutex_unlock(&vm->mutex);
+    wake_worker(worker);
 }
 
 void avz_sim_vm_sync(avz_vm *vm, sync_call *call) {
+    pthread_mutex_lock(&vm->mutex);
     if (current_worker_vm == vm) {
-        pthread_mutex_lock(&vm->mutex);
+        /* A callback: run in place (the real framework would deadlock); a timer armed
+         * here reaches the pool when this turn ends. */
         avz_sim_handle_sync(vm, call);
+        pthread_mutex_unlock(&vm->mutex);
+        return;
+    }
+    pthread_mutex_lock(&pool.mutex);
+    bool idle = !vm->scheduled;
+    pthread_mutex_unlock(&pool.mutex);
+    if (idle) {
+        /* Nothing queued and no turn running (a queue with tasks is scheduled): like
+         * dispatch_sync on an idle queue, the call runs here, in queue order. A turn the
+         * timer thread starts meanwhile waits for the mutex. */
+        avz_sim_handle_sync(vm, call);
+        if (vm->timers != NULL) {
+            pthread_mutex_lock(&pool.mutex);
+            if (!vm->scheduled) {
+                heap_set(vm, vm->timers->deadline_ns);
+            }
+            pthread_mutex_unlock(&pool.mutex);
+        }
         pthread_mutex_unlock(&vm->mutex);
         return;
     }
     sim_task *task = avz_sim_alloc(sizeof *task);
     task->kind = TASK_SYNC;
     task->sync = call;
-    avz_sim_vm_post(vm, task);
+    pool_worker *worker = post_locked(vm, task);
+    pthread_mutex_unlock(&vm->mutex);
+    wake_worker(worker);
     pthread_mutex_lock(&vm->mutex);
     while (!call->done) {
         pthread_cond_wait(&vm->sync_done, &vm->mutex);
@@ -315,7 +637,6 @@ static int vm_dup_fd(avz_vm *vm, int config_fd, const char *what, bool output,
 avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
                       void *observer_context, avz_context_release_fn observer_release,
                       CFErrorRef *error) {
-    char buf[ERRBUF];
     avz_sim_config_check(config, "avz_vm_create");
     if (!avz_sim_config_validate(config, error)) {
         goto fail;
@@ -386,35 +707,12 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
         }
     }
 
+    if (!pool_start(error)) {
+        goto fail_fds;
+    }
     pthread_mutex_init(&vm->mutex, NULL);
-    avz_sim_cond_init_monotonic(&vm->wake);
     avz_sim_cond_init_monotonic(&vm->sync_done);
     avz_sim_object_init(&vm->base, &vm_class);
-
-    /* The worker runs with every signal blocked, like a dispatch queue's thread: a
-     * serial write to a closed pipe then fails with EPIPE instead of killing the
-     * process, and the caller's signal handling is left alone. */
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &previous);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, vm_worker, vm);
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    if (rc != 0) {
-        avz_sim_fail(error, VZ, AVZ_ERROR_INTERNAL,
-                     "Cannot create the virtual machine: no thread for its queue: %s.",
-                     avz_sim_strerror(rc, buf, sizeof buf));
-        pthread_cond_destroy(&vm->wake);
-        pthread_cond_destroy(&vm->sync_done);
-        pthread_mutex_destroy(&vm->mutex);
-        vm_free_resources(vm);
-        avz_sim_object_free(&vm->base);
-        goto fail;
-    }
     return vm;
 
 fail_fds:

@@ -16,9 +16,10 @@ use std::ffi::c_void;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use crate::deadline::{Alarm, Expire};
 use crate::ffi::cf::CfError;
 use crate::ffi::sys;
 use crate::ffi::sys::cf::CFErrorRef;
@@ -38,6 +39,11 @@ struct Outcome<T> {
     /// Set when the waiter gave up: the saved-state file to delete when the completion
     /// arrives (with the private directory it was written in).
     abandoned_with_cleanup: Option<PathBuf>,
+    /// The waiter sleeps on `completed` (a completion that arrives first needs no
+    /// wake-up call).
+    waiting: bool,
+    /// The waiter's deadline passed (set by the deadline keeper).
+    expired: bool,
 }
 
 impl CompletionSlot<()> {
@@ -45,10 +51,16 @@ impl CompletionSlot<()> {
     /// completion's context owns one reference to the slot, which its trampoline
     /// takes back exactly once.
     pub(crate) fn for_operation() -> (Arc<Self>, NativeCallback<sys::avz_completion_fn>) {
+        Self::completion_into(Self::new())
+    }
+
+    /// The completion that fills `slot` (an empty slot: new, or reset for reuse).
+    fn completion_into(slot: Arc<Self>) -> (Arc<Self>, NativeCallback<sys::avz_completion_fn>) {
         /// # Safety
-        /// `context` comes from `for_operation` and this is its one call; `error` is
+        /// `context` comes from `completion_into` and this is its one call; `error` is
         /// NULL or a +1 `CFError` that this call takes over.
         unsafe extern "C" fn trampoline(context: *mut c_void, error: CFErrorRef) {
+            crate::probe::completion_called();
             // SAFETY: the context owns one Arc reference, taken back here exactly once
             // (the native side calls each completion exactly once).
             let slot = unsafe { Arc::from_raw(context.cast_const().cast::<CompletionSlot<()>>()) };
@@ -61,7 +73,6 @@ impl CompletionSlot<()> {
                 });
             });
         }
-        let slot = Self::new();
         let context = Arc::clone(&slot);
         (slot, NativeCallback::with_arc(context, Some(trampoline)))
     }
@@ -105,9 +116,29 @@ impl<T> CompletionSlot<T> {
             outcome: Mutex::new(Outcome {
                 result: None,
                 abandoned_with_cleanup: None,
+                waiting: false,
+                expired: false,
             }),
             completed: Condvar::new(),
         })
+    }
+
+    /// Empties `slot` for its next operation when nobody else holds it (no
+    /// completion, no deadline: then none can reach it any more); false when someone
+    /// does.
+    fn reset(slot: &mut Arc<Self>) -> bool {
+        let Some(unused) = Arc::get_mut(slot) else {
+            return false;
+        };
+        let outcome = unused
+            .outcome
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        outcome.result = None;
+        outcome.abandoned_with_cleanup = None;
+        outcome.waiting = false;
+        outcome.expired = false;
+        true
     }
 
     fn complete(&self, result: Result<T, FrameworkError>) {
@@ -116,8 +147,11 @@ impl<T> CompletionSlot<T> {
             remove_saved_state_file(&path);
         }
         outcome.result = Some(result);
+        let waiting = outcome.waiting;
         drop(outcome);
-        self.completed.notify_all();
+        if waiting {
+            self.completed.notify_all();
+        }
     }
 
     /// For a wait that timed out: when the operation completes after all, delete
@@ -134,14 +168,98 @@ impl<T> CompletionSlot<T> {
     }
 
     /// Waits for the completion up to `timeout`; `None` when it did not arrive.
-    pub(crate) fn wait(&self, timeout: Duration) -> Option<Result<T, FrameworkError>> {
-        let deadline = deadline_after(timeout);
+    ///
+    /// The wait itself has no timeout: the deadline keeper (`crate::deadline`) wakes
+    /// it when the deadline passes, which spares arming a kernel timer per operation.
+    /// Without a keeper thread it is a timed wait of its own.
+    pub(crate) fn wait(self: &Arc<Self>, timeout: Duration) -> Option<Result<T, FrameworkError>>
+    where
+        T: Send + 'static,
+    {
         let mut outcome = lock(&self.outcome);
+        if let Some(result) = outcome.result.take() {
+            return Some(result);
+        }
+        let deadline = deadline_after(timeout);
+        let alarm = match deadline {
+            None => None,
+            Some(deadline) => {
+                let target = Arc::downgrade(self) as Weak<dyn Expire>;
+                match Alarm::arm(deadline, target) {
+                    Some(alarm) => Some(alarm),
+                    None => loop {
+                        // No keeper thread: a timed wait of our own.
+                        if let Some(result) = outcome.result.take() {
+                            return Some(result);
+                        }
+                        outcome.waiting = true;
+                        outcome = wait_until_deadline(&self.completed, outcome, Some(deadline))?;
+                    },
+                }
+            }
+        };
         loop {
             if let Some(result) = outcome.result.take() {
+                drop(outcome);
+                drop(alarm);
                 return Some(result);
             }
-            outcome = wait_until_deadline(&self.completed, outcome, deadline)?;
+            if outcome.expired {
+                drop(outcome);
+                drop(alarm);
+                return None;
+            }
+            outcome.waiting = true;
+            outcome = self
+                .completed
+                .wait(outcome)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl<T: Send + 'static> Expire for CompletionSlot<T> {
+    fn expire(&self) {
+        let mut outcome = lock(&self.outcome);
+        outcome.expired = true;
+        let waiting = outcome.waiting;
+        drop(outcome);
+        if waiting {
+            self.completed.notify_all();
+        }
+    }
+}
+
+/// Completion slots kept for reuse by one caller whose operations are serialized (the
+/// lifecycle), so an operation allocates nothing. Two of them: a completion lets go of
+/// its slot just after it woke the waiter, so the slot of the operation before last is
+/// free when the next one begins even if the last one's is not yet.
+#[derive(Default)]
+pub(crate) struct SpareSlots([Option<Arc<CompletionSlot<()>>>; 2]);
+
+impl SpareSlots {
+    /// A slot for the next operation (a spare nobody holds any more, else a new one)
+    /// and the completion that fills it, as [`CompletionSlot::for_operation`].
+    pub(crate) fn take(
+        &mut self,
+    ) -> (
+        Arc<CompletionSlot<()>>,
+        NativeCallback<sys::avz_completion_fn>,
+    ) {
+        for spare in &mut self.0 {
+            if spare.as_mut().is_some_and(CompletionSlot::reset) {
+                let slot = spare.take().expect("checked above");
+                return CompletionSlot::completion_into(slot);
+            }
+        }
+        CompletionSlot::for_operation()
+    }
+
+    /// Keeps `slot` (its operation completed) for a later operation.
+    pub(crate) fn give_back(&mut self, slot: Arc<CompletionSlot<()>>) {
+        match self.0.iter_mut().find(|spare| spare.is_none()) {
+            Some(empty) => *empty = Some(slot),
+            None => self.0[0] = Some(slot),
         }
     }
 }
@@ -203,6 +321,7 @@ where
         event: i32,
         error: CFErrorRef,
     ) {
+        crate::probe::observer_called();
         // SAFETY: the native VM keeps the context alive until it calls the release
         // function, which happens after the last observer call; it is an `F`, as this
         // trampoline was instantiated for the box it came with.
@@ -401,6 +520,72 @@ mod tests {
         assert_eq!(Arc::strong_count(&slot), 2);
         drop(callback);
         assert_eq!(Arc::strong_count(&slot), 1);
+    }
+
+    #[test]
+    fn spare_slots_cover_a_completion_that_has_not_let_go_yet() {
+        let mut spares = SpareSlots::default();
+        let (first, callback) = spares.take();
+        let first_ptr = Arc::as_ptr(&first);
+        complete(callback);
+        assert_eq!(first.wait(Duration::ZERO), Some(Ok(())));
+        // A completion still holding its slot: simulated with an extra reference.
+        let lingering = Arc::clone(&first);
+        spares.give_back(first);
+        let (second, callback) = spares.take();
+        assert!(
+            !Arc::ptr_eq(&second, &lingering),
+            "a held slot is not reused"
+        );
+        complete(callback);
+        assert_eq!(second.wait(Duration::ZERO), Some(Ok(())));
+        spares.give_back(second);
+        drop(lingering);
+        let (third, callback) = spares.take();
+        assert_eq!(Arc::as_ptr(&third), first_ptr, "let go of: reused");
+        assert_eq!(third.wait(Duration::ZERO), None, "an emptied slot");
+        complete(callback);
+        assert_eq!(third.wait(Duration::ZERO), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_slot_is_reused_only_once_its_completion_let_go() {
+        let mut spares = SpareSlots::default();
+        let (slot, callback) = spares.take();
+        let first = Arc::as_ptr(&slot);
+        // Still held by the native side: a fresh slot.
+        spares.give_back(Arc::clone(&slot));
+        let (other, other_callback) = spares.take();
+        assert_ne!(Arc::as_ptr(&other), first);
+        complete(callback);
+        complete(other_callback);
+        assert_eq!(slot.wait(Duration::ZERO), Some(Ok(())));
+        // Completed and let go: the same slot, empty again.
+        drop(spares);
+        let mut spares = SpareSlots::default();
+        spares.give_back(slot);
+        let (again, again_callback) = spares.take();
+        assert_eq!(Arc::as_ptr(&again), first);
+        assert_eq!(again.wait(Duration::ZERO), None);
+        complete(again_callback);
+        assert_eq!(again.wait(Duration::ZERO), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_wait_times_out_through_the_deadline_keeper() {
+        let (slot, callback) = CompletionSlot::for_operation();
+        let began = std::time::Instant::now();
+        assert_eq!(slot.wait(Duration::from_millis(30)), None);
+        assert!(began.elapsed() >= Duration::from_millis(30));
+        // The timed-out slot is not reused while its completion holds it.
+        let mut spares = SpareSlots::default();
+        spares.give_back(Arc::clone(&slot));
+        let (other, other_callback) = spares.take();
+        assert!(!Arc::ptr_eq(&other, &slot));
+        complete(callback);
+        complete(other_callback);
+        assert_eq!(slot.wait(Duration::ZERO), Some(Ok(())));
+        assert_eq!(other.wait(Duration::ZERO), Some(Ok(())));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::ptr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::ffi::callback::{self, CompletionSlot, NativeCallback, NativeEvent};
+use crate::ffi::callback::{self, CompletionSlot, NativeCallback, NativeEvent, SpareSlots};
 use crate::ffi::cf::{CfHandle, call_with_error};
 use crate::ffi::native_config::NativeConfig;
 use crate::ffi::sys;
@@ -47,6 +47,14 @@ impl NativeSlot {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Runs `f` on the current native VM without taking a reference of its own. The VM
+    /// cannot be replaced meanwhile, so `f` must not call [`NativeSlot::replace`]; the
+    /// lifecycle replaces it only while it holds the VM for an operation, and runs its
+    /// operations through here under that same hold.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&NativeVm) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Makes `vm` the current native VM; returns the one it replaces.
@@ -103,14 +111,30 @@ impl NativeVm {
         op: AsyncOp<'_>,
         timeout: Duration,
     ) -> Option<Result<(), FrameworkError>> {
-        let (slot, completion) = CompletionSlot::for_operation();
+        self.run_reusing(op, timeout, &mut SpareSlots::default())
+    }
+
+    /// As [`NativeVm::run`], taking the completion slot from `spares` and giving it back
+    /// once the completion arrived.
+    pub(crate) fn run_reusing(
+        &self,
+        op: AsyncOp<'_>,
+        timeout: Duration,
+        spares: &mut SpareSlots,
+    ) -> Option<Result<(), FrameworkError>> {
+        let (slot, completion) = spares.take();
         self.begin(op, completion);
         let outcome = slot.wait(timeout);
-        if outcome.is_none() {
-            if let AsyncOp::Save(path) = op {
-                // A save that completes after we gave up must not leave its file behind.
-                let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
-                slot.abandon_with_cleanup(path);
+        match outcome {
+            Some(_) => spares.give_back(slot),
+            None => {
+                if let AsyncOp::Save(path) = op {
+                    // A save that completes after we gave up must not leave its file
+                    // behind.
+                    let path =
+                        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+                    slot.abandon_with_cleanup(path);
+                }
             }
         }
         outcome

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
 use crate::error::{Error, Result};
-use crate::ffi::callback::NativeEvent;
+use crate::ffi::callback::{NativeEvent, SpareSlots};
 use crate::ffi::native_config::{BuiltConfig, NativeConfig};
 use crate::ffi::native_vm::{AsyncOp, NativeSlot, NativeVm};
 use crate::framework_error::{FrameworkError, VzErrorCode};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
 use crate::util::lock;
 use crate::vm::vsock::VsockListeners;
-use tracker::{Busy, Tracker};
+use tracker::{Busy, Tracked, Tracker};
 
 /// A Linux virtual machine.
 ///
@@ -59,6 +59,9 @@ pub struct VirtualMachine {
     /// and has not run since. Running it spends the file: the resume that follows
     /// deletes it, so it is never restored a second time.
     restored_from_saved_state: AtomicBool,
+    /// Completion slots of past operations, reused by the next ones (no allocation per
+    /// operation).
+    spare_completions: Mutex<SpareSlots>,
 }
 
 /// Hints for the ways out of a refused operation.
@@ -123,6 +126,7 @@ impl VirtualMachine {
             has_memory_balloon: config.has_memory_balloon(),
             has_vsock: config.has_vsock(),
             restored_from_saved_state: AtomicBool::new(false),
+            spare_completions: Mutex::new(SpareSlots::default()),
         })
     }
 
@@ -157,8 +161,18 @@ impl VirtualMachine {
     /// order. Dropping the receiver ends the subscription.
     pub fn subscribe(&self) -> Receiver<StateEvent> {
         let (sender, receiver) = mpsc::channel();
-        self.tracker.subscribe(sender);
+        self.subscribe_with(sender);
         receiver
+    }
+
+    /// A subscription into a channel of your own: every state change from now on is
+    /// sent as `T::from(event)`, in order; it ends once the receiver is gone. One
+    /// thread can then wait on a single channel for state changes and its own messages
+    /// alike, without polling. An operation's events are all sent before the operation
+    /// returns, so a message sent after it returned comes after them.
+    pub fn subscribe_with<T: From<StateEvent> + Send + 'static>(&self, sender: mpsc::Sender<T>) {
+        self.tracker
+            .subscribe(Box::new(move |event| sender.send(T::from(event)).is_ok()));
     }
 
     /// Waits until the VM is in `target`, up to `timeout`; event-driven.
@@ -195,11 +209,9 @@ impl VirtualMachine {
     /// [`Error::Timeout`] from the framework's operations.
     pub fn start(&self) -> Result<()> {
         let operation = Operation::Start;
-        let _gate = self.acquire(operation);
-        let (state, has_saved_state) = {
-            let tracked = self.tracker.lock();
+        let (_gate, timeouts, (state, has_saved_state)) = self.acquire(operation, |tracked| {
             (tracked.vm_state(), tracked.saved_state.is_some())
-        };
+        });
         match state {
             VmState::Running => Ok(()),
             VmState::Paused => self.resume_guest(operation),
@@ -210,7 +222,7 @@ impl VirtualMachine {
                 self.refuse_foreign_saved_state()?;
                 self.restored_from_saved_state
                     .store(false, Ordering::SeqCst);
-                self.run(operation, AsyncOp::Start, self.timeouts().start)
+                self.run(operation, AsyncOp::Start, timeouts.start)
             }
             _ => self.refuse(operation, hint::TRANSITIONAL),
         }
@@ -259,18 +271,18 @@ impl VirtualMachine {
             // Counted, so a graceful wait gives up for as long as any forced shutdown
             // waits, however many there are.
             tracked.forced_requests += 1;
-            self.tracker.notify();
+            self.tracker.notify(&tracked);
             log::info!("{operation}: waiting for {} to settle", busy.operation);
             let (guard, settled) = self
                 .tracker
-                .wait_locked(tracked, busy.bound, &mut |t| t.busy.is_none());
+                .wait_locked(tracked, busy.bound(), &mut |t| t.busy.is_none());
             tracked = guard;
             tracked.forced_requests -= 1;
             if !settled {
                 return Err(Error::Timeout {
                     operation,
                     state: tracked.vm_state(),
-                    timeout: busy.bound,
+                    timeout: busy.bound(),
                     hint: hint::SETTLE_TIMEOUT,
                 });
             }
@@ -285,7 +297,7 @@ impl VirtualMachine {
         if state.is_transitional() && policy == ShutdownPolicy::Poweroff {
             // An operation that outlived its own wait may still be under way in the
             // framework: wait for it too, then act on where it ended.
-            let timeout = self.busy(operation).bound;
+            let timeout = self.busy(operation).bound();
             match self
                 .tracker
                 .wait_until(timeout, |t| !t.vm_state().is_transitional())
@@ -334,10 +346,10 @@ impl VirtualMachine {
     /// [`Error::Timeout`] from the framework's pause.
     pub fn pause(&self) -> Result<()> {
         let operation = Operation::Pause;
-        let _gate = self.acquire(operation);
-        match self.state() {
+        let (_gate, timeouts, state) = self.acquire(operation, Tracked::vm_state);
+        match state {
             VmState::Paused => Ok(()),
-            VmState::Running => self.run(operation, AsyncOp::Pause, self.timeouts().pause),
+            VmState::Running => self.run(operation, AsyncOp::Pause, timeouts.pause),
             state => self.refuse(operation, refusal_hint(state)),
         }
     }
@@ -353,41 +365,40 @@ impl VirtualMachine {
     /// cannot be deleted.
     pub fn resume(&self) -> Result<()> {
         let operation = Operation::Resume;
-        let _gate = self.acquire(operation);
-        match self.state() {
+        let (_gate, _, state) = self.acquire(operation, Tracked::vm_state);
+        match state {
             VmState::Running => Ok(()),
             VmState::Paused => self.resume_guest(operation),
             state => self.refuse(operation, refusal_hint(state)),
         }
     }
 
-    /// Takes the VM for `operation` once no other operation holds it.
-    fn acquire(&self, operation: Operation) -> tracker::Gate<'_> {
-        self.tracker.acquire(self.busy(operation))
+    /// Takes the VM for `operation` once no other operation holds it; returns the
+    /// timeouts it runs under and what `read` finds then, under the same lock.
+    ///
+    /// The state read there is the framework's, as its observer last reported it, and
+    /// as good as asking the framework again: every event reaches the tracker in order,
+    /// before the completion of the operation that caused it (the ABI's order of
+    /// events), and the previous operation returned only after its completion, so
+    /// nothing the framework did is missing. What it may still do on its own (the guest
+    /// powers off, the VM fails) could come just as well right after a fresh read; an
+    /// operation the framework then refuses is reported like any refused state (`run`).
+    fn acquire<R>(
+        &self,
+        operation: Operation,
+        read: impl FnOnce(&Tracked) -> R,
+    ) -> (tracker::Gate<'_>, Timeouts, R) {
+        let busy = self.busy(operation);
+        let (gate, found) = self.tracker.acquire(busy, read);
+        (gate, busy.timeouts, found)
     }
 
-    /// `operation` holding the VM, with the longest a forced shutdown waits for it:
-    /// the sum of the timeouts of the steps it may take.
+    /// `operation` holding the VM, with the timeouts it runs under.
     fn busy(&self, operation: Operation) -> Busy {
-        let t = self.timeouts();
-        let sum = |steps: &[Duration]| {
-            steps
-                .iter()
-                .fold(Duration::ZERO, |total, step| total.saturating_add(*step))
-        };
-        let bound = match operation {
-            // Booting, or restoring, resuming and (on failure) stopping again.
-            Operation::Start => sum(&[t.start.max(t.restore), t.resume, t.stop]),
-            Operation::Pause => t.pause,
-            Operation::Resume => t.resume,
-            // Pause, save, stop, settle; or, on failure, resume.
-            Operation::Suspend => sum(&[t.pause, t.save, t.stop, t.stop, t.resume]),
-            Operation::Shutdown(ShutdownPolicy::Powerdown) => {
-                sum(&[t.resume, t.graceful_shutdown, t.stop])
-            }
-            _ => sum(&[t.stop, t.stop]),
-        };
-        Busy { operation, bound }
+        Busy {
+            operation,
+            timeouts: self.timeouts(),
+        }
     }
 
     /// Resumes a paused guest. A guest restored from the saved state, and not run
@@ -474,7 +485,15 @@ impl VirtualMachine {
     /// state changed underneath, for example the guest powered off) is reported like
     /// any refused state.
     fn run(&self, operation: Operation, op: AsyncOp<'_>, timeout: Duration) -> Result<()> {
-        match self.native.get().run(op, timeout) {
+        // Operations are serialized, so nobody else uses the spares meanwhile (and
+        // should one, it finds none and allocates). The native VM is borrowed, not
+        // retained: it is replaced only by a restore, under the same gate.
+        let mut spares = std::mem::take(&mut *lock(&self.spare_completions));
+        let outcome = self
+            .native
+            .with(|native| native.run_reusing(op, timeout, &mut spares));
+        *lock(&self.spare_completions) = spares;
+        match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err(source))
                 if matches!(
@@ -524,6 +543,31 @@ fn create_native(
     NativeVm::create(config, move |event: NativeEvent| {
         observer.on_native_event(generation, event);
     })
+}
+
+impl Busy {
+    /// The longest a forced shutdown waits for the operation: the sum of the timeouts
+    /// of the steps it may take (computed only when someone waits).
+    fn bound(&self) -> Duration {
+        let t = &self.timeouts;
+        let sum = |steps: &[Duration]| {
+            steps
+                .iter()
+                .fold(Duration::ZERO, |total, step| total.saturating_add(*step))
+        };
+        match self.operation {
+            // Booting, or restoring, resuming and (on failure) stopping again.
+            Operation::Start => sum(&[t.start.max(t.restore), t.resume, t.stop]),
+            Operation::Pause => t.pause,
+            Operation::Resume => t.resume,
+            // Pause, save, stop, settle; or, on failure, resume.
+            Operation::Suspend => sum(&[t.pause, t.save, t.stop, t.stop, t.resume]),
+            Operation::Shutdown(ShutdownPolicy::Powerdown) => {
+                sum(&[t.resume, t.graceful_shutdown, t.stop])
+            }
+            _ => sum(&[t.stop, t.stop]),
+        }
+    }
 }
 
 /// The way out for start/pause/resume/suspend refused in `state`.

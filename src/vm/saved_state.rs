@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::tracker::Tracked;
 use super::{VirtualMachine, create_native, hint, refusal_hint};
 use crate::config::CPath;
 use crate::error::{Error, Result};
@@ -38,8 +39,7 @@ impl VirtualMachine {
     /// when the saved state cannot be moved into place (the error names where it is).
     pub fn suspend(&self) -> Result<()> {
         let operation = Operation::Suspend;
-        let _gate = self.acquire(operation);
-        let state = self.state();
+        let (_gate, _, state) = self.acquire(operation, Tracked::vm_state);
         match state {
             VmState::Suspended => return Ok(()),
             VmState::Running | VmState::Paused => {}

@@ -3,23 +3,29 @@
 //! the VM, forced shutdowns waiting for their turn, and the subscribers.
 //!
 //! One mutex guards all of it and one condition variable announces every change, so
-//! every wait is event-driven and no wake-up can be missed.
+//! every wait is event-driven and no wake-up can be missed. The waiters are counted
+//! under that mutex, so a change nobody waits for (most events, most operations ending)
+//! costs no wake-up call.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use crate::config::Timeouts;
 use crate::ffi::callback::NativeEvent;
 use crate::state::{EventKind, Operation, StateEvent, VmState};
-use crate::util::{deadline_after, lock, wait_until_deadline};
+use crate::util::{deadline_after, lock};
 
-/// The operation holding the VM, and how long a forced shutdown waits for it at most.
+/// The operation holding the VM, and the timeouts it runs under (which bound how long a
+/// forced shutdown waits for it).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Busy {
     pub(super) operation: Operation,
-    pub(super) bound: Duration,
+    pub(super) timeouts: Timeouts,
 }
+
+/// Hands one event to a subscriber; false once the subscriber is gone.
+pub(super) type Subscriber = Box<dyn FnMut(StateEvent) -> bool + Send>;
 
 pub(super) struct Tracked {
     /// The framework's state as last reported by the current native VM (never
@@ -40,7 +46,9 @@ pub(super) struct Tracked {
     pub(super) generation: u64,
     /// The current native VM object has left `Stopped` at least once.
     pub(super) native_has_run: bool,
-    subscribers: Vec<Sender<StateEvent>>,
+    subscribers: Vec<Subscriber>,
+    /// Threads waiting on `Tracker::changed` (counted under the lock).
+    waiters: usize,
 }
 
 impl Tracked {
@@ -55,13 +63,17 @@ impl Tracked {
     }
 
     fn send(&mut self, kind: EventKind) {
+        if self.subscribers.is_empty() && !log::log_enabled!(log::Level::Debug) {
+            // Nobody to tell: build nothing.
+            return;
+        }
         let event = StateEvent {
             state: self.vm_state(),
             kind,
         };
         log::debug!("VM event: {event:?}");
         self.subscribers
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+            .retain_mut(|subscriber| subscriber(event.clone()));
     }
 }
 
@@ -82,6 +94,7 @@ impl Tracker {
                 generation: 0,
                 native_has_run: framework_state != VmState::Stopped,
                 subscribers: Vec::new(),
+                waiters: 0,
             }),
             changed: Condvar::new(),
         }
@@ -99,7 +112,7 @@ impl Tracker {
         self.lock().framework_state
     }
 
-    pub(super) fn subscribe(&self, subscriber: Sender<StateEvent>) {
+    pub(super) fn subscribe(&self, subscriber: Subscriber) {
         self.lock().subscribers.push(subscriber);
     }
 
@@ -121,8 +134,7 @@ impl Tracker {
         if !hidden {
             tracked.send(event.kind);
         }
-        drop(tracked);
-        self.changed.notify_all();
+        self.publish(tracked);
     }
 
     /// Changes what the VM knows (under the lock), then publishes `kind`, if any, with
@@ -133,8 +145,16 @@ impl Tracker {
         if let Some(kind) = kind {
             tracked.send(kind);
         }
+        self.publish(tracked);
+    }
+
+    /// Releases the lock after a change and wakes the threads waiting for one, if any.
+    fn publish(&self, tracked: MutexGuard<'_, Tracked>) {
+        let waiting = tracked.waiters > 0;
         drop(tracked);
-        self.changed.notify_all();
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits, event-driven, until `done` holds or `timeout` passes. Returns the VM's
@@ -155,24 +175,47 @@ impl Tracker {
         timeout: Duration,
         done: &mut impl FnMut(&Tracked) -> bool,
     ) -> (MutexGuard<'a, Tracked>, bool) {
+        if done(&tracked) {
+            // The common case: no clock read.
+            return (tracked, true);
+        }
         let deadline = deadline_after(timeout);
         loop {
             if done(&tracked) {
                 return (tracked, true);
             }
-            match wait_until_deadline(&self.changed, tracked, deadline) {
-                Some(guard) => tracked = guard,
-                None => return (self.lock(), false),
-            }
+            let remaining = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(remaining) => Some(remaining),
+                    None => return (tracked, false),
+                },
+            };
+            tracked.waiters += 1;
+            tracked = match remaining {
+                None => self
+                    .changed
+                    .wait(tracked)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(remaining) => {
+                    self.changed
+                        .wait_timeout(tracked, remaining)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            tracked.waiters -= 1;
         }
     }
 
     /// Takes the VM for `busy` once no other operation holds it (operations other than
-    /// a shutdown wait their turn).
-    pub(super) fn acquire(&self, busy: Busy) -> Gate<'_> {
+    /// a shutdown wait their turn), and returns what `read` finds at that moment, under
+    /// the same lock.
+    pub(super) fn acquire<R>(&self, busy: Busy, read: impl FnOnce(&Tracked) -> R) -> (Gate<'_>, R) {
         let tracked = self.lock();
         let (tracked, _) = self.wait_locked(tracked, Duration::MAX, &mut |t| t.busy.is_none());
-        self.take(tracked, busy)
+        let found = read(&tracked);
+        (self.take(tracked, busy), found)
     }
 
     /// Marks the VM as held by `busy` (the caller checked it is free).
@@ -182,8 +225,11 @@ impl Tracker {
         Gate { tracker: self }
     }
 
-    pub(super) fn notify(&self) {
-        self.changed.notify_all();
+    /// Wakes the threads waiting for a change made under `tracked` (still held).
+    pub(super) fn notify(&self, tracked: &Tracked) {
+        if tracked.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 }
 
@@ -194,7 +240,8 @@ pub(super) struct Gate<'a> {
 
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        self.tracker.lock().busy = None;
-        self.tracker.notify();
+        let mut tracked = self.tracker.lock();
+        tracked.busy = None;
+        self.tracker.publish(tracked);
     }
 }

@@ -1139,6 +1139,84 @@ static bool write_all_test(int fd, const void *data, size_t n) {
     }
     return true;
 }
+/* The process's thread count (Linux: /proc/self/status), or -1. */
+static int thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
+/* Waits for exactly `expected` (n entries) in one VM's log, without the settling pause
+ * EXPECT_LOG takes (the caller checks many VMs). */
+static bool log_is(logbuf *l, int n, const char *expected) {
+    bool got = wait_entries(l, n, 10000);
+    char buf[8192];
+    log_take(l, buf, sizeof buf);
+    return got && strcmp(buf, expected) == 0;
+}
+
+/* Many VMs on the shared worker pool, with timers of every length in the timer heap at
+ * once: each VM's events and completions still come in order and exactly once, and the
+ * thread count does not grow with the number of VMs. */
+#define POOL_VMS 300
+static void test_pool(void) {
+    int64_t base = avz_sim_live_objects();
+    static logbuf logs[POOL_VMS];
+    static comp starts[POOL_VMS], stops[POOL_VMS];
+    avz_vm *vms[POOL_VMS];
+    for (int i = 0; i < POOL_VMS; i++) {
+        avz_config *c = base_config();
+        avz_sim_config_set_boot_delay_ms(c, (uint32_t)(i * 7 % 40));
+        avz_sim_config_set_stop_delay_ms(c, (uint32_t)(30 + i * 11 % 25));
+        vms[i] = make_vm(c, &logs[i]);
+        CFRelease(c);
+    }
+    int threads = thread_count();
+    for (int i = 0; i < POOL_VMS; i++) {
+        starts[i] = (comp){.log = &logs[i], .name = "start"};
+        avz_vm_start(vms[i], completion, &starts[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < POOL_VMS; i++)
+        if (!log_is(&logs[i], 3, "S:starting S:running C:start:0")) bad++;
+    CHECK(bad == 0, "pool: %d VMs started out of order", bad);
+    int during = thread_count();
+    CHECK(threads < 0 || (during <= threads && during < 64),
+          "pool: %d threads with %d VMs (%d before they ran)", during, POOL_VMS, threads);
+    for (int i = 0; i < POOL_VMS; i++) {
+        stops[i] = (comp){.log = &logs[i], .name = "stop"};
+        avz_vm_stop(vms[i], completion, &stops[i]);
+        CHECK(avz_vm_state(vms[i]) == AVZ_STATE_STOPPING, "pool: state %d sees its stop",
+              i);
+    }
+    bad = 0;
+    for (int i = 0; i < POOL_VMS; i++)
+        if (!log_is(&logs[i], 3, "S:stopping S:stopped C:stop:0")) bad++;
+    CHECK(bad == 0, "pool: %d VMs stopped out of order", bad);
+    int once = 0;
+    for (int i = 0; i < POOL_VMS; i++) once += starts[i].calls == 1 && stops[i].calls == 1;
+    CHECK(once == POOL_VMS, "pool: %d of %d completions exactly once", once, POOL_VMS);
+    for (int i = 0; i < POOL_VMS; i++) CFRelease(vms[i]);
+    int released = 0;
+    for (int i = 0; i < POOL_VMS; i++) released += wait_released(&logs[i], 10000);
+    CHECK(released == POOL_VMS, "pool: %d observers released", released);
+    CHECK(avz_sim_wait_live_objects(base, 10000), "pool: live back to base (%ld vs %ld)",
+          (long)avz_sim_live_objects(), (long)base);
+    sleep_ms(20);
+    int twice = 0, after = 0;
+    for (int i = 0; i < POOL_VMS; i++) {
+        twice += logs[i].released != 1;
+        after += logs[i].events_after_release;
+    }
+    CHECK(twice == 0 && after == 0, "pool: released once (%d not), no late events (%d)",
+          twice, after);
+}
+
 #include "device_tests.inc"
 #include "contract_tests.inc"
 
@@ -1169,6 +1247,7 @@ int main(void) {
     test_fail_next();
     test_lifetime();
     test_stress();
+    test_pool();
     test_storage();
     test_network();
     test_devices();

@@ -3,9 +3,10 @@
 //! Threads: the main loop below owns the decisions; a signal thread turns SIGINT,
 //! SIGTERM and SIGHUP (the terminal closed, the SSH session dropped) into messages
 //! (the signals are blocked everywhere else, so no handler runs in an arbitrary
-//! thread); a forwarder turns the VM's state events into messages;
+//! thread); the VM's state events arrive on the same channel (`subscribe_with`);
 //! lifecycle operations (the start, a shutdown, control requests) run on their own
-//! threads so that a second Ctrl-C is heard while a graceful shutdown waits.
+//! threads so that a second Ctrl-C is heard while a graceful shutdown waits. Nothing
+//! polls: every thread blocks until its next message or event.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,7 +133,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         errln!("applevz: running against the simulator (no Virtualization.framework on this OS)");
     }
     let (messages, inbox) = mpsc::channel();
-    forward_events(&vm, messages.clone());
+    vm.subscribe_with(messages.clone());
     forward_signals(signals, messages.clone());
     let busy = Arc::new(AtomicUsize::new(0));
     let asked = Arc::new(Mutex::new(Asked::Nothing));
@@ -416,15 +417,10 @@ fn spawn_signal_shutdown(
     });
 }
 
-fn forward_events(vm: &VirtualMachine, messages: Sender<Message>) {
-    let events = vm.subscribe();
-    std::thread::spawn(move || {
-        for event in events {
-            if messages.send(Message::Event(event)).is_err() {
-                break;
-            }
-        }
-    });
+impl From<StateEvent> for Message {
+    fn from(event: StateEvent) -> Self {
+        Message::Event(event)
+    }
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it starts).
@@ -522,56 +518,82 @@ fn control_handler(
     })
 }
 
+/// What a control request's thread hears: the VM's state changes, then the end of the
+/// operation (its events all come first: they are sent before it returns).
+enum Step {
+    Event(StateEvent),
+    Done(applevz::Result<()>),
+}
+
+impl From<StateEvent> for Step {
+    fn from(event: StateEvent) -> Self {
+        Step::Event(event)
+    }
+}
+
 /// Runs one control request, reporting each state change as progress.
 fn perform(
     vm: &Arc<VirtualMachine>,
     request: Request,
     progress: &mut dyn FnMut(&str),
 ) -> applevz::Result<String> {
-    let events = vm.subscribe();
+    let (steps, inbox) = mpsc::channel();
+    vm.subscribe_with(steps.clone());
     let worker_vm = Arc::clone(vm);
-    let worker = std::thread::spawn(move || match request {
-        Request::Status => Ok(()),
-        Request::Pause => worker_vm.pause(),
-        Request::Resume => worker_vm.resume(),
-        Request::Suspend => worker_vm.suspend(),
-        Request::Stop { policy, timeout } => {
-            // This request's timeout, not the one a later Ctrl-C uses.
-            let previous = worker_vm.timeouts();
-            if let Some(timeout) = timeout {
-                worker_vm.set_timeouts(applevz::Timeouts {
-                    graceful_shutdown: timeout,
-                    ..previous
+    let worker = std::thread::spawn(move || {
+        let operation = || match request {
+            Request::Status => Ok(()),
+            Request::Pause => worker_vm.pause(),
+            Request::Resume => worker_vm.resume(),
+            Request::Suspend => worker_vm.suspend(),
+            Request::Stop { policy, timeout } => {
+                // This request's timeout, not the one a later Ctrl-C uses.
+                let previous = worker_vm.timeouts();
+                if let Some(timeout) = timeout {
+                    worker_vm.set_timeouts(applevz::Timeouts {
+                        graceful_shutdown: timeout,
+                        ..previous
+                    });
+                }
+                let result = worker_vm.shutdown(match policy {
+                    Policy::Powerdown => ShutdownPolicy::Powerdown,
+                    Policy::Halt => ShutdownPolicy::Halt,
+                    Policy::Poweroff => ShutdownPolicy::Poweroff,
+                });
+                if timeout.is_some() {
+                    worker_vm.set_timeouts(previous);
+                }
+                result
+            }
+        };
+        // Done is sent whatever happens (the subscription keeps the channel open).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(operation))
+            .unwrap_or_else(|_| {
+                Err(applevz::Error::Io {
+                    action: "run the request",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("the operation panicked"),
+                })
+            });
+        let _ = steps.send(Step::Done(result));
+    });
+    // Every state change is forwarded as it comes, until the operation has ended.
+    let result = loop {
+        match inbox.recv() {
+            Ok(Step::Event(event)) => progress(&event.state.to_string()),
+            Ok(Step::Done(result)) => break result,
+            // Cannot happen while the VM (whose subscription holds a sender) lives.
+            Err(_) => {
+                break Err(applevz::Error::Io {
+                    action: "run the request",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("the operation's thread went away"),
                 });
             }
-            let result = worker_vm.shutdown(match policy {
-                Policy::Powerdown => ShutdownPolicy::Powerdown,
-                Policy::Halt => ShutdownPolicy::Halt,
-                Policy::Poweroff => ShutdownPolicy::Poweroff,
-            });
-            if timeout.is_some() {
-                worker_vm.set_timeouts(previous);
-            }
-            result
         }
-    });
-    // Forward state changes while the operation runs (the subscription has no end of
-    // its own, so check the worker between events).
-    while !worker.is_finished() {
-        if let Ok(event) = events.recv_timeout(Duration::from_millis(50)) {
-            progress(&event.state.to_string());
-        }
-    }
-    for event in events.try_iter() {
-        progress(&event.state.to_string());
-    }
-    let result = worker.join().unwrap_or_else(|_| {
-        Err(applevz::Error::Io {
-            action: "run the request",
-            path: PathBuf::new(),
-            source: std::io::Error::other("the operation panicked"),
-        })
-    });
+    };
+    let _ = worker.join();
+    // Dropping `inbox` ends the subscription.
     result.map(|()| vm.state().to_string())
 }
 

@@ -2,8 +2,7 @@
 //! progress lines for long operations.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::out::errln;
@@ -52,6 +51,11 @@ impl Drop for RawMode {
 
 /// A long operation's progress on stderr: on a terminal one line updated in place
 /// with the state and the elapsed time; otherwise a plain line per state change.
+///
+/// The state is drawn when it changes (`state`, called on each event). On a terminal a
+/// clock thread also redraws the elapsed time every 100 ms; it sleeps on a condition
+/// variable, so the end of the operation stops it at once, and it never draws after the
+/// final line.
 pub(crate) struct Progress {
     inner: Arc<Inner>,
 }
@@ -59,26 +63,60 @@ pub(crate) struct Progress {
 struct Inner {
     label: String,
     began: Instant,
-    state: Mutex<String>,
-    done: AtomicBool,
+    shown: Mutex<Shown>,
+    ended: Condvar,
     in_place: bool,
 }
 
+struct Shown {
+    state: String,
+    done: bool,
+}
+
+/// How often the elapsed time on a progress line is redrawn.
+const CLOCK_TICK: Duration = Duration::from_millis(100);
+
 impl Inner {
-    fn render(&self) {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+    fn lock(&self) -> MutexGuard<'_, Shown> {
+        self.shown.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Draws the line (the caller holds the lock, so draws never interleave).
+    fn render(&self, shown: &Shown) {
         let elapsed = self.began.elapsed().as_secs_f64();
         let mut stderr = std::io::stderr().lock();
         if self.in_place {
-            let _ = write!(stderr, "\r\x1b[K{}: {state} ({elapsed:.1} s)", self.label);
+            let _ = write!(
+                stderr,
+                "\r\x1b[K{}: {} ({elapsed:.1} s)",
+                self.label, shown.state
+            );
         } else {
-            let _ = writeln!(stderr, "{}: {state} ({elapsed:.1} s)", self.label);
+            let _ = writeln!(stderr, "{}: {} ({elapsed:.1} s)", self.label, shown.state);
         }
         let _ = stderr.flush();
+    }
+
+    /// Ends the progress: no draw after this one (if any).
+    fn end(&self, last: Option<&str>) {
+        let mut shown = self.lock();
+        if shown.done {
+            return;
+        }
+        shown.done = true;
+        if let Some(state) = last {
+            // On a terminal the final line shows the final time; elsewhere a state
+            // already printed is not printed twice.
+            if self.in_place || shown.state != state {
+                state.clone_into(&mut shown.state);
+                self.render(&shown);
+            }
+        }
+        if self.in_place {
+            errln!("");
+        }
+        drop(shown);
+        self.ended.notify_all();
     }
 }
 
@@ -87,60 +125,54 @@ impl Progress {
         let inner = Arc::new(Inner {
             label: label.to_owned(),
             began: Instant::now(),
-            state: Mutex::new("…".to_owned()),
-            done: AtomicBool::new(false),
+            shown: Mutex::new(Shown {
+                state: "…".to_owned(),
+                done: false,
+            }),
+            ended: Condvar::new(),
             in_place: is_terminal(2),
         });
         if inner.in_place {
-            let ticker = Arc::clone(&inner);
-            // Redraws the elapsed time; the state itself arrives through `state`.
+            let clock = Arc::clone(&inner);
             std::thread::spawn(move || {
-                while !ticker.done.load(Ordering::SeqCst) {
-                    ticker.render();
-                    std::thread::sleep(Duration::from_millis(100));
+                let mut shown = clock.lock();
+                while !shown.done {
+                    clock.render(&shown);
+                    shown = clock
+                        .ended
+                        .wait_timeout(shown, CLOCK_TICK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
             });
         }
         Self { inner }
     }
 
-    /// A new state; rendered when it differs from the last one.
+    /// A new state; drawn when it differs from the last one.
     pub(crate) fn state(&self, state: &str) {
-        let mut current = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current == state {
+        let mut shown = self.inner.lock();
+        if shown.done || shown.state == state {
             return;
         }
-        state.clone_into(&mut current);
-        drop(current);
-        self.inner.render();
+        state.clone_into(&mut shown.state);
+        self.inner.render(&shown);
     }
 
     /// Ends with a final state line.
     pub(crate) fn finish(self, state: &str) {
-        self.inner.done.store(true, Ordering::SeqCst);
-        self.state(state);
-        if self.inner.in_place {
-            self.inner.render();
-            errln!("");
-        }
+        self.inner.end(Some(state));
     }
 
     /// Ends without a final state (an error follows).
     pub(crate) fn abandon(self) {
-        self.inner.done.store(true, Ordering::SeqCst);
-        if self.inner.in_place {
-            errln!("");
-        }
+        self.inner.end(None);
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.inner.done.store(true, Ordering::SeqCst);
+        self.inner.end(None);
     }
 }
 
