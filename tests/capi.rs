@@ -56,8 +56,14 @@ fn staticlib() -> PathBuf {
 fn build_staticlib() -> PathBuf {
     let profile_dir = profile_dir();
     let parent = profile_dir.parent().expect("target/[<triple>/]<profile>");
-    // Cargo marks the root of a target directory with CACHEDIR.TAG.
-    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").is_file() {
+    // Cargo marks the root of a target directory with CACHEDIR.TAG, but only once it
+    // has built there (another tool may have made `target/` first); a target triple
+    // always has a '-', the default `target` none.
+    let is_root = parent.join("CACHEDIR.TAG").is_file()
+        || !parent
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().contains('-'));
+    let (target_dir, triple) = if is_root {
         (parent.to_owned(), None)
     } else {
         let triple = parent.file_name().expect("a target triple");
