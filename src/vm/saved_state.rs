@@ -145,12 +145,14 @@ impl VirtualMachine {
     /// Restores the saved state into a fresh native VM, resumes it, and only then
     /// deletes the file. A failed restore keeps the file and the VM suspended.
     pub(super) fn start_from_saved_state(&self) -> Result<()> {
-        let path = self
-            .tracker
-            .lock()
-            .saved_state
-            .clone()
-            .expect("suspended implies a saved state");
+        let (path, native_has_run) = {
+            let tracked = self.tracker.lock();
+            let path = tracked.saved_state.clone();
+            (
+                path.expect("suspended implies a saved state"),
+                tracked.native_has_run,
+            )
+        };
         if matches!(path.try_exists(), Ok(false)) {
             return Err(Error::SavedStateChanged {
                 path,
@@ -159,7 +161,6 @@ impl VirtualMachine {
             });
         }
         let saved = CPath::new("saved-state path", &path)?;
-        let native_has_run = self.tracker.lock().native_has_run;
         if native_has_run {
             self.fresh_native()?;
         }
@@ -202,13 +203,10 @@ impl VirtualMachine {
         let Some(path) = self.tracker.lock().saved_state.clone() else {
             return Ok(());
         };
-        let removed = std::fs::remove_file(&path);
-        remove_private_save_directory(&path);
-        self.tracker
-            .update(|t| t.saved_state = None, Some(EventKind::SavedStateRemoved));
+        let removed = delete_saved_state(&path);
+        self.forget_saved_state();
         match removed {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(_) => Ok(()),
             Err(source) => Err(Error::Io {
                 action: "the VM runs again and will not restore its old saved state, but could not delete it: delete",
                 path,
@@ -224,12 +222,9 @@ impl VirtualMachine {
         };
         self.restored_from_saved_state
             .store(false, Ordering::SeqCst);
-        match std::fs::remove_file(&path) {
-            Ok(()) => remove_private_save_directory(&path),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                log::warn!("the saved state {} was already gone", path.display());
-                remove_private_save_directory(&path);
-            }
+        match delete_saved_state(&path) {
+            Ok(true) => {}
+            Ok(false) => log::warn!("the saved state {} was already gone", path.display()),
             Err(source) => {
                 return Err(Error::Io {
                     action: "discard the saved state (it is kept)",
@@ -238,9 +233,14 @@ impl VirtualMachine {
                 });
             }
         }
+        self.forget_saved_state();
+        Ok(())
+    }
+
+    /// The VM no longer has a saved state; subscribers hear so.
+    fn forget_saved_state(&self) {
         self.tracker
             .update(|t| t.saved_state = None, Some(EventKind::SavedStateRemoved));
-        Ok(())
     }
 
     /// Refuses to boot over, or suspend onto, a file at the saved-state path that this
@@ -373,6 +373,18 @@ fn private_save_path_next_to(target: &Path) -> Result<PathBuf> {
             source,
         })?;
     Ok(directory.join(name))
+}
+
+/// Deletes a saved-state file and then the private directory it was written in, once
+/// empty. A file already gone is no error: the answer says whether it was there.
+fn delete_saved_state(path: &Path) -> std::io::Result<bool> {
+    let existed = match std::fs::remove_file(path) {
+        Ok(()) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+        Err(error) => return Err(error),
+    };
+    remove_private_save_directory(path);
+    Ok(existed)
 }
 
 /// Renames a saved state into place; on failure it stays at its temporary path, since
