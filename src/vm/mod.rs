@@ -8,6 +8,7 @@
 //! an operation in flight: it waits for it to settle.
 
 mod devices;
+mod hint;
 pub(crate) mod saved_state;
 mod tracker;
 pub(crate) mod vsock;
@@ -27,6 +28,7 @@ use crate::framework_error::{FrameworkError, VzErrorCode};
 use crate::state::{Operation, ShutdownPolicy, StateEvent, VmState};
 use crate::util::lock;
 use crate::vm::vsock::VsockListeners;
+use hint::refusal_hint;
 use tracker::{Busy, Tracked, Tracker};
 
 /// A Linux virtual machine.
@@ -62,26 +64,6 @@ pub struct VirtualMachine {
     /// Completion slots of past operations, reused by the next ones (no allocation per
     /// operation).
     spare_completions: Mutex<SpareSlots>,
-}
-
-/// Hints for the ways out of a refused operation.
-mod hint {
-    pub const SUSPENDED: &str =
-        "suspended: start() resumes it, shutdown(Poweroff) discards the saved state";
-    pub const TRANSITIONAL: &str = "another operation is under way: wait_for_state() until it settles, \
-         or shutdown(Poweroff), which waits for it and then forces the VM off";
-    pub const GRACEFUL_UNDER_WAY: &str = "a graceful shutdown is already waiting for the guest: \
-         shutdown(Halt) or shutdown(Poweroff) cuts it short";
-    pub const ERROR: &str = "the VM failed and its guest does not run: start() boots it afresh";
-    pub const STOPPED: &str = "the VM is not running: start() it first";
-    pub const RUNNING: &str = "pause() it first";
-    pub const TIMEOUT: &str = "the operation may still finish; shutdown(Poweroff) waits for it to \
-         settle and then forces the VM off";
-    pub const SETTLE_TIMEOUT: &str =
-        "the operation in flight did not settle; the VM was not stopped";
-    pub const GRACEFUL_TIMEOUT: &str = "the guest ignored the stop request (does it handle the ACPI power button?): \
-         shutdown(Poweroff) forces it off, or configure OnGracefulTimeout::ForceStop";
-    pub const CANNOT_STOP: &str = "the framework cannot stop the VM in this state";
 }
 
 impl VirtualMachine {
@@ -567,17 +549,6 @@ impl Busy {
             }
             _ => sum(&[t.stop, t.stop]),
         }
-    }
-}
-
-/// The way out for start/pause/resume/suspend refused in `state`.
-fn refusal_hint(state: VmState) -> &'static str {
-    match state {
-        VmState::Suspended => hint::SUSPENDED,
-        VmState::Stopped => hint::STOPPED,
-        VmState::Error => hint::ERROR,
-        VmState::Running => hint::RUNNING,
-        _ => hint::TRANSITIONAL,
     }
 }
 

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::hint::{self, refusal_hint};
 use super::tracker::Tracked;
-use super::{VirtualMachine, create_native, hint, refusal_hint};
+use super::{VirtualMachine, create_native};
 use crate::config::CPath;
 use crate::error::{Error, Result};
 use crate::ffi::native_vm::AsyncOp;
