@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use applevz::sim::{SimOperation, SimulatedGuest};
 use applevz::{
-    Error, EventKind, OnGracefulTimeout, ShutdownPolicy, Timeouts, VirtualMachine, VmState,
+    Error, EventKind, OnGracefulTimeout, Operation, ShutdownPolicy, Timeouts, VirtualMachine,
+    VmState,
 };
-use common::{LeakCheck, PATIENCE, TestDir, builder, events_until, ms, patient_timeouts};
+use common::{
+    LeakCheck, PATIENCE, TestDir, builder, events_until, ms, patient_timeouts, wait_for_line,
+};
 use serial_test::serial;
 
 const IDENTITY: &str = "vm.state.machine-identifier";
@@ -218,78 +221,84 @@ fn a_failed_rename_restores_from_the_newest_state() {
     leaks.finish();
 }
 
-/// Reproduction 5: Powerdown and Halt refuse at once while an operation is in flight;
-/// Poweroff waits for it to settle and then forces the VM off, never cancelling it.
+/// Reproduction 5, under the one rule: every policy waits for the operation in flight
+/// to settle (never cancelling it), then acts on the state it settled in.
 #[test]
 #[serial]
 fn shutdowns_during_an_operation_in_flight_follow_the_table() {
     type Op = fn(&VirtualMachine) -> applevz::Result<()>;
     let leaks = LeakCheck::start();
-    let cases: [(&str, VmState, Op, VmState); 4] = [
-        (
-            "start",
-            VmState::Starting,
-            |vm| vm.start(),
-            VmState::Stopped,
-        ),
-        ("pause", VmState::Pausing, |vm| vm.pause(), VmState::Stopped),
-        (
-            "resume",
-            VmState::Resuming,
-            |vm| vm.resume(),
-            VmState::Stopped,
-        ),
-        (
-            "suspend",
-            VmState::Saving,
-            |vm| vm.suspend(),
-            VmState::Suspended,
-        ),
+    let cases: [(&str, VmState, Op); 4] = [
+        ("start", VmState::Starting, |vm| vm.start()),
+        ("pause", VmState::Pausing, |vm| vm.pause()),
+        ("resume", VmState::Resuming, |vm| vm.resume()),
+        ("suspend", VmState::Saving, |vm| vm.suspend()),
     ];
-    for (name, transitional, operation, end) in cases {
-        let dir = TestDir::new(name);
-        let guest = SimulatedGuest {
-            boot_delay: if name == "start" {
-                SLOW
+    for (name, transitional, operation) in cases {
+        for policy in [
+            ShutdownPolicy::Powerdown,
+            ShutdownPolicy::Halt,
+            ShutdownPolicy::Poweroff,
+        ] {
+            let dir = TestDir::new(name);
+            let guest = SimulatedGuest {
+                boot_delay: if name == "start" {
+                    SLOW
+                } else {
+                    Duration::ZERO
+                },
+                ..Default::default()
+            };
+            let vm = Arc::new(VirtualMachine::new(&builder(&dir, guest).build().unwrap()).unwrap());
+            if name != "start" {
+                vm.start().unwrap();
+            }
+            if name == "resume" || name == "suspend" {
+                vm.pause().unwrap();
+            }
+            vm.simulator().set_operation_delay(SLOW);
+            let in_flight = spawn(&vm, operation);
+            vm.wait_for_state(transitional, PATIENCE).unwrap();
+            vm.simulator().set_operation_delay(Duration::ZERO);
+            let outcome = vm.shutdown(policy);
+            in_flight
+                .join()
+                .unwrap()
+                .unwrap_or_else(|error| panic!("{name} was not cancelled: {error}"));
+            let what = format!("{policy} during {name}");
+            if name == "suspend" {
+                // It settled suspended: Powerdown is refused there, Halt does nothing,
+                // and a Poweroff that did not find it suspended keeps the file.
+                if policy == ShutdownPolicy::Powerdown {
+                    assert!(
+                        matches!(
+                            outcome,
+                            Err(Error::InvalidState {
+                                state: VmState::Suspended,
+                                ..
+                            })
+                        ),
+                        "{what}: {outcome:?}"
+                    );
+                } else {
+                    outcome.unwrap_or_else(|error| panic!("{what}: {error}"));
+                }
+                assert_eq!(vm.state(), VmState::Suspended, "{what}");
+                assert!(dir.join("vm.state").exists(), "{what}: saved state kept");
             } else {
-                Duration::ZERO
-            },
-            ..Default::default()
-        };
-        let vm = Arc::new(VirtualMachine::new(&builder(&dir, guest).build().unwrap()).unwrap());
-        if name != "start" {
-            vm.start().unwrap();
+                outcome.unwrap_or_else(|error| panic!("{what}: {error}"));
+                assert_eq!(vm.state(), VmState::Stopped, "{what}");
+            }
+            no_partial_files(&dir);
+            drop(vm);
         }
-        if name == "resume" || name == "suspend" {
-            vm.pause().unwrap();
-        }
-        vm.simulator().set_operation_delay(SLOW);
-        let in_flight = spawn(&vm, operation);
-        vm.wait_for_state(transitional, PATIENCE).unwrap();
-        for policy in [ShutdownPolicy::Powerdown, ShutdownPolicy::Halt] {
-            let began = Instant::now();
-            let refused = vm.shutdown(policy);
-            assert!(
-                matches!(refused, Err(Error::InvalidState { state, .. }) if state == transitional),
-                "{name}: {policy}: {refused:?}"
-            );
-            assert!(began.elapsed() < AT_ONCE, "{name}: {policy} queued");
-        }
-        vm.shutdown(ShutdownPolicy::Poweroff).unwrap();
-        in_flight
-            .join()
-            .unwrap()
-            .unwrap_or_else(|error| panic!("{name} was not cancelled: {error}"));
-        assert_eq!(vm.state(), end, "{name}");
-        no_partial_files(&dir);
-        drop(vm);
     }
     leaks.finish();
 }
 
 /// Reproduction 6: forced shutdowns are counted: with two of them waiting behind a
-/// graceful one, neither waits out the graceful timeout, and a second Powerdown
-/// refuses at once.
+/// graceful one, neither waits out the graceful timeout; a second Powerdown waits its
+/// turn behind the first and finds the VM stopped.
 #[test]
 #[serial]
 fn every_forced_shutdown_cuts_a_graceful_wait_short() {
@@ -311,31 +320,23 @@ fn every_forced_shutdown_cuts_a_graceful_wait_short() {
     let vm = Arc::new(VirtualMachine::new(&config).unwrap());
     vm.start().unwrap();
     let began = Instant::now();
-    // Two Powerdowns race: one holds the VM waiting for the guest, the other is
-    // refused at once.
-    let powerdowns = [
-        spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown)),
-        spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown)),
-    ];
-    while !powerdowns.iter().any(JoinHandle::is_finished) {
-        thread::sleep(ms(5));
-    }
-    assert!(
-        began.elapsed() < AT_ONCE,
-        "the second Powerdown was refused at once"
-    );
+    let powerdown = Operation::Shutdown(ShutdownPolicy::Powerdown);
+    let first = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown));
+    wait_for_line(&vm, Some(powerdown), &[]);
+    let second = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Powerdown));
+    wait_for_line(&vm, Some(powerdown), &[powerdown]);
     let halt = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Halt));
     let poweroff = spawn(&vm, |vm| vm.shutdown(ShutdownPolicy::Poweroff));
-    halt.join().unwrap().unwrap();
-    poweroff.join().unwrap().unwrap();
-    let outcomes = powerdowns.map(|p| p.join().unwrap());
-    assert!(
-        outcomes.iter().any(Result::is_ok)
-            && outcomes
-                .iter()
-                .any(|o| matches!(o, Err(Error::InvalidState { .. }))),
-        "one graceful wait cut short, one refused: {outcomes:?}"
-    );
+    for (name, call) in [
+        ("first", first),
+        ("second", second),
+        ("halt", halt),
+        ("poweroff", poweroff),
+    ] {
+        call.join()
+            .unwrap()
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+    }
     assert!(began.elapsed() < graceful / 2, "{:?}", began.elapsed());
     assert_eq!(vm.state(), VmState::Stopped);
     drop(vm);

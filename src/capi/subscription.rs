@@ -14,18 +14,19 @@
 //! reads is unbounded, so a callback may call any function of the API (even a
 //! blocking `applevz_vm_shutdown`); events queue meanwhile.
 //!
-//! Once stopped, the thread (holding only its receiver) ends at the VM's next event
-//! or when the VM's last native object is released, without calling back: a
-//! `Receiver` cannot be woken from outside, and polling it just to end sooner is not
-//! worth a timer per subscription.
+//! Stopping also ends the thread: the VM drops the subscription's sender at once
+//! (`SubscriptionKey::cancel`), so the thread's receiver disconnects, and the thread
+//! is joined, except from inside its own callback, where it ends as soon as that
+//! callback returns.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::thread::{self, ThreadId};
+use std::thread::{self, JoinHandle, ThreadId};
 
 use crate::state::{EventKind, StateEvent};
+use crate::vm::SubscriptionKey;
 
 use super::error::applevz_error;
 use super::guard;
@@ -76,6 +77,10 @@ pub(super) struct Shared {
     gate: Mutex<()>,
     /// The delivering thread, set by itself before its first callback.
     thread: OnceLock<ThreadId>,
+    /// Ends the VM's side of the subscription.
+    key: SubscriptionKey,
+    /// The delivering thread, joined once stopped.
+    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -84,13 +89,27 @@ impl Shared {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Ends deliveries: when this returns, no callback runs any more (except the
-    /// caller's own, when called from inside it).
+    /// Ends deliveries and the thread: when this returns, no callback runs any more
+    /// and the thread has ended (except when called from inside the callback: then
+    /// the running callback is the last, and the thread ends after it).
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        if self.thread.get() != Some(&thread::current().id()) {
+        let inside = self.thread.get() == Some(&thread::current().id());
+        if !inside {
             // Waits for a callback under way on the subscription's thread.
             drop(self.gate());
+        }
+        self.key.cancel();
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(handle), false) = (handle, inside) {
+            // The receiver is disconnected now: the thread ends without calling back.
+            if handle.join().is_err() {
+                log::error!("a subscription's thread panicked");
+            }
         }
     }
 }
@@ -174,11 +193,11 @@ fn deliver(
     }
 }
 
-/// A new subscription delivering `events` to `callback` on its own thread, registered
-/// with `subscribers` so that freeing the VM ends it; NULL when no thread could be
-/// started.
+/// A new subscription delivering `events` (ended through `key`) to `callback` on its
+/// own thread, registered with `subscribers` so that freeing the VM ends it; NULL when
+/// no thread could be started.
 pub(super) fn subscribe(
-    events: Receiver<StateEvent>,
+    (events, key): (Receiver<StateEvent>, SubscriptionKey),
     subscribers: &Subscribers,
     callback: unsafe extern "C" fn(*mut c_void, *const applevz_event),
     user_data: *mut c_void,
@@ -190,18 +209,22 @@ pub(super) fn subscribe(
                 stopped: AtomicBool::new(false),
                 gate: Mutex::new(()),
                 thread: OnceLock::new(),
+                key,
+                handle: Mutex::new(None),
             });
             let for_thread = Arc::clone(&shared);
             match thread::Builder::new()
                 .name("applevz-subscription".into())
                 .spawn(move || deliver(events, callback, &user_data, &for_thread))
             {
-                Ok(_) => {
+                Ok(handle) => {
+                    *shared.handle.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
                     subscribers.add(&shared);
                     Box::into_raw(Box::new(applevz_subscription { shared }))
                 }
                 Err(error) => {
                     log::error!("applevz_vm_subscribe: cannot start its thread: {error}");
+                    shared.key.cancel();
                     std::ptr::null_mut()
                 }
             }

@@ -277,7 +277,12 @@ pub unsafe extern "C" fn applevz_vm_subscribe(
     let (Some(vm), Some(callback)) = (unsafe { vm.as_ref() }, callback) else {
         return std::ptr::null_mut();
     };
-    subscription::subscribe(vm.vm.subscribe(), &vm.subscriptions, callback, user_data)
+    subscription::subscribe(
+        vm.vm.subscribe_keyed(),
+        &vm.subscriptions,
+        callback,
+        user_data,
+    )
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@ pub(super) const SUSPENDED: &str =
     "suspended: start() resumes it, shutdown(Poweroff) discards the saved state";
 pub(super) const TRANSITIONAL: &str = "another operation is under way: wait_for_state() until it settles, \
      or shutdown(Poweroff), which waits for it and then forces the VM off";
-pub(super) const GRACEFUL_UNDER_WAY: &str = "a graceful shutdown is already waiting for the guest: \
-     shutdown(Halt) or shutdown(Poweroff) cuts it short";
 pub(super) const ERROR: &str = "the VM failed and its guest does not run: start() boots it afresh";
 pub(super) const STOPPED: &str = "the VM is not running: start() it first";
 pub(super) const RUNNING: &str = "pause() it first";

@@ -1,12 +1,13 @@
-//! `VirtualMachine`: the lifecycle logic (DESIGN.md section 5), on top of the safe
-//! native wrappers in `crate::ffi`.
+//! `VirtualMachine`: the lifecycle logic (the contract in `docs/lifecycle.md`), on top
+//! of the safe native wrappers in `crate::ffi`.
 //!
 //! The framework's contract, which everything here builds on: start from stopped or
 //! error; pause from running; resume from paused; forced stop from running or paused
 //! only; request-stop from running; save from paused; restore into a stopped VM,
-//! ending paused. No operation cancels another, so a forced shutdown never cuts into
-//! an operation in flight: it waits for it to settle.
+//! ending paused. No operation cancels another, so a shutdown never cuts into an
+//! operation in flight: it waits for it to settle.
 
+mod delivery;
 mod devices;
 mod hint;
 pub(crate) mod saved_state;
@@ -34,8 +35,8 @@ use tracker::{Busy, Tracked, Tracker};
 /// A Linux virtual machine.
 ///
 /// `VirtualMachine` is `Send + Sync`: share it through an `Arc`. Lifecycle operations
-/// are serialized (one at a time; `start`, `pause`, `resume` and `suspend` wait their
-/// turn, shutdowns follow the table at [`VirtualMachine::shutdown`]). Every operation
+/// are serialized: one at a time, in the order they were called (each waits its turn;
+/// shutdowns follow the table at [`VirtualMachine::shutdown`]). Every operation
 /// has a timeout (see [`Timeouts`]); a completion that arrives after its wait timed
 /// out is harmless.
 ///
@@ -152,9 +153,39 @@ impl VirtualMachine {
     /// thread can then wait on a single channel for state changes and its own messages
     /// alike, without polling. An operation's events are all sent before the operation
     /// returns, so a message sent after it returned comes after them.
+    ///
+    /// The conversion runs outside every lock of the VM, on the thread that delivers
+    /// the event (the framework's queue, or the thread of the operation that caused
+    /// it), so it may read the VM but must not block on it: a lifecycle call made there
+    /// would wait for the very queue it runs on. A conversion that panics is
+    /// unsubscribed and reported once in the log; the VM and its other subscribers go
+    /// on.
     pub fn subscribe_with<T: From<StateEvent> + Send + 'static>(&self, sender: mpsc::Sender<T>) {
         self.tracker
             .subscribe(Box::new(move |event| sender.send(T::from(event)).is_ok()));
+    }
+
+    /// As [`VirtualMachine::subscribe`], with a key that ends the subscription at once
+    /// (its sender is dropped, so the receiver disconnects), for the C API, whose
+    /// subscription threads must end when freed rather than at the next event.
+    pub(crate) fn subscribe_keyed(&self) -> (Receiver<StateEvent>, SubscriptionKey) {
+        let (sender, receiver) = mpsc::channel();
+        let id = self
+            .tracker
+            .subscribe(Box::new(move |event| sender.send(event).is_ok()));
+        let key = SubscriptionKey {
+            tracker: Arc::downgrade(&self.tracker),
+            id,
+        };
+        (receiver, key)
+    }
+
+    /// The lifecycle operation holding the VM now, and those waiting for it in the
+    /// order they will take it: for tests that must know a call is queued before
+    /// making the next one, without sleeping.
+    #[doc(hidden)]
+    pub fn operations_in_flight(&self) -> (Option<Operation>, Vec<Operation>) {
+        self.tracker.lock().operations()
     }
 
     /// Waits until the VM is in `target`, up to `timeout`; event-driven.
@@ -185,7 +216,8 @@ impl VirtualMachine {
     /// starting a stopped VM then fails with [`Error::SavedStateChanged`].
     ///
     /// # Errors
-    /// [`Error::InvalidState`] while another operation is under way;
+    /// [`Error::InvalidState`] when an operation that outlived its own wait is still
+    /// under way in the framework (starting, pausing, …);
     /// [`Error::SavedStateChanged`] for a saved state that appeared or vanished behind the VM's
     /// back; [`Error::RestoreFailed`] (the file is kept); [`Error::Framework`] and
     /// [`Error::Timeout`] from the framework's operations.
@@ -210,7 +242,8 @@ impl VirtualMachine {
         }
     }
 
-    /// Stops the VM under `policy`, exactly as the table in DESIGN.md section 5:
+    /// Stops the VM under `policy`, as this table says (the lifecycle contract,
+    /// `docs/lifecycle.md` in the repository, gives the reasons):
     ///
     /// | state | Powerdown | Halt | Poweroff |
     /// |---|---|---|---|
@@ -218,65 +251,48 @@ impl VirtualMachine {
     /// | running | ask the guest, wait up to the graceful timeout, then fail or force (see [`OnGracefulTimeout`]) | forced stop | forced stop |
     /// | paused | resume, then as running | forced stop | forced stop |
     /// | suspended | invalid state | no-op | discard the saved state |
-    /// | an operation in flight | invalid state, at once | invalid state, at once | wait for it to settle (bounded by its timeouts), then act on the state it settled in |
+    /// | an operation in flight | wait for it to settle (bounded by its timeouts), then act on the state it settled in | same | same, never discarding a saved state |
     ///
-    /// A forced shutdown (Halt or Poweroff) asked while a Powerdown waits for the guest
-    /// cuts that wait short: the Powerdown forces the VM off at once. A Poweroff that
-    /// waited behind another operation never discards a saved state: only one called
-    /// while the VM was already suspended, with nothing in flight, does.
+    /// One rule for every policy: calls that conflict take the VM in the order they
+    /// arrived, so a shutdown waits for the operations that came before it and goes
+    /// before every one that came after it. A forced shutdown (Halt or Poweroff) asked
+    /// while a Powerdown waits for the guest cuts that wait short: the Powerdown forces
+    /// the VM off at once. A Poweroff that waited behind another operation never
+    /// discards a saved state: only one called while the VM was already suspended, with
+    /// nothing in flight or waiting, does.
     ///
     /// # Errors
     /// [`Error::InvalidState`] where the table says so; [`Error::Timeout`] when the guest
-    /// ignores a Powerdown (with [`OnGracefulTimeout::Fail`]) or an operation does not settle;
+    /// ignores a Powerdown (with [`OnGracefulTimeout::Fail`]) or an operation ahead does
+    /// not settle within its bound (the shutdown then gives up its place);
     /// [`Error::Framework`] when the framework refuses the stop; [`Error::Io`] when a
     /// Poweroff cannot discard the saved state (it is kept).
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<()> {
         let operation = Operation::Shutdown(policy);
-        let mut tracked = self.tracker.lock();
-        let found_suspended_idle =
-            tracked.busy.is_none() && tracked.vm_state() == VmState::Suspended;
-        if let Some(busy) = tracked.busy {
-            let graceful_wait = busy.operation == Operation::Shutdown(ShutdownPolicy::Powerdown);
-            let refusal = match policy {
-                ShutdownPolicy::Powerdown if graceful_wait => Some(hint::GRACEFUL_UNDER_WAY),
-                ShutdownPolicy::Powerdown => Some(hint::TRANSITIONAL),
-                ShutdownPolicy::Halt if !graceful_wait => Some(hint::TRANSITIONAL),
-                ShutdownPolicy::Halt | ShutdownPolicy::Poweroff => None,
-            };
-            if let Some(hint) = refusal {
-                return Err(Error::InvalidState {
-                    operation,
-                    state: tracked.vm_state(),
-                    hint,
+        let forced = policy != ShutdownPolicy::Powerdown;
+        let (gate, found_suspended_idle) =
+            self.tracker
+                .acquire_bounded(self.busy(operation), forced, |tracked| {
+                    tracked.idle() && tracked.vm_state() == VmState::Suspended
                 });
-            }
-            // Counted, so a graceful wait gives up for as long as any forced shutdown
-            // waits, however many there are.
-            tracked.forced_requests += 1;
-            self.tracker.notify(&tracked);
-            log::info!("{operation}: waiting for {} to settle", busy.operation);
-            let (guard, settled) = self
-                .tracker
-                .wait_locked(tracked, busy.bound(), &mut |t| t.busy.is_none());
-            tracked = guard;
-            tracked.forced_requests -= 1;
-            if !settled {
+        let _gate = match gate {
+            Ok(gate) => gate,
+            Err((ahead, state)) => {
                 return Err(Error::Timeout {
                     operation,
-                    state: tracked.vm_state(),
-                    timeout: busy.bound(),
+                    state,
+                    timeout: ahead.bound(),
                     hint: hint::SETTLE_TIMEOUT,
                 });
             }
-        }
-        let _gate = self.tracker.take(tracked, self.busy(operation));
+        };
         self.shutdown_settled(policy, found_suspended_idle)
     }
 
     fn shutdown_settled(&self, policy: ShutdownPolicy, found_suspended_idle: bool) -> Result<()> {
         let operation = Operation::Shutdown(policy);
         let mut state = self.state();
-        if state.is_transitional() && policy == ShutdownPolicy::Poweroff {
+        if state.is_transitional() {
             // An operation that outlived its own wait may still be under way in the
             // framework: wait for it too, then act on where it ended.
             let timeout = self.busy(operation).bound();
@@ -511,6 +527,23 @@ impl VirtualMachine {
             state: self.state(),
             timeout,
             hint,
+        }
+    }
+}
+
+/// Ends one subscription of a VM, if the VM is still there (see
+/// [`VirtualMachine::subscribe_keyed`]).
+pub(crate) struct SubscriptionKey {
+    tracker: std::sync::Weak<Tracker>,
+    id: u64,
+}
+
+impl SubscriptionKey {
+    /// Ends the subscription: when this returns its sender is dropped (unless called
+    /// from inside a delivery to it, when that happens right after).
+    pub(crate) fn cancel(&self) {
+        if let Some(tracker) = self.tracker.upgrade() {
+            tracker.unsubscribe(self.id);
         }
     }
 }

@@ -297,8 +297,7 @@ impl VirtualMachine {
             },
             None,
         );
-        self.vsock.install_all(&native);
-        drop(self.native.replace(native));
+        drop(self.vsock.move_to(native));
         Ok(())
     }
 }

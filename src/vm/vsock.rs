@@ -170,22 +170,29 @@ impl VsockListeners {
         Ok(())
     }
 
-    /// Installs every listener on `vm`, a fresh native VM object.
-    pub(crate) fn install_all(&self, vm: &NativeVm) {
-        for (port, accept) in lock(&self.accepts).iter() {
-            if let Err(error) = install(vm, *port, accept) {
+    /// Makes `fresh`, a native VM object that has not run, the current one, with every
+    /// listener installed on it; returns the one it replaces. The listeners stay
+    /// locked throughout, so a listener added meanwhile lands on one object or the
+    /// other, never on the old one alone.
+    pub(crate) fn move_to(&self, fresh: NativeVm) -> NativeVm {
+        let accepts = lock(&self.accepts);
+        for (port, accept) in accepts.iter() {
+            if let Err(error) = install(&fresh, *port, accept) {
                 log::error!("could not listen on vsock port {port} again: {error}");
             }
         }
+        self.vm.replace(fresh)
     }
 
     fn remove(&self, port: u32) -> Result<()> {
-        let accept = lock(&self.accepts).remove(&port);
+        let mut accepts = lock(&self.accepts);
+        let accept = accepts.remove(&port);
         let result = self
             .vm
             .get()
             .vsock_remove_listener(port)
             .map_err(Error::during(Operation::VsockListen(port)));
+        drop(accepts);
         // The last reference to the callback (and so its sender) goes with the
         // native listener; this one goes now.
         drop(accept);

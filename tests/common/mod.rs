@@ -7,7 +7,9 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use applevz::sim::{self, SimulatedGuest};
-use applevz::{LinuxBootLoader, StateEvent, Timeouts, VmConfig, VmConfigBuilder};
+use applevz::{
+    LinuxBootLoader, Operation, StateEvent, Timeouts, VirtualMachine, VmConfig, VmConfigBuilder,
+};
 
 /// How long a test waits for something that should happen at once (generous, so the
 /// suite also passes under valgrind).
@@ -137,5 +139,22 @@ pub fn events_until(
         if done {
             return received;
         }
+    }
+}
+
+/// Waits (polling, with a deadline) until `holder` holds the VM and `waiting` wait
+/// for it, in that order.
+pub fn wait_for_line(vm: &VirtualMachine, holder: Option<Operation>, waiting: &[Operation]) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (now, line) = vm.operations_in_flight();
+        if now == holder && line == waiting {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {holder:?} then {waiting:?}, got {now:?} then {line:?}"
+        );
+        std::thread::sleep(ms(2));
     }
 }
