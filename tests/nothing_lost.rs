@@ -23,8 +23,6 @@ use serial_test::serial;
 const IDENTITY: &str = "vm.state.machine-identifier";
 /// How long the slow operation under test takes.
 const SLOW: Duration = Duration::from_millis(1500);
-/// An answer "at once": far below `SLOW`, generous for valgrind.
-const AT_ONCE: Duration = Duration::from_millis(750);
 
 fn spawn(
     vm: &Arc<VirtualMachine>,
