@@ -22,6 +22,8 @@
 
 #![allow(non_camel_case_types)]
 
+#[cfg(all(test, applevz_simulator))]
+mod callback_tests;
 mod error;
 #[cfg(applevz_simulator)]
 mod sim_guest;

@@ -80,13 +80,18 @@ pub unsafe extern "C" fn applevz_vm_open(
         // SAFETY: non-NULL and NUL-terminated, by this function's contract.
         let bytes = unsafe { CStr::from_ptr(vm_toml_path) }.to_bytes();
         let vm = open(Path::new(OsStr::from_bytes(bytes)))?;
-        Ok(Box::into_raw(Box::new(applevz_vm {
-            vm,
-            subscriptions: Subscribers::default(),
-        })))
+        Ok(wrap(vm))
     });
     // SAFETY: `error` is NULL or writable, by this function's contract.
     unsafe { finish(result, error, std::ptr::null_mut()) }
+}
+
+/// `vm` as a C caller holds it (+1, freed with `applevz_vm_free`).
+pub(super) fn wrap(vm: VirtualMachine) -> *mut applevz_vm {
+    Box::into_raw(Box::new(applevz_vm {
+        vm,
+        subscriptions: Subscribers::default(),
+    }))
 }
 
 /// `applevz_vm_free(vm)`: frees the VM; NULL is ignored. A running or paused VM is
