@@ -224,7 +224,7 @@ impl VirtualMachine {
     pub fn start(&self) -> Result<()> {
         let operation = Operation::Start;
         let (_gate, timeouts, (state, has_saved_state)) = self.acquire(operation, |tracked| {
-            (tracked.vm_state(), tracked.saved_state.is_some())
+            (tracked.vm_state(), tracked.holds_saved_state())
         });
         match state {
             VmState::Running => Ok(()),

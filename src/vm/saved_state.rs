@@ -111,6 +111,7 @@ impl VirtualMachine {
             |t| {
                 t.suspending = false;
                 t.saved_state = Some(kept_at.clone());
+                t.saved_state_spent = false;
             },
             guest_gone.then_some(EventKind::Suspended),
         );
@@ -240,8 +241,13 @@ impl VirtualMachine {
 
     /// The VM no longer has a saved state; subscribers hear so.
     fn forget_saved_state(&self) {
-        self.tracker
-            .update(|t| t.saved_state = None, Some(EventKind::SavedStateRemoved));
+        self.tracker.update(
+            |t| {
+                t.saved_state = None;
+                t.saved_state_spent = false;
+            },
+            Some(EventKind::SavedStateRemoved),
+        );
     }
 
     /// Refuses to boot over, or suspend onto, a file at the saved-state path that this

@@ -38,6 +38,10 @@ pub(super) struct Tracked {
     /// The file holding the guest this VM restores from: the one it found when it was
     /// created or the one it wrote. Never re-derived from the file system.
     pub(super) saved_state: Option<PathBuf>,
+    /// The guest ran since `saved_state` was written or restored from: the file is
+    /// stale and about to be deleted, so the VM is not suspended any more, even if
+    /// the guest stops before the deletion.
+    pub(super) saved_state_spent: bool,
     /// A suspend issued its stop and has not yet put the saved state in place: the
     /// framework's `Stopped` is not the VM's (subscribers never see a bare `Stopped`).
     pub(super) suspending: bool,
@@ -67,9 +71,14 @@ impl Tracked {
     pub(super) fn vm_state(&self) -> VmState {
         match self.framework_state {
             VmState::Stopped if self.suspending => VmState::Stopping,
-            VmState::Stopped if self.saved_state.is_some() => VmState::Suspended,
+            VmState::Stopped if self.holds_saved_state() => VmState::Suspended,
             state => state,
         }
+    }
+
+    /// True when the VM holds a saved state that restores its guest.
+    pub(super) fn holds_saved_state(&self) -> bool {
+        self.saved_state.is_some() && !self.saved_state_spent
     }
 
     /// Queues an event for the subscribers (delivered once the lock is released).
@@ -127,6 +136,7 @@ impl Tracker {
             tracked: Mutex::new(Tracked {
                 framework_state,
                 saved_state,
+                saved_state_spent: false,
                 suspending: false,
                 forced_requests: 0,
                 busy: None,
@@ -165,6 +175,10 @@ impl Tracker {
         tracked.framework_state = event.state;
         if event.state != VmState::Stopped {
             tracked.native_has_run = true;
+        }
+        if event.state == VmState::Running && tracked.saved_state.is_some() {
+            // The guest runs: its saved state is spent from this moment.
+            tracked.saved_state_spent = true;
         }
         let hidden = tracked.suspending
             && event.state == VmState::Stopped
