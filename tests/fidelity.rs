@@ -330,3 +330,61 @@ fn a_vsock_connect_nobody_answers_ends_with_its_timeout() {
     drop(vm);
     leaks.finish();
 }
+
+/// Rule 20: a restore whose completion never comes: `start()` gives up after the
+/// restore timeout and says so; the guest was restored (paused) meanwhile, and the
+/// next `start()` resumes it and spends the saved state.
+#[test]
+#[serial]
+fn a_restore_whose_completion_never_comes_times_out_and_the_next_start_resumes() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("withheld-restore");
+    saved_state_in(&dir);
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.set_timeouts(applevz::Timeouts {
+        restore: ms(400),
+        ..vm.timeouts()
+    });
+    vm.simulator()
+        .withhold_next_completion(SimOperation::Restore);
+    match vm.start().expect_err("the restore never completes") {
+        Error::Timeout {
+            operation: Operation::Restore,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    vm.wait_for_state(VmState::Paused, PATIENCE).unwrap();
+    assert!(dir.join("vm.state").exists(), "kept until the guest runs");
+    vm.start().unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    assert!(!dir.join("vm.state").exists(), "spent once the guest runs");
+    drop(vm);
+    leaks.finish();
+}
+
+/// Rule 20: a forced shutdown whose stop completion never comes: the guest is gone (the
+/// framework reported it stopped), which is what was asked.
+#[test]
+#[serial]
+fn a_shutdown_whose_stop_completion_never_comes_reports_where_the_vm_is() {
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("withheld-stop");
+    let vm =
+        VirtualMachine::new(&builder(&dir, SimulatedGuest::default()).build().unwrap()).unwrap();
+    vm.set_timeouts(applevz::Timeouts {
+        stop: ms(400),
+        ..vm.timeouts()
+    });
+    vm.start().unwrap();
+    vm.simulator().withhold_next_completion(SimOperation::Stop);
+    let began = Instant::now();
+    let outcome = vm.shutdown(ShutdownPolicy::Halt);
+    assert!(began.elapsed() < PATIENCE);
+    assert_eq!(vm.state(), VmState::Stopped, "{outcome:?}");
+    outcome.expect("the VM is stopped: what was asked");
+    vm.start().unwrap();
+    drop(vm);
+    leaks.finish();
+}
