@@ -779,18 +779,6 @@ fail:
     return NULL;
 }
 
-void avz_sim_withhold(avz_vm *vm, avz_completion_fn completion, avz_connect_fn connect,
-                      void *context) {
-    avz_sim_array_reserve((void **)&vm->withheld, &vm->withheld_capacity,
-                          vm->withheld_count + 1, sizeof *vm->withheld);
-    vm->withheld[vm->withheld_count++] =
-        (sim_withheld){.completion = completion, .connect = connect, .context = context};
-}
-
-CFErrorRef avz_sim_dropped_completion_error(void) {
-    return avz_sim_error_create(VZ, AVZ_ERROR_INTERNAL, "%s", DROPPED_COMPLETION_TEXT);
-}
-
 bool avz_sim_sync_result(sync_call *call, CFErrorRef *error) {
     if (!call->ok) {
         if (error != NULL) {

@@ -86,6 +86,18 @@ static void op_complete(outbox *out, sim_op *op, CFErrorRef error) {
     op_free(op);
 }
 
+void avz_sim_withhold(avz_vm *vm, avz_completion_fn completion, avz_connect_fn connect,
+                      void *context) {
+    avz_sim_array_reserve((void **)&vm->withheld, &vm->withheld_capacity,
+                          vm->withheld_count + 1, sizeof *vm->withheld);
+    vm->withheld[vm->withheld_count++] =
+        (sim_withheld){.completion = completion, .connect = connect, .context = context};
+}
+
+CFErrorRef avz_sim_dropped_completion_error(void) {
+    return avz_sim_error_create(VZ, AVZ_ERROR_INTERNAL, "%s", DROPPED_COMPLETION_TEXT);
+}
+
 /* An accepted operation ends with `error` (+1 or NULL). Its completion goes out as
  * op_complete does, unless a trigger took it: the framework keeps the handler and never
  * calls it (avz_sim_vm_withhold_next_completion), or releases it uncalled
