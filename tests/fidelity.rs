@@ -4,6 +4,7 @@
 //! dropped, late state notifications, a network attachment failing while the VM
 //! starts, and a vsock connect nobody answers. Each path ends within its bound, with a
 //! typed error, nothing lost and nothing leaked.
+#![cfg(applevz_simulator)]
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! Its own test binary, with a single test: the umask is process-wide, shared by every
 //! thread, and the test harness runs the tests of one binary in parallel threads. Alone
 //! here, nothing else creates files while the mask is changed, and no other test sees it.
+#![cfg(applevz_simulator)]
 
 mod common;
 
