@@ -183,7 +183,8 @@ typedef void (*avz_completion_fn)(void *context, CFErrorRef error);
  *     reads `state` once, reports it if it differs from the state last reported, and
  *     delivers what it held (a notification arriving after that is still reported, in
  *     the order it arrives).
- *   Both native halves keep this order; the hold limit is the macOS shim's only. */
+ *   Both native halves keep this order; the simulator holds deliveries this way only
+ *   when a test makes a notification late (avz_sim_vm_delay_next_notification). */
 typedef void (*avz_state_observer_fn)(void *context, int32_t state, int32_t event,
                                       CFErrorRef error);
 
@@ -391,12 +392,14 @@ void avz_vm_pause(avz_vm *vm, avz_completion_fn completion, void *context);
 void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context);
 /* saveMachineStateToURL:completionHandler: (macOS 14, arm64; AVZ_ERROR_NOT_SUPPORTED
  * elsewhere). The VM must be paused. `path` borrowed; it should not exist yet.
- * Errors: AVZ_ERROR_SAVE. */
+ * Errors: AVZ_ERROR_SAVE (also, with no state change, when the VM's configuration
+ * cannot be saved: validateSaveRestoreSupportWithError: is checked first). */
 void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completion,
                        void *context);
 /* restoreMachineStateFromURL:completionHandler: (macOS 14, arm64). The VM must be
  * stopped; it ends paused. `path` borrowed. Errors: AVZ_ERROR_RESTORE (file from
- * another host or configuration, unreadable file).
+ * another host or configuration, unreadable file; and, with no state change and the
+ * file not read, a configuration that cannot be saved or restored, checked first).
  * The Rust side restores only into a fresh VM (made by avz_vm_create for the restore
  * and never started), every time: Apple documents restoring into a stopped
  * VZVirtualMachine but not into one that already ran, so that is never relied on. */
@@ -411,9 +414,11 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
  * own error (or AVZ_ERROR_INVALID_STATE when it gives none) when requestStopWithError:
  * fails. */
 bool avz_vm_request_stop(avz_vm *vm, CFErrorRef *error);
-/* The `state` property (AVZ_STATE_*). */
+/* The `state` property (AVZ_STATE_*); AVZ_STATE_ERROR if the framework raises an
+ * Objective-C exception reading it (no exception ever leaves an avz_ function). */
 int32_t avz_vm_state(avz_vm *vm);
-/* canStart, canStop (false before macOS 12), canPause, canResume, canRequestStop. */
+/* canStart, canStop (false before macOS 12), canPause, canResume, canRequestStop; false
+ * if the framework raises an exception reading them. */
 bool avz_vm_can_start(avz_vm *vm);
 bool avz_vm_can_stop(avz_vm *vm);
 bool avz_vm_can_pause(avz_vm *vm);

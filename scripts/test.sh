@@ -66,7 +66,7 @@ if command -v valgrind >/dev/null; then
     # In a subshell: the runner must not leak into the steps after this one.
     (
         export "$runner_var"="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
-        cargo test --locked --lib --test lifecycle --test nothing_lost --test contract --test config --test devices --test definition
+        cargo test --locked --lib --test lifecycle --test nothing_lost --test contract --test config --test devices --test definition --test fidelity --test umask
     )
 else
     echo "skipped valgrind: not installed (apt-get install valgrind)" >&2

@@ -301,8 +301,29 @@ void avz_vm_resume(avz_vm *vm, avz_completion_fn completion, void *context)
                  });
 }
 
+#if defined(__arm64__)
+/* Apple: save and restore need a configuration that supports them
+ * (validateSaveRestoreSupportWithError:), and the framework is reported to raise rather
+ * than fail otherwise. Checked first on the VM's copy of its configuration: nil when it
+ * can, else `code` (11 for save, 12 for restore) wrapping the framework's reason. */
+static NSError *_Nullable avz_save_restore_refusal(VZVirtualMachineConfiguration *configuration,
+                                                    NSInteger code, NSString *what)
+    API_AVAILABLE(macos(14.0))
+{
+    NSError *reason = nil;
+    if ([configuration validateSaveRestoreSupportWithError:&reason]) {
+        return nil;
+    }
+    return avz_error_with(code,
+                          [NSString stringWithFormat:@"Cannot %@ the virtual machine state: this "
+                                                     @"configuration cannot be saved or restored",
+                                                     what],
+                          reason, nil);
+}
+#endif
+
 /* Save ends where it began (paused, through saving); restore ends paused (through
- * restoring). */
+ * restoring). Both first check that the configuration can be saved at all. */
 void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completion, void *context)
 {
 #if defined(__arm64__)
@@ -310,12 +331,20 @@ void avz_vm_save_state(avz_vm *vm, const char *path, avz_completion_fn completio
         /* `path` is borrowed for this call only: turn it into a URL now. */
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_SAVE, &invalid);
+        VZVirtualMachineConfiguration *configuration = avz_machine(vm).configuration;
         avz_vm_async(vm, completion, context, @"save", AVZ_STATE_PAUSED,
                      ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
                        AVZCompletionBlock refuse) {
                          if (url == nil) {
                              refuse(invalid);
                          } else if (@available(macOS 14, *)) {
+                             NSError *unsavable = avz_save_restore_refusal(configuration,
+                                                                           AVZ_ERROR_SAVE,
+                                                                           @"save");
+                             if (unsavable != nil) {
+                                 refuse(unsavable);
+                                 return;
+                             }
                              [virtualMachine saveMachineStateToURL:url completionHandler:done];
                          } else {
                              refuse(avz_not_supported(@"Saving a virtual machine's state",
@@ -345,12 +374,20 @@ void avz_vm_restore_state(avz_vm *vm, const char *path, avz_completion_fn comple
     @autoreleasepool {
         NSError *invalid = nil;
         NSURL *url = avz_path_url(path, @"saved state", AVZ_ERROR_RESTORE, &invalid);
+        VZVirtualMachineConfiguration *configuration = avz_machine(vm).configuration;
         avz_vm_async(vm, completion, context, @"restore", AVZ_STATE_PAUSED,
                      ^(VZVirtualMachine *virtualMachine, AVZCompletionBlock done,
                        AVZCompletionBlock refuse) {
                          if (url == nil) {
                              refuse(invalid);
                          } else if (@available(macOS 14, *)) {
+                             NSError *unsavable = avz_save_restore_refusal(configuration,
+                                                                           AVZ_ERROR_RESTORE,
+                                                                           @"restore");
+                             if (unsavable != nil) {
+                                 refuse(unsavable);
+                                 return;
+                             }
                              [virtualMachine restoreMachineStateFromURL:url
                                                       completionHandler:done];
                          } else {
@@ -405,7 +442,12 @@ int32_t avz_vm_state(avz_vm *vm)
     }
     __block NSInteger state = AVZ_STATE_ERROR;
     [machine syncOnQueue:^{
-        state = machine.vm.state;
+        /* An exception reads as the error state (as a NULL handle does). */
+        if (!avz_try(^{
+                state = machine.vm.state;
+            })) {
+            state = AVZ_STATE_ERROR;
+        }
     }];
     return (int32_t)state;
 }

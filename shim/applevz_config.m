@@ -55,7 +55,10 @@ static uint32_t avz_clamp_u32(NSUInteger value)
 {
     self = [super init];
     if (self != nil) {
-        _configuration = [[VZVirtualMachineConfiguration alloc] init];
+        /* An exception leaves it nil: every later call then fails validation. */
+        (void)avz_try(^{
+            self->_configuration = [[VZVirtualMachineConfiguration alloc] init];
+        });
         _storageDevices = [NSMutableArray array];
         _networkDevices = [NSMutableArray array];
         _serialPorts = [NSMutableArray array];
@@ -146,9 +149,14 @@ NS_ASSUME_NONNULL_END
 
 bool avz_is_supported(void)
 {
+    __block BOOL supported = NO;
     @autoreleasepool {
-        return [VZVirtualMachine isSupported];
+        /* An exception: reported as "not supported". */
+        (void)avz_try(^{
+            supported = [VZVirtualMachine isSupported];
+        });
     }
+    return supported;
 }
 
 bool avz_save_restore_supported(void)
@@ -166,11 +174,17 @@ void avz_get_limits(avz_limits *out)
     if (out == NULL) {
         return;
     }
+    /* Zero (no limit known) for whatever an exception leaves unread. */
+    *out = (avz_limits){0};
     @autoreleasepool {
-        out->min_cpu_count = avz_clamp_u32(VZVirtualMachineConfiguration.minimumAllowedCPUCount);
-        out->max_cpu_count = avz_clamp_u32(VZVirtualMachineConfiguration.maximumAllowedCPUCount);
-        out->min_memory_size = VZVirtualMachineConfiguration.minimumAllowedMemorySize;
-        out->max_memory_size = VZVirtualMachineConfiguration.maximumAllowedMemorySize;
+        (void)avz_try(^{
+            out->min_cpu_count =
+                avz_clamp_u32(VZVirtualMachineConfiguration.minimumAllowedCPUCount);
+            out->max_cpu_count =
+                avz_clamp_u32(VZVirtualMachineConfiguration.maximumAllowedCPUCount);
+            out->min_memory_size = VZVirtualMachineConfiguration.minimumAllowedMemorySize;
+            out->max_memory_size = VZVirtualMachineConfiguration.maximumAllowedMemorySize;
+        });
     }
 }
 
@@ -214,14 +228,19 @@ avz_config *avz_config_create(void)
 void avz_config_set_cpu_count(avz_config *config, uint32_t cpu_count)
 {
     @autoreleasepool {
-        avz_config_object(config).configuration.CPUCount = cpu_count;
+        /* An exception (never seen): the value is not set; validation reports it. */
+        (void)avz_try(^{
+            avz_config_object(config).configuration.CPUCount = cpu_count;
+        });
     }
 }
 
 void avz_config_set_memory_size(avz_config *config, uint64_t memory_size)
 {
     @autoreleasepool {
-        avz_config_object(config).configuration.memorySize = memory_size;
+        (void)avz_try(^{
+            avz_config_object(config).configuration.memorySize = memory_size;
+        });
     }
 }
 

@@ -55,6 +55,12 @@ NSError *avz_error_with(NSInteger code, NSString *description,
 AVZ_INTERNAL
 NSError *avz_error(NSInteger code, NSString *description);
 
+/* Runs `body` inside @try: an Objective-C exception it raises stops there and the call
+ * returns NO (YES when it ran to the end). For the ABI functions that have no error to
+ * report it through, so that no exception ever leaves an avz_ function. */
+AVZ_INTERNAL
+BOOL avz_try(__attribute__((noescape)) dispatch_block_t body);
+
 /* VZErrorDomain code 10 for a feature this Mac (or this build) does not have. */
 AVZ_INTERNAL
 NSError *avz_not_supported(NSString *feature, NSString *needs);
@@ -152,6 +158,9 @@ typedef void (^AVZDeliverBlock)(NSError *_Nullable error, int descriptor);
 @interface AVZMachine : NSObject
 /* The VM, for blocks running on the queue. Never nil once init succeeded. */
 @property (nonatomic, readonly) VZVirtualMachine *vm;
+/* A copy of the configuration the VM was made from (later changes to the avz_config do
+ * not reach it), for validateSaveRestoreSupportWithError: before a save or restore. */
+@property (nonatomic, readonly) VZVirtualMachineConfiguration *configuration;
 @property (nonatomic, readonly) dispatch_queue_t queue;
 /* The observer is stored at once but owned by the machine only once init succeeded: when
  * init fails (returns nil) the caller releases the observer context itself. */

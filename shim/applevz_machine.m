@@ -201,6 +201,7 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
 }
 
 @implementation AVZMachine {
+    VZVirtualMachineConfiguration *_configuration;
     dispatch_queue_t _queue;
     VZVirtualMachine *_Nullable _vm; /* messaged only on _queue (see the top comment) */
     AVZMachineDelegate *_delegate;   /* strong: the framework's reference is weak */
@@ -253,6 +254,9 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
                         @"the virtual machine configuration is not valid");
         return nil;
     }
+    /* Ours, like the framework's own copy: later changes to the avz_config do not reach
+     * it (save and restore validate it first, see shim/applevz.m). */
+    _configuration = (VZVirtualMachineConfiguration *)[configuration copy];
 
     dispatch_queue_t queue = _queue;
     AVZMachineDelegate *delegate = _delegate;
@@ -272,13 +276,32 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
                                                                @"machine: %@",
                                                                exception.reason]);
             }
-            if (vm != nil) {
-                vm.delegate = delegate;
-                [vm addObserver:delegate
-                     forKeyPath:@"state"
-                        options:NSKeyValueObservingOptionNew
-                        context:&kAVZStateObservation];
-                initialState = vm.state;
+            /* Attach the delegate and the observation, read the first state: an
+             * exception there undoes what was attached and fails the creation (the
+             * framework object then goes here, on its queue). */
+            __block BOOL observing = NO;
+            if (vm != nil && !avz_try(^{
+                    vm.delegate = delegate;
+                    [vm addObserver:delegate
+                         forKeyPath:@"state"
+                            options:NSKeyValueObservingOptionNew
+                            context:&kAVZStateObservation];
+                    observing = YES;
+                    initialState = vm.state;
+                })) {
+                (void)avz_try(^{
+                    if (observing) {
+                        [vm removeObserver:delegate
+                                forKeyPath:@"state"
+                                   context:&kAVZStateObservation];
+                    }
+                    vm.delegate = nil;
+                });
+                vm = nil;
+                failure = avz_error(AVZ_ERROR_INTERNAL,
+                                    @"cannot create the virtual machine: the framework raised "
+                                    @"an exception while its delegate and state observation "
+                                    @"were attached");
             }
         }
     });
@@ -323,8 +346,14 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
     _listeners = [NSMutableDictionary dictionary];
     dispatch_async(_queue, ^{
         @autoreleasepool {
-            [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
-            vm.delegate = nil;
+            /* Each inside @try of its own: whatever the framework raises, the contexts
+             * below are still released exactly once. */
+            (void)avz_try(^{
+                [vm removeObserver:delegate forKeyPath:@"state" context:&kAVZStateObservation];
+            });
+            (void)avz_try(^{
+                vm.delegate = nil;
+            });
             /* The listeners still installed: each context exactly once (removal and
              * replacement released the others), before the observer's, as the simulator
              * does. On the queue, so no accept call is running; none starts afterwards
@@ -344,6 +373,11 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
 - (VZVirtualMachine *)vm
 {
     return (VZVirtualMachine *_Nonnull)_vm;
+}
+
+- (VZVirtualMachineConfiguration *)configuration
+{
+    return _configuration;
 }
 
 - (dispatch_queue_t)queue
@@ -481,8 +515,11 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
         return;
     }
     VZVirtualMachine *vm = _vm;
-    if (vm != nil) {
-        [self reportState:vm.state];
+    __block NSInteger state = _reportedState;
+    if (vm != nil && avz_try(^{
+            state = vm.state;
+        })) {
+        [self reportState:state];
     }
     [self runDeliveriesUntil:delivery];
 }
@@ -512,10 +549,13 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
         /* A notification without a new value (never seen; the observation asks for one)
          * falls back to reading `state`. */
         VZVirtualMachine *vm = self->_vm;
+        __block NSInteger read = AVZ_NO_STATE;
         if (carried) {
             [self reportState:state];
-        } else if (vm != nil) {
-            [self reportState:vm.state];
+        } else if (vm != nil && avz_try(^{
+                       read = vm.state;
+                   })) {
+            [self reportState:read];
         }
     }];
 }
@@ -543,8 +583,10 @@ static NSError *avz_network_disconnected_error(NSError *_Nullable error, NSUInte
     [self performOnQueue:^{
         NSUInteger index = NSNotFound;
         VZVirtualMachine *vm = self->_vm;
-        if (vm != nil) {
-            NSArray<VZNetworkDevice *> *devices = vm.networkDevices;
+        __block NSArray<VZNetworkDevice *> *devices = nil;
+        if (vm != nil && avz_try(^{
+                devices = vm.networkDevices;
+            })) {
             for (NSUInteger i = 0; i < devices.count && index == NSNotFound; i++) {
                 if (devices[i] == networkDevice) {
                     index = i;
@@ -732,7 +774,12 @@ bool avz_vm_read_bool(avz_vm *_Nullable vm,
     }
     __block BOOL value = NO;
     [machine syncOnQueue:^{
-        value = getter(machine.vm);
+        /* An exception reads as NO (the call is not possible now). */
+        if (!avz_try(^{
+                value = getter(machine.vm);
+            })) {
+            value = NO;
+        }
     }];
     return value;
 }

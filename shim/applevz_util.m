@@ -145,6 +145,17 @@ NSString *avz_state_name(NSInteger state)
 /* An Objective-C exception raised by the framework, as an error (code 1): it must not
  * unwind through a dispatch work item (that aborts the process) and the operation's
  * completion is still due. */
+BOOL avz_try(__attribute__((noescape)) dispatch_block_t body)
+{
+    @try {
+        body();
+        return YES;
+    } @catch (NSException *exception) {
+        (void)exception;
+        return NO;
+    }
+}
+
 NSError *avz_exception_error(NSException *exception, NSString *what)
 {
     NSString *reason = exception.reason;

@@ -212,10 +212,27 @@ void avz_vm_vsock_connect(avz_vm *vm, uint32_t port, avz_connect_fn completion, 
                             return;
                         }
                         /* The connection object closes its descriptor when it goes: the
-                         * callee gets a duplicate, then the object is closed. */
-                        int fd = fcntl(connection.fileDescriptor, F_DUPFD_CLOEXEC, 0);
-                        int code = fd < 0 ? errno : 0;
-                        [connection close];
+                         * callee gets a duplicate, then the object is closed. A framework
+                         * exception here (in its callout) stops in this handler. */
+                        __block int fd = -1;
+                        __block int code = 0;
+                        if (!avz_try(^{
+                                fd = fcntl(connection.fileDescriptor, F_DUPFD_CLOEXEC, 0);
+                                code = fd < 0 ? errno : 0;
+                                [connection close];
+                            })) {
+                            if (fd >= 0) {
+                                close(fd);
+                            }
+                            [pending completeWithError:
+                                         avz_error(AVZ_ERROR_INTERNAL,
+                                                   [NSString stringWithFormat:
+                                                                 @"cannot use the connection to "
+                                                                 @"vsock port %u: the framework "
+                                                                 @"raised an exception",
+                                                                 port])];
+                            return;
+                        }
                         if (fd < 0) {
                             [pending completeWithError:
                                          avz_posix_error(code,

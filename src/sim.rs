@@ -29,8 +29,12 @@ pub struct SimulatedGuest {
     pub crash_after: Option<(Duration, i64)>,
     /// The simulated host cannot save or restore (an Intel Mac, macOS < 14).
     pub save_restore_unsupported: bool,
-    /// This configuration cannot be saved.
+    /// This configuration cannot be saved or restored, for a reason the simulator cannot
+    /// derive from its devices (console and directory-sharing devices already make a
+    /// configuration unsavable, as on a Mac).
     pub not_savable: bool,
+    /// What a vsock connect to a guest port nobody listens on gets.
+    pub unlistened_vsock_port: UnlistenedVsockPort,
     /// Guest vsock ports with an echo service listening.
     pub guest_vsock_ports: Vec<u32>,
 }
@@ -87,10 +91,23 @@ impl SimulatedGuest {
         config.sim_crash_after(self.crash_after);
         config.sim_save_restore_unsupported(self.save_restore_unsupported);
         config.sim_not_savable(self.not_savable);
+        config.sim_vsock_unanswered(self.unlistened_vsock_port == UnlistenedVsockPort::NoAnswer);
         for port in &self.guest_vsock_ports {
             config.sim_add_guest_vsock_listener(*port);
         }
     }
+}
+
+/// What a host vsock connect to a guest port nobody listens on gets, for
+/// [`SimulatedGuest::unlistened_vsock_port`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnlistenedVsockPort {
+    /// POSIX `ECONNRESET`: what Macs are observed to report (the default).
+    #[default]
+    ConnectionReset,
+    /// No answer at all: Apple documents that `connectToPort:` then does nothing. The
+    /// connect's timeout ends the wait; the native handler is released with the VM.
+    NoAnswer,
 }
 
 /// The simulated host's architecture (process-wide).
@@ -190,8 +207,8 @@ impl SimulatorControl<'_> {
 
     /// The attachment of network device `device_index` (in the order the configuration
     /// added network devices) disconnects with `code` (`VZErrorDomain`): subscribers
-    /// get [`crate::EventKind::NetworkDisconnected`] while the VM is running or paused;
-    /// ignored otherwise.
+    /// get [`crate::EventKind::NetworkDisconnected`] while the VM is starting (an
+    /// interface that fails to come up at boot), running or paused; ignored otherwise.
     pub fn network_disconnect(&self, device_index: u32, code: i64) {
         self.vm.sim_network_disconnect(device_index, code);
     }
@@ -199,6 +216,37 @@ impl SimulatorControl<'_> {
     /// The VM fails now with `code` (`VZErrorDomain`).
     pub fn crash(&self, code: i64) {
         self.vm.sim_crash(code);
+    }
+
+    /// The next accepted operation of kind `op` runs as usual (its state changes happen,
+    /// a save writes its file) but the framework keeps its completion handler and never
+    /// calls it: the wait for it ends with its timeout. When the native VM is freed the
+    /// handler is dropped and the completion gets the shim's error for that
+    /// (`VZErrorDomain` code 1). [`SimOperation::RequestStop`] has no completion and is
+    /// ignored.
+    pub fn withhold_next_completion(&self, op: SimOperation) {
+        if op != SimOperation::RequestStop {
+            self.vm.sim_withhold_next_completion(op.raw());
+        }
+    }
+
+    /// The next accepted operation of kind `op` runs as usual, but the framework
+    /// releases its completion handler without calling it: the operation reports the
+    /// shim's error for a dropped handler (`VZErrorDomain` code 1, "the framework
+    /// dropped the operation without completing it") after its state changes.
+    /// [`SimOperation::RequestStop`] is ignored.
+    pub fn drop_next_completion(&self, op: SimOperation) {
+        if op != SimOperation::RequestStop {
+            self.vm.sim_drop_next_completion(op.raw());
+        }
+    }
+
+    /// The framework's notification of the state the next operation ends in comes
+    /// `delay` late: the state changes on time, but the shim holds the completion and
+    /// every event after it until the notification comes, or for at most 2 s (its hold
+    /// limit, after which it reads the state itself).
+    pub fn delay_next_notification(&self, delay: Duration) {
+        self.vm.sim_delay_next_notification(delay);
     }
 }
 

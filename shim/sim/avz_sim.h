@@ -47,8 +47,18 @@ void avz_sim_config_set_power_off_after_ms(avz_config *config, uint32_t ms);
 void avz_sim_config_set_crash_after_ms(avz_config *config, uint32_t ms, int64_t code);
 /* Host without save/restore (Intel Mac, macOS < 14). */
 void avz_sim_config_set_save_restore_unsupported(avz_config *config, bool unsupported);
-/* This configuration cannot be saved (validateSaveRestoreSupport fails). */
+/* This configuration cannot be saved or restored (validateSaveRestoreSupport fails), for
+ * a reason the simulator cannot derive from its devices (directory sharing and console
+ * devices already make a configuration unsavable: fidelity rule 19). */
 void avz_sim_config_set_not_savable(avz_config *config, bool not_savable);
+
+/* A host vsock connect to a port the guest does not listen on never completes while the
+ * VM lives (Apple documents that connectToPort: then does nothing), instead of failing
+ * with POSIX ECONNRESET (what Macs are observed to report, the default). The framework
+ * keeps the handler: when the VM is freed the connect function gets fd -1 and the shim's
+ * error for a dropped handler (VZErrorDomain code 1, "the framework dropped the
+ * operation without completing it"). */
+void avz_sim_config_set_vsock_unanswered(avz_config *config, bool unanswered);
 
 /* The simulated guest listens on vsock `port`: a host connection to it is accepted and
  * the guest echoes back every byte it receives until the host closes its end. */
@@ -82,9 +92,29 @@ void avz_sim_vm_guest_power_off(avz_vm *vm);
 void avz_sim_vm_crash(avz_vm *vm, int64_t code);
 /* The attachment of network device `device_index` (in the order the configuration added
  * network devices) disconnects with `code` (VZErrorDomain): the observer gets
- * AVZ_EVENT_NETWORK_DISCONNECTED while the VM is running or paused; ignored otherwise
- * and for an index the VM does not have. The state does not change. */
+ * AVZ_EVENT_NETWORK_DISCONNECTED while the VM is starting (an interface that fails to
+ * come up at boot), running or paused; ignored otherwise and for an index the VM does
+ * not have. The state does not change. */
 void avz_sim_vm_network_disconnect(avz_vm *vm, uint32_t device_index, int64_t code);
+
+/* The next accepted operation of kind `op` (AVZ_SIM_OP_START ... _RESTORE) runs as usual
+ * (its state changes, its file), but the framework keeps its completion handler and never
+ * calls it: the completion does not come while the VM lives. The operation stops holding
+ * the VM, so the last CFRelease frees it; the framework then releases the handler uncalled
+ * and the completion gets what the shim reports for that: VZErrorDomain code 1
+ * (AVZ_ERROR_INTERNAL), "the framework dropped the operation without completing it".
+ * A refused operation does not use it up. */
+void avz_sim_vm_withhold_next_completion(avz_vm *vm, int32_t op);
+/* The next accepted operation of kind `op` runs as usual, but the framework releases its
+ * completion handler without calling it: the completion gets the shim's error for a
+ * dropped handler (code 1, as above) instead of the outcome, after the state changes. */
+void avz_sim_vm_drop_next_completion(avz_vm *vm, int32_t op);
+/* The framework's state notification for the state the next operation ends in comes `ms`
+ * late. The state changes on time (avz_vm_state sees it), but the shim holds the
+ * completion, and every callback after it, until the notification comes or for at most
+ * its hold limit of 2 s (then it reads the state itself): the observer and the
+ * completion get them min(ms, 2000) ms late, in the usual order. */
+void avz_sim_vm_delay_next_notification(avz_vm *vm, uint32_t ms);
 
 /* The guest opens a vsock connection to host `port` (running VM only; ignored when
  * nothing listens there). The guest's end writes "hello from guest port <port>\n" and

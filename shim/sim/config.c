@@ -166,7 +166,7 @@ bool avz_config_set_efi_boot_loader(avz_config *config, const char *variable_sto
     }
     const char *path = variable_store_path;
     if (create) {
-        int fd = avz_sim_open_cloexec(path, O_WRONLY | O_CREAT | O_TRUNC, GUEST_DATA_MODE);
+        int fd = avz_sim_open_cloexec(path, O_WRONLY | O_CREAT | O_TRUNC, FRAMEWORK_FILE_MODE);
         if (fd < 0) {
             int e = errno;
             return avz_sim_fail(error, POSIX, e,
@@ -401,12 +401,31 @@ bool avz_config_validate_save_restore(avz_config *config, CFErrorRef *error) {
         }
         return false;
     }
-    if (config->knobs.not_savable) {
+    const char *unsavable = avz_sim_config_unsavable(config);
+    if (unsavable != NULL) {
         return avz_sim_fail(error, VZ, AVZ_ERROR_INVALID_CONFIGURATION,
                             "Invalid virtual machine configuration: this configuration cannot "
-                            "be saved (it has a device whose state cannot be saved).");
+                            "be saved (%s).",
+                            unsavable);
     }
     return true;
+}
+
+/* Devices practice shows the framework refuses to save (fidelity rule 19): a directory
+ * sharing device (directory and Rosetta shares alike: both are virtio-fs devices) and a
+ * console device. Whether the framework saves the others is not known; the knob covers
+ * what cannot be derived. */
+const char *avz_sim_config_unsavable(const avz_config *config) {
+    if (config->share_count > 0) {
+        return "it has a directory sharing device, which cannot be saved";
+    }
+    if (config->console_count > 0) {
+        return "it has a console device, which cannot be saved";
+    }
+    if (config->knobs.not_savable) {
+        return "it has a device whose state cannot be saved";
+    }
+    return NULL;
 }
 
 /* Knobs. */
@@ -447,6 +466,11 @@ void avz_sim_config_set_save_restore_unsupported(avz_config *config, bool unsupp
 
 void avz_sim_config_set_not_savable(avz_config *config, bool not_savable) {
     avz_sim_config_check(config, "avz_sim_config_set_not_savable")->knobs.not_savable = not_savable;
+}
+
+void avz_sim_config_set_vsock_unanswered(avz_config *config, bool unanswered) {
+    avz_sim_config_check(config, "avz_sim_config_set_vsock_unanswered")->knobs.vsock_unanswered =
+        unanswered;
 }
 
 void avz_sim_config_add_guest_vsock_listener(avz_config *config, uint32_t port) {

@@ -297,7 +297,7 @@ bool avz_config_add_serial_port_file(avz_config *config, const char *path, bool 
                             "Cannot open the serial port file: no path was given.");
     }
     int fd = avz_sim_open_cloexec(path, O_CREAT | O_WRONLY | (append ? O_APPEND : O_TRUNC),
-                                  GUEST_DATA_MODE);
+                                  FRAMEWORK_FILE_MODE);
     if (fd < 0) {
         int e = errno;
         return avz_sim_fail(error, POSIX, e, "Cannot open the serial port file %s: %s.", path,

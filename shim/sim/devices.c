@@ -146,7 +146,14 @@ void avz_sim_handle_vsock_connect(avz_vm *vm, outbox *out, const sim_task *task)
         error = avz_sim_error_create(VZ, AVZ_ERROR_INVALID_STATE,
                                      "%s %" PRIu32 ": the virtual machine is %s, not running.",
                                      prefix, task->port, avz_sim_state_phrase(vm->state));
+    } else if (!guest_listens(vm, task->port) && vm->knobs.vsock_unanswered) {
+        /* Apple: connectToPort: does nothing when the guest does not listen. The
+         * framework keeps the handler uncalled; it is dropped with the VM. */
+        avz_sim_withhold(vm, NULL, task->connect, task->context);
+        out->vm_releases++;
+        return;
     } else if (!guest_listens(vm, task->port)) {
+        /* Observed on Macs: the handler gets POSIX error 54 (ECONNRESET). */
         error = avz_sim_error_create(POSIX, ECONNRESET,
                                      "%s %" PRIu32 ": the guest does not listen on it "
                                      "(connection reset).",

@@ -94,9 +94,16 @@ AVZ_SIM_HIDDEN int avz_sim_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t
 #define MACHINE_ID_MAGIC "AVZSIMID"
 #define MACHINE_ID_MAGIC_SIZE 8
 #define ERRBUF 128
-/* Files the simulator creates that hold guest data (saved state, EFI variable store,
- * serial output) are readable and writable by their owner only. */
-#define GUEST_DATA_MODE 0600
+/* Files the framework creates (saved state, EFI variable store, serial output) get the
+ * default mode under the process's umask, as the framework's own files do: keeping guest
+ * data private is the caller's job (fidelity rule 18). */
+#define FRAMEWORK_FILE_MODE 0666
+/* What the shim reports when the framework releases a completion handler without calling
+ * it (AVZCompletion -dealloc in shim/applevz_machine.m): code 1 with this description. */
+#define DROPPED_COMPLETION_TEXT "the framework dropped the operation without completing it"
+/* How long the shim holds a delivery waiting for its state notification before it reads
+ * the state itself (AVZ_HOLD_LIMIT_NS in shim/applevz_machine.m). */
+#define SHIM_HOLD_LIMIT_MS 2000
 
 #define REQUIRE(pointer, function)                                                       \
     do {                                                                                 \
@@ -121,6 +128,7 @@ typedef struct sim_knobs {
     int64_t crash_code;
     bool save_restore_unsupported;
     bool not_savable;
+    bool vsock_unanswered; /* a connect to a port nobody listens on never completes */
 } sim_knobs;
 
 typedef struct sim_disk {
@@ -207,8 +215,11 @@ enum task_kind {
     TASK_VSOCK_CONNECT,       /* avz_vm_vsock_connect; holds one VM reference */
     TASK_GUEST_VSOCK_CONNECT, /* avz_sim_vm_guest_vsock_connect */
     TASK_NETWORK_DISCONNECT,  /* avz_sim_vm_network_disconnect */
-    TASK_LISTENER_RELEASE     /* a listener dropped by a synchronous call made on the
+    TASK_LISTENER_RELEASE,    /* a listener dropped by a synchronous call made on the
                                  worker: its release runs after the current callback */
+    TASK_WITHHOLD_NEXT,       /* avz_sim_vm_withhold_next_completion */
+    TASK_DROP_NEXT,           /* avz_sim_vm_drop_next_completion */
+    TASK_LATE_NEXT            /* avz_sim_vm_delay_next_notification */
 };
 
 enum timer_kind {
@@ -216,7 +227,8 @@ enum timer_kind {
     TIMER_GUEST_POWER_OFF, /* power_off_after */
     TIMER_GUEST_CRASH,     /* crash_after */
     TIMER_STOP_REQUEST,    /* the guest acts on a stop request */
-    TIMER_DEFERRED_POWER_OFF /* a power-off that fell due while the guest did not run */
+    TIMER_DEFERRED_POWER_OFF, /* a power-off that fell due while the guest did not run */
+    TIMER_LATE_NOTIFICATION   /* held deliveries go out (avz_sim_vm_delay_next_notification) */
 };
 
 enum sync_kind {
@@ -262,6 +274,15 @@ typedef struct sim_task {
     sync_call *sync;
 } sim_task;
 
+/* A completion handler the framework keeps and never calls (avz_sim_vm_withhold_next_
+ * completion, avz_sim_config_set_vsock_unanswered): released uncalled when the VM is
+ * freed, so the callee then gets the shim's dropped-handler error. */
+typedef struct sim_withheld {
+    avz_completion_fn completion; /* an operation's, or NULL */
+    avz_connect_fn connect;       /* a vsock connect's, or NULL */
+    void *context;
+} sim_withheld;
+
 typedef struct sim_timer {
     struct sim_timer *next;
     uint64_t id;
@@ -280,6 +301,8 @@ typedef struct sim_op {
     uint64_t timer;      /* its TIMER_OPERATION */
     bool inject;         /* avz_sim_vm_fail_next applies */
     int64_t inject_code;
+    bool withhold;       /* avz_sim_vm_withhold_next_completion applies */
+    bool drop;           /* avz_sim_vm_drop_next_completion applies */
     int save_fd;         /* save: the partial file being written */
 } sim_op;
 
@@ -305,6 +328,7 @@ struct avz_vm {
     uint64_t memory_size;
     uint32_t *guest_ports; /* where the simulated guest listens */
     size_t guest_port_count;
+    const char *unsavable; /* why the configuration cannot be saved; NULL: it can */
 
     /* The queue's place in the worker pool (queue.c), guarded by the pool's mutex. */
     bool scheduled;               /* on the ready list or in a worker's turn */
@@ -332,6 +356,13 @@ struct avz_vm {
     sim_listener *listeners; /* host vsock listeners, at most one per port */
     size_t listener_count, listener_capacity;
     uint32_t guest_connections; /* source ports handed out so far */
+    bool withhold_next[OP_KINDS];     /* avz_sim_vm_withhold_next_completion */
+    bool drop_next[OP_KINDS];         /* avz_sim_vm_drop_next_completion */
+    sim_withheld *withheld;           /* handlers the framework keeps without calling */
+    size_t withheld_count, withheld_capacity;
+    uint32_t late_next_ms;            /* avz_sim_vm_delay_next_notification */
+    bool holding;                     /* deliveries wait for a late notification */
+    struct held_outbox *held, *held_tail; /* what waits, in order */
 };
 
 enum outbox_kind {
@@ -364,6 +395,12 @@ typedef struct outbox {
     unsigned vm_releases; /* operation references to drop after every callback */
     bool serial_line;     /* write the "guest is running" line */
 } outbox;
+
+/* One turn's callbacks held back while a state notification is late. */
+typedef struct held_outbox {
+    struct held_outbox *next;
+    outbox out;
+} held_outbox;
 
 /* ---------------------------------------------------------------------------------- */
 /* Functions, by the file that defines them                                           */
@@ -409,6 +446,10 @@ AVZ_SIM_HIDDEN void avz_sim_machine_identifier_fresh(uint8_t out[MACHINE_ID_SIZE
 
 /* Returns `config` checked to be a live configuration (aborts naming `function`). */
 AVZ_SIM_HIDDEN avz_config *avz_sim_config_check(avz_config *config, const char *function);
+
+/* Why `config` cannot be saved (a device the framework does not save, or the
+ * not_savable knob), or NULL when it can (fidelity rule 19). A static string. */
+AVZ_SIM_HIDDEN const char *avz_sim_config_unsavable(const avz_config *config);
 
 /* What avz_config_validate and avz_vm_create check. */
 AVZ_SIM_HIDDEN bool avz_sim_config_validate(const avz_config *config, CFErrorRef *error);
@@ -465,6 +506,14 @@ AVZ_SIM_HIDDEN void avz_sim_vm_sync(avz_vm *vm, sync_call *call);
 
 /* Hands a failed synchronous call's error to the caller. Returns call->ok. */
 AVZ_SIM_HIDDEN bool avz_sim_sync_result(sync_call *call, CFErrorRef *error);
+
+/* Keeps a completion handler the framework never calls (mutex held): released uncalled,
+ * with the shim's dropped-handler error, when the VM is freed. */
+AVZ_SIM_HIDDEN void avz_sim_withhold(avz_vm *vm, avz_completion_fn completion,
+                                     avz_connect_fn connect, void *context);
+
+/* Returns +1: the error the shim reports for a completion handler dropped uncalled. */
+AVZ_SIM_HIDDEN CFErrorRef avz_sim_dropped_completion_error(void);
 
 /* Whether the current thread runs `vm`'s queue (a callback running on it). */
 AVZ_SIM_HIDDEN bool avz_sim_on_worker(const avz_vm *vm);

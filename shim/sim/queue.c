@@ -177,6 +177,41 @@ static _Thread_local avz_vm *current_worker_vm;
 static void vm_free(avz_vm *vm);
 static void outbox_deliver(avz_vm *vm, outbox *out);
 
+/* Mutex held, after each item of a turn: while a state notification is late
+ * (vm->holding), the item's callbacks join those held, in order, and `out` is emptied;
+ * once it is no longer late, returns the held callbacks (detached), to be delivered
+ * before the item's own. */
+static held_outbox *hold_or_release(avz_vm *vm, outbox *out) {
+    if (vm->holding) {
+        if (out->count > 0 || out->vm_releases > 0 || out->serial_line) {
+            held_outbox *held = avz_sim_alloc(sizeof *held);
+            held->out = *out;
+            if (vm->held_tail != NULL) {
+                vm->held_tail->next = held;
+            } else {
+                vm->held = held;
+            }
+            vm->held_tail = held;
+            memset(out, 0, sizeof *out);
+        }
+        return NULL;
+    }
+    held_outbox *released = vm->held;
+    vm->held = vm->held_tail = NULL;
+    return released;
+}
+
+/* Without the mutex: delivers (and frees) held callbacks, then `out`. */
+static void deliver_turn_item(avz_vm *vm, held_outbox *released, outbox *out) {
+    while (released != NULL) {
+        held_outbox *next = released->next;
+        outbox_deliver(vm, &released->out);
+        free(released);
+        released = next;
+    }
+    outbox_deliver(vm, out);
+}
+
 /* One turn of `vm`'s queue on a worker: queued tasks first, then due timers, each with
  * its callbacks delivered (without the mutex) before the next. Ends when nothing is
  * left to do now, after TURN_BUDGET items (back to the end of the ready list), or by
@@ -211,10 +246,11 @@ static void vm_turn(avz_vm *vm) {
                 vm->tasks_tail = NULL;
             }
             avz_sim_handle_task(vm, &out, task);
+            held_outbox *released = hold_or_release(vm, &out);
             pthread_mutex_unlock(&vm->mutex);
             free(task->path);
             free(task);
-            outbox_deliver(vm, &out);
+            deliver_turn_item(vm, released, &out);
             pthread_mutex_lock(&vm->mutex);
             continue;
         }
@@ -222,9 +258,10 @@ static void vm_turn(avz_vm *vm) {
         if (timer != NULL && timer->deadline_ns <= avz_sim_monotonic_ns()) {
             vm->timers = timer->next;
             avz_sim_handle_timer(vm, &out, timer);
+            held_outbox *released = hold_or_release(vm, &out);
             pthread_mutex_unlock(&vm->mutex);
             free(timer);
-            outbox_deliver(vm, &out);
+            deliver_turn_item(vm, released, &out);
             pthread_mutex_lock(&vm->mutex);
             continue;
         }
@@ -512,6 +549,22 @@ static void vm_free(avz_vm *vm) {
     if (vm->op != NULL) {
         avz_sim_fatal("internal error: VM destroyed with an operation in flight");
     }
+    /* Callbacks still held for a late notification: only observer events can be left
+     * (a held completion holds a reference), and those are dropped as the VM is dying. */
+    held_outbox *held = vm->held;
+    vm->held = vm->held_tail = NULL;
+    deliver_turn_item(vm, held, &(outbox){.count = 0});
+    /* The framework lets go of the handlers it kept: each gets the shim's error for a
+     * dropped handler, exactly once. */
+    for (size_t i = 0; i < vm->withheld_count; i++) {
+        const sim_withheld *kept = &vm->withheld[i];
+        if (kept->completion != NULL) {
+            kept->completion(kept->context, avz_sim_dropped_completion_error());
+        } else if (kept->connect != NULL) {
+            kept->connect(kept->context, -1, avz_sim_dropped_completion_error());
+        }
+    }
+    free(vm->withheld);
     /* Every listener still installed is released exactly once. */
     for (size_t i = 0; i < vm->listener_count; i++) {
         if (vm->listeners[i].release != NULL) {
@@ -655,6 +708,7 @@ avz_vm *avz_vm_create(avz_config *config, avz_state_observer_fn observer,
     vm->memory_size = config->memory_size;
     vm->balloon_target = config->memory_size;
     vm->guest_port_count = config->guest_port_count;
+    vm->unsavable = avz_sim_config_unsavable(config);
     vm->guest_ports = avz_sim_alloc(sizeof *vm->guest_ports * (config->guest_port_count + 1));
     if (config->guest_port_count > 0) {
         memcpy(vm->guest_ports, config->guest_ports,

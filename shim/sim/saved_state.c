@@ -125,13 +125,13 @@ void avz_sim_save_discard(sim_op *op) {
 
 CFErrorRef avz_sim_save_prepare(avz_vm *vm, sim_op *op) {
     char buf[ERRBUF];
-    if (vm->knobs.not_savable) {
+    if (vm->unsavable != NULL) {
         return avz_sim_error_create(VZ, AVZ_ERROR_SAVE,
                                     "Cannot save the virtual machine state: this configuration "
-                                    "cannot be saved (it has a device whose state cannot be "
-                                    "saved).");
+                                    "cannot be saved (%s).",
+                                    vm->unsavable);
     }
-    int fd = avz_sim_open_cloexec(op->path, O_WRONLY | O_CREAT | O_EXCL, GUEST_DATA_MODE);
+    int fd = avz_sim_open_cloexec(op->path, O_WRONLY | O_CREAT | O_EXCL, FRAMEWORK_FILE_MODE);
     if (fd >= 0) {
         op->save_fd = fd;
         return NULL;

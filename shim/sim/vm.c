@@ -86,6 +86,39 @@ static void op_complete(outbox *out, sim_op *op, CFErrorRef error) {
     op_free(op);
 }
 
+void avz_sim_withhold(avz_vm *vm, avz_completion_fn completion, avz_connect_fn connect,
+                      void *context) {
+    avz_sim_array_reserve((void **)&vm->withheld, &vm->withheld_capacity,
+                          vm->withheld_count + 1, sizeof *vm->withheld);
+    vm->withheld[vm->withheld_count++] =
+        (sim_withheld){.completion = completion, .connect = connect, .context = context};
+}
+
+CFErrorRef avz_sim_dropped_completion_error(void) {
+    return avz_sim_error_create(VZ, AVZ_ERROR_INTERNAL, "%s", DROPPED_COMPLETION_TEXT);
+}
+
+/* An accepted operation ends with `error` (+1 or NULL). Its completion goes out as
+ * op_complete does, unless a trigger took it: the framework keeps the handler and never
+ * calls it (avz_sim_vm_withhold_next_completion), or releases it uncalled
+ * (avz_sim_vm_drop_next_completion), where the callee gets the shim's error for a
+ * dropped handler instead of the outcome. Either way the VM reference goes now. */
+static void op_finish(avz_vm *vm, outbox *out, sim_op *op, CFErrorRef error) {
+    if (op->withhold || op->drop) {
+        if (error != NULL) {
+            CFRelease(error);
+        }
+        error = NULL;
+    }
+    if (op->withhold) {
+        avz_sim_withhold(vm, op->completion, NULL, op->context);
+        out->vm_releases++;
+        op_free(op);
+        return;
+    }
+    op_complete(out, op, op->drop ? avz_sim_dropped_completion_error() : error);
+}
+
 static void op_refuse(outbox *out, sim_op *op, CFIndex code, const char *fmt, ...)
     AVZ_SIM_PRINTF(4, 5);
 
@@ -185,21 +218,26 @@ static void guest_crash(avz_vm *vm, outbox *out, int64_t code) {
                avz_sim_error_create(VZ, (CFIndex)code,
                                     "The virtual machine stopped unexpectedly."));
     if (op != NULL) {
-        op_complete(out, op,
-                    avz_sim_error_create(VZ, (CFIndex)code,
-                                         "The virtual machine stopped with an error during "
-                                         "the %s operation.",
-                                         op_name(op->kind)));
+        op_finish(vm, out, op,
+                  avz_sim_error_create(VZ, (CFIndex)code,
+                                       "The virtual machine stopped with an error during "
+                                       "the %s operation.",
+                                       op_name(op->kind)));
     }
 }
 
-/* A pending avz_sim_vm_fail_next applies to `op`, which was just accepted. */
+/* Pending avz_sim_vm_fail_next, _withhold_next_completion and _drop_next_completion
+ * triggers apply to `op`, which was just accepted. */
 static void take_injection(avz_vm *vm, sim_op *op) {
     if (vm->fail_next[op->kind]) {
         vm->fail_next[op->kind] = false;
         op->inject = true;
         op->inject_code = vm->fail_code[op->kind];
     }
+    op->withhold = vm->withhold_next[op->kind];
+    vm->withhold_next[op->kind] = false;
+    op->drop = vm->drop_next[op->kind];
+    vm->drop_next[op->kind] = false;
 }
 
 /* Accepts `op`: it becomes the operation in flight and its transitional state lasts
@@ -311,6 +349,13 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
                       "Cannot restore the virtual machine state: this virtual machine object "
                       "has already left the stopped state once; restore into a newly created "
                       "virtual machine.");
+        } else if (vm->unsavable != NULL) {
+            /* The configuration must support saving and restoring (fidelity rule 19):
+             * refused before anything is read, the file untouched. */
+            op_refuse(out, op, AVZ_ERROR_RESTORE,
+                      "Cannot restore the virtual machine state from %s: this configuration "
+                      "cannot be saved or restored (%s).",
+                      op->path, vm->unsavable);
         } else {
             op_begin(vm, out, op, AVZ_STATE_RESTORING, knobs->operation_delay_ms);
         }
@@ -325,6 +370,17 @@ static void handle_operation(avz_vm *vm, outbox *out, sim_op *op) {
 static void finish_operation(avz_vm *vm, outbox *out, sim_op *op) {
     vm->op = NULL;
     op->timer = 0;
+    if (vm->late_next_ms > 0 && !vm->holding) {
+        /* The notification of the state this operation ends in is late: the shim holds
+         * the completion (and what follows it) until the notification comes, or for at
+         * most its hold limit, after which it reads the state itself. The state changes
+         * now: synchronous reads see it. */
+        uint32_t late = vm->late_next_ms;
+        vm->late_next_ms = 0;
+        vm->holding = true;
+        (void)avz_sim_timer_add(vm, late < SHIM_HOLD_LIMIT_MS ? late : SHIM_HOLD_LIMIT_MS,
+                                TIMER_LATE_NOTIFICATION);
+    }
     CFErrorRef error = op->inject ? injected_error(op) : NULL;
 
     switch (op->kind) {
@@ -382,13 +438,15 @@ static void finish_operation(avz_vm *vm, outbox *out, sim_op *op) {
     default:
         avz_sim_fatal("internal error: operation kind %" PRId32, op->kind);
     }
-    op_complete(out, op, error);
+    op_finish(vm, out, op, error);
 }
 
 /* avz_sim_vm_network_disconnect: the delegate's attachmentWasDisconnectedWithError:
- * while the VM is running or paused, for a device it has; ignored otherwise. */
+ * while the VM is starting (an interface that fails to come up at boot), running or
+ * paused, for a device it has; ignored otherwise. */
 static void handle_network_disconnect(avz_vm *vm, outbox *out, uint32_t index, int64_t code) {
-    if (vm->state != AVZ_STATE_RUNNING && vm->state != AVZ_STATE_PAUSED) {
+    if (vm->state != AVZ_STATE_STARTING && vm->state != AVZ_STATE_RUNNING &&
+        vm->state != AVZ_STATE_PAUSED) {
         return;
     }
     if (index >= vm->net_count) {
@@ -427,6 +485,10 @@ void avz_sim_handle_timer(avz_vm *vm, outbox *out, const sim_timer *timer) {
     case TIMER_GUEST_CRASH:
         vm->crash_timer = 0;
         guest_crash(vm, out, vm->knobs.crash_code);
+        break;
+    case TIMER_LATE_NOTIFICATION:
+        /* The held deliveries go out at the end of this item (queue.c). */
+        vm->holding = false;
         break;
     }
 }
@@ -514,6 +576,15 @@ void avz_sim_handle_task(avz_vm *vm, outbox *out, sim_task *task) {
         break;
     case TASK_NETWORK_DISCONNECT:
         handle_network_disconnect(vm, out, task->port, task->code);
+        break;
+    case TASK_WITHHOLD_NEXT:
+        vm->withhold_next[task->op] = true;
+        break;
+    case TASK_DROP_NEXT:
+        vm->drop_next[task->op] = true;
+        break;
+    case TASK_LATE_NEXT:
+        vm->late_next_ms = (uint32_t)task->code;
         break;
     case TASK_LISTENER_RELEASE: {
         outbox_item *item = avz_sim_outbox_push(out);
@@ -621,6 +692,27 @@ void avz_sim_vm_fail_next(avz_vm *vm, int32_t op, int64_t code) {
         avz_sim_fatal("avz_sim_vm_fail_next: %" PRId32 " is not an AVZ_SIM_OP_* value", op);
     }
     vm_trigger(vm, TASK_FAIL_NEXT, op, code, "avz_sim_vm_fail_next");
+}
+
+/* An asynchronous operation kind (not the synchronous stop request). */
+static void check_async_op(int32_t op, const char *function) {
+    if (op < 0 || op >= OP_KINDS || op == AVZ_SIM_OP_REQUEST_STOP) {
+        avz_sim_fatal("%s: %" PRId32 " is not an asynchronous AVZ_SIM_OP_* value", function, op);
+    }
+}
+
+void avz_sim_vm_withhold_next_completion(avz_vm *vm, int32_t op) {
+    check_async_op(op, "avz_sim_vm_withhold_next_completion");
+    vm_trigger(vm, TASK_WITHHOLD_NEXT, op, 0, "avz_sim_vm_withhold_next_completion");
+}
+
+void avz_sim_vm_drop_next_completion(avz_vm *vm, int32_t op) {
+    check_async_op(op, "avz_sim_vm_drop_next_completion");
+    vm_trigger(vm, TASK_DROP_NEXT, op, 0, "avz_sim_vm_drop_next_completion");
+}
+
+void avz_sim_vm_delay_next_notification(avz_vm *vm, uint32_t ms) {
+    vm_trigger(vm, TASK_LATE_NEXT, 0, ms, "avz_sim_vm_delay_next_notification");
 }
 
 void avz_sim_vm_set_operation_delay_ms(avz_vm *vm, uint32_t ms) {

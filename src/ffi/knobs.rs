@@ -88,6 +88,11 @@ impl NativeConfig {
         unsafe { sim::avz_sim_config_set_not_savable(self.raw(), not_savable) }
     }
 
+    pub(crate) fn sim_vsock_unanswered(&mut self, unanswered: bool) {
+        // SAFETY: as for sim_boot_delay.
+        unsafe { sim::avz_sim_config_set_vsock_unanswered(self.raw(), unanswered) }
+    }
+
     pub(crate) fn sim_add_guest_vsock_listener(&mut self, port: u32) {
         // SAFETY: as for sim_boot_delay.
         unsafe { sim::avz_sim_config_add_guest_vsock_listener(self.raw(), port) }
@@ -101,6 +106,30 @@ impl NativeVm {
         let op = i32::try_from(op).expect("AVZ_SIM_OP_* fits in an int");
         // SAFETY: `self` holds a reference to a live VM; plain values.
         unsafe { sim::avz_sim_vm_fail_next(self.raw(), op, code) }
+    }
+
+    /// The next accepted operation `op` (an asynchronous `AVZ_SIM_OP_*`, not
+    /// `AVZ_SIM_OP_REQUEST_STOP`) never completes while the VM lives.
+    pub(crate) fn sim_withhold_next_completion(&self, op: u32) {
+        debug_assert_ne!(op, AVZ_SIM_OP_REQUEST_STOP, "no completion to withhold");
+        let op = i32::try_from(op).expect("AVZ_SIM_OP_* fits in an int");
+        // SAFETY: as for sim_fail_next; `op` is an asynchronous kind (the native side
+        // aborts on any other).
+        unsafe { sim::avz_sim_vm_withhold_next_completion(self.raw(), op) }
+    }
+
+    /// The next accepted operation `op` (asynchronous, as above) gets the shim's error for
+    /// a completion handler the framework dropped.
+    pub(crate) fn sim_drop_next_completion(&self, op: u32) {
+        debug_assert_ne!(op, AVZ_SIM_OP_REQUEST_STOP, "no completion to drop");
+        let op = i32::try_from(op).expect("AVZ_SIM_OP_* fits in an int");
+        // SAFETY: as for sim_withhold_next_completion.
+        unsafe { sim::avz_sim_vm_drop_next_completion(self.raw(), op) }
+    }
+
+    pub(crate) fn sim_delay_next_notification(&self, delay: Duration) {
+        // SAFETY: as for sim_fail_next.
+        unsafe { sim::avz_sim_vm_delay_next_notification(self.raw(), ms(delay)) }
     }
 
     pub(crate) fn sim_set_operation_delay(&self, delay: Duration) {

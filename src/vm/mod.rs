@@ -456,11 +456,15 @@ impl VirtualMachine {
             state if gone(state) => return Ok(()),
             VmState::Running | VmState::Paused => {
                 if let Err(error) = self.run(operation, AsyncOp::Stop, timeout) {
-                    // Refused because the guest powered off or failed in the meantime:
-                    // that is what was asked.
+                    // Refused because the guest powered off or failed in the meantime, or
+                    // the stop's completion did not come although the framework reports
+                    // the guest gone: either way, that is what was asked.
                     let refused = matches!(error, Error::InvalidState { .. });
+                    let timed_out = matches!(error, Error::Timeout { .. });
                     let state = self.tracker.framework_state();
-                    if !(refused && (gone(state) || state == VmState::Stopping)) {
+                    if timed_out && gone(state) {
+                        log::warn!("{operation}: the VM is {state}, but its stop never completed");
+                    } else if !(refused && (gone(state) || state == VmState::Stopping)) {
                         return Err(error);
                     }
                 }

@@ -1219,6 +1219,7 @@ static void test_pool(void) {
 
 #include "device_tests.inc"
 #include "contract_tests.inc"
+#include "fidelity_tests.inc"
 
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/simtest/work-%d", (int)getpid());
@@ -1256,6 +1257,12 @@ int main(void) {
     test_console();
     test_balloon();
     test_vsock();
+    test_savability_from_devices();
+    test_restore_needs_savability();
+    test_withheld_and_dropped_completions();
+    test_late_notification();
+    test_network_disconnect_while_starting();
+    test_vsock_unanswered();
     CHECK(avz_sim_wait_live_objects(0, 3000), "live objects back to 0: %ld",
           (long)avz_sim_live_objects());
 

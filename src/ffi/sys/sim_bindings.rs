@@ -46,6 +46,12 @@ unsafe extern "C" {
     pub fn avz_sim_config_set_not_savable(config: *mut avz_config, not_savable: bool);
 }
 unsafe extern "C" {
+    pub fn avz_sim_config_set_vsock_unanswered(
+        config: *mut avz_config,
+        unanswered: bool,
+    );
+}
+unsafe extern "C" {
     pub fn avz_sim_config_add_guest_vsock_listener(config: *mut avz_config, port: u32);
 }
 unsafe extern "C" {
@@ -68,6 +74,15 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn avz_sim_vm_network_disconnect(vm: *mut avz_vm, device_index: u32, code: i64);
+}
+unsafe extern "C" {
+    pub fn avz_sim_vm_withhold_next_completion(vm: *mut avz_vm, op: i32);
+}
+unsafe extern "C" {
+    pub fn avz_sim_vm_drop_next_completion(vm: *mut avz_vm, op: i32);
+}
+unsafe extern "C" {
+    pub fn avz_sim_vm_delay_next_notification(vm: *mut avz_vm, ms: u32);
 }
 unsafe extern "C" {
     pub fn avz_sim_vm_guest_vsock_connect(vm: *mut avz_vm, port: u32);
