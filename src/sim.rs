@@ -171,6 +171,13 @@ impl SimOperation {
 ///
 /// It acts on the native VM object the VM drives when the control is made: after a
 /// `suspend()` (the VM restores into a fresh native object) take a new one.
+///
+/// Each control returns once the simulator has acted on it and the VM has heard of
+/// what it caused: after `crash(1)` on a running VM, `state()` is already
+/// [`crate::VmState::Error`], so a `start()` that follows boots the guest afresh
+/// rather than finding it still running; after `guest_vsock_connect` the listener
+/// holds the connection. Like the native triggers they wrap, controls are not for the
+/// VM's own callbacks (a subscriber on the framework's queue).
 pub struct SimulatorControl<'vm> {
     vm: NativeVm,
     _borrows: PhantomData<&'vm ()>,
@@ -187,22 +194,26 @@ impl SimulatorControl<'_> {
     /// The next operation of kind `op` fails with `code` (`VZErrorDomain`).
     pub fn fail_next(&self, op: SimOperation, code: i64) {
         self.vm.sim_fail_next(op.raw(), code);
+        self.applied();
     }
 
     /// Pause, resume, save and restore begun from now on take `delay`.
     pub fn set_operation_delay(&self, delay: Duration) {
         self.vm.sim_set_operation_delay(delay);
+        self.applied();
     }
 
     /// The guest powers itself off now.
     pub fn guest_power_off(&self) {
         self.vm.sim_guest_power_off();
+        self.applied();
     }
 
     /// The guest opens a vsock connection to host `port`; a listener there accepts it
     /// and first receives `hello from guest port <port>\n`, then an echo.
     pub fn guest_vsock_connect(&self, port: u32) {
         self.vm.sim_guest_vsock_connect(port);
+        self.applied();
     }
 
     /// The attachment of network device `device_index` (in the order the configuration
@@ -211,11 +222,21 @@ impl SimulatorControl<'_> {
     /// interface that fails to come up at boot), running or paused; ignored otherwise.
     pub fn network_disconnect(&self, device_index: u32, code: i64) {
         self.vm.sim_network_disconnect(device_index, code);
+        self.applied();
     }
 
     /// The VM fails now with `code` (`VZErrorDomain`).
     pub fn crash(&self, code: i64) {
         self.vm.sim_crash(code);
+        self.applied();
+    }
+
+    /// Waits until the VM's queue has handled the trigger just posted and made its
+    /// callbacks. The native triggers only queue their work; a synchronous call runs
+    /// on the same serial queue behind it (`shim/sim/README.md`, worker pool), so
+    /// reading the state is that wait.
+    fn applied(&self) {
+        self.vm.state();
     }
 
     /// The next accepted operation of kind `op` runs as usual (its state changes happen,

@@ -217,6 +217,34 @@ fn vsock_listener_accepts_guest_connections_and_can_be_removed() {
     leaks.finish();
 }
 
+#[test]
+#[serial]
+fn a_vsock_listener_hears_the_guest_after_each_crash_and_fresh_start() {
+    // A crash the simulator had queued but not yet made let `start()` find the VM still
+    // running; the guest's connection then came to a failed VM and the listener heard
+    // nothing (tests/model.rs, seed 1796688826164633815). Each control now returns once
+    // it took effect, so every round starts a failed VM and the connection is there.
+    let leaks = LeakCheck::start();
+    let dir = TestDir::new("vsock-crash");
+    let vm = running(&vsock_guest(&dir, &[]));
+    let listener = vm.vsock_listen(5000).unwrap();
+    for round in 0..50 {
+        vm.simulator().crash(1);
+        assert_eq!(vm.state(), VmState::Error, "round {round}");
+        vm.start().unwrap();
+        assert_eq!(vm.state(), VmState::Running, "round {round}");
+        vm.simulator().guest_vsock_connect(5000);
+        let stream = listener.accept_timeout(Duration::ZERO).unwrap();
+        assert!(
+            stream.is_some(),
+            "round {round}: the guest's connection is waiting"
+        );
+    }
+    drop(vm);
+    drop(listener);
+    leaks.finish();
+}
+
 // ---------------------------------------------------------------------------------
 // Shared directories and Rosetta.
 
