@@ -468,6 +468,7 @@ fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
 /// What a suspend cut short by the end of its process leaves is listed, never
 /// adopted or deleted; a suspend under way in this process is not listed.
 #[test]
+#[serial]
 fn interrupted_suspends_are_listed() {
     let dir = TestDir::new("interrupted");
     let target = dir.join("vm.state");
