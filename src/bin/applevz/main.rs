@@ -83,7 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check => Ok(check::check()),
@@ -106,4 +106,32 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Log records (warnings by default, more with `RUST_LOG`) go to stderr in the tool's
+/// own form, `applevz: warning: …`, among its other lines; debug and trace records
+/// also name the module they come from.
+fn init_logging() {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format(|out, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            if record.level() <= log::Level::Info {
+                writeln!(out, "applevz: {level}: {}", record.args())
+            } else {
+                writeln!(
+                    out,
+                    "applevz: {level} ({}): {}",
+                    record.target(),
+                    record.args()
+                )
+            }
+        })
+        .init();
 }
