@@ -75,8 +75,9 @@ fn a_client_killed_mid_request_does_not_stop_the_operation() {
     assert_eq!(code, 12, "{log}");
 }
 
-/// A small tmpfs mounted for a test, unmounted on drop (Linux, as root); `None`
-/// (with the reason printed) where mounting is not allowed.
+/// A small tmpfs mounted for a test, unmounted on drop (Linux, as root). Mounting
+/// panics with the reason where it is not allowed: the tests that use it are
+/// `#[ignore]`d and run as root by scripts/test.sh.
 #[cfg(target_os = "linux")]
 struct Tmpfs(PathBuf);
 

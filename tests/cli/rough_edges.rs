@@ -205,3 +205,137 @@ fn signals_during_a_suspend_say_what_they_do() {
     );
     assert!(vm.join("vm.state").exists());
 }
+
+/// What a terminal shows for `bytes` written to it: carriage returns and "clear to the
+/// end of line" (`ESC [ K`) redraw the line in place, as the progress line does.
+fn screen(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes).replace("\x1b[K", "\u{0}");
+    let (mut lines, mut line, mut cursor) = (Vec::new(), Vec::<char>::new(), 0);
+    for c in text.chars() {
+        match c {
+            '\r' => cursor = 0,
+            '\u{0}' => line.truncate(cursor),
+            '\n' => {
+                lines.push(line.drain(..).collect());
+                cursor = 0;
+            }
+            c if cursor < line.len() => {
+                line[cursor] = c;
+                cursor += 1;
+            }
+            c => {
+                line.push(c);
+                cursor += 1;
+            }
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line.into_iter().collect());
+    }
+    lines
+}
+
+/// A line with its timings made comparable (`(0.0 s)`, `[    2.96 s]`), without the
+/// simulated guest's console line, which lands wherever the guest writes it, and
+/// without a progress line's first draw (`booting: …`), which a quick boot may
+/// overwrite before it is drawn: neither is the tool's choice.
+fn comparable(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line.replace("applevz-sim: guest is running", "");
+    if rest.starts_with("booting: … (") {
+        return String::new();
+    }
+    while let Some(at) = rest.find(" s)").or_else(|| rest.find(" s]")) {
+        let open = rest[..at].rfind(['(', '[']).unwrap_or(at);
+        out.push_str(&rest[..=open]);
+        out.push_str("T s");
+        rest = rest[at + " s".len()..].to_owned();
+    }
+    out.push_str(&rest);
+    out
+}
+
+#[test]
+fn the_quick_start_prints_what_the_readme_shows() {
+    use std::os::unix::process::CommandExt;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let quick_start = &readme[readme.find("## Quick start").unwrap()..];
+    let block = &quick_start[quick_start.find("```text\n").unwrap() + "```text\n".len()..];
+    let shown = &block[..block.find("```").unwrap()];
+
+    let dir = TestDir::new("quick-start");
+    let vm = dir.join("applevz-demo");
+    let (master, slave) = crate::pty::pty();
+    // The README's commands on a terminal: `init`, then `run` in the same process
+    // (exec), so the pid signalled is run's.
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("\"$0\" init \"$1\" && exec \"$0\" run \"$1\"")
+        .arg(crate::support::APPLEVZ)
+        .arg(&vm)
+        .env_remove("APPLEVZ_SIM_GUEST")
+        .env_remove("RUST_LOG")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid is async-signal-safe; the child gets a session of its own.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let run = crate::support::KillOnDrop::spawn(&mut command);
+    // Only the child holds the terminal now: reading it ends when the child has gone.
+    drop(command);
+    drop(slave);
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = std::thread::spawn({
+        let output = std::sync::Arc::clone(&output);
+        move || {
+            let mut master = std::fs::File::from(master);
+            let mut buffer = [0u8; 4096];
+            // Ends with EIO once `run` and its terminal are gone.
+            while let Ok(n @ 1..) = master.read(&mut buffer) {
+                output.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        }
+    });
+    let printed = |needle: &str| String::from_utf8_lossy(&output.lock().unwrap()).contains(needle);
+    crate::support::wait_until("run saying the boot has finished", || {
+        printed("Ctrl-C shuts the guest down")
+    });
+    signal(&run, libc::SIGINT);
+    let (code, _) = finish(run, &vm);
+    assert_eq!(code, 0);
+    reader.join().unwrap();
+    let path = vm.to_str().unwrap();
+    let seen = screen(&output.lock().unwrap())
+        .join("\n")
+        .replace(path, "/tmp/applevz-demo");
+    assert!(seen.contains("applevz-sim: guest is running"), "{seen}");
+    let comparable_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(comparable)
+            .filter(|line| !line.is_empty())
+            .collect()
+    };
+    assert_eq!(
+        comparable_lines(shown),
+        comparable_lines(&seen),
+        "the README's quick start (left) against a fresh run (right)"
+    );
+
+    // And what `status` prints then, and for a suspended VM.
+    let (_, stdout, _) = client(&["status", path]);
+    assert_eq!(stdout, "stopped (not running)\n");
+    assert!(quick_start.contains(&format!("prints `{}`", stdout.trim())));
+    std::fs::write(vm.join("vm.state"), b"").unwrap();
+    let (_, stdout, _) = client(&["status", path]);
+    assert!(
+        quick_start.contains(&format!("prints ``{}``", stdout.trim())),
+        "{stdout}"
+    );
+}
