@@ -34,7 +34,7 @@ use request::{Policy, Request};
 #[command(
     after_help = "Exit statuses: 0 ok (run: the guest shut down when asked), 1 error, 2 usage, \
 3 no VM running, 4 wrong state, 5 not a VM directory or bad vm.toml, 6 already running, \
-7 VM exists or directory not empty; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
+7 VM exists, directory not empty or not a directory; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
 )]
 struct Cli {
     #[command(subcommand)]
