@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::TestDir;
 use crate::support::{
-    APPLEVZ, DEBUG_LOG, KillOnDrop, client, finish, init_vm, signal, spawn_run, spawn_run_with,
-    text, wait_for_log, wait_for_status,
+    APPLEVZ, DEBUG_LOG, KillOnDrop, client, client_after_boot, finish, init_vm, signal, spawn_run,
+    spawn_run_with, text, wait_for_log, wait_for_status,
 };
 
 #[test]
@@ -45,7 +45,7 @@ fn run_keeps_the_guest_when_stdout_and_stderr_are_closed_pipes() {
     drop(run.stdout.take());
     wait_for_status(&vm, "running");
     // Each state change is a line on run's stderr, into the closed pipe.
-    assert_eq!(client(&["pause", path]).0, 0);
+    assert_eq!(client_after_boot(&["pause", path]).0, 0);
     assert_eq!(client(&["resume", path]).0, 0);
     assert_eq!(
         client(&["status", path]).1,
@@ -224,7 +224,7 @@ fn files_holding_the_guest_are_owner_only_whatever_the_umask() {
             .stderr(Stdio::null()),
     );
     wait_for_status(&vm, "running");
-    let (code, _, stderr) = client(&["suspend", path]);
+    let (code, _, stderr) = client_after_boot(&["suspend", path]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(finish(run, &vm).0, 13);
     let efi = dir.join("efi");

@@ -99,7 +99,8 @@ fn ctrl_c_twice_during_a_suspend_is_carried_out_before_run_ends() {
     for round in 0..3 {
         let (_dir, vm) = init_vm("ctrl-c-suspend");
         let path = vm.to_str().unwrap().to_owned();
-        let run = spawn_run(&vm, "operation_delay_ms=300", &[]);
+        // Slow enough that both signals arrive while the suspend is under way.
+        let run = spawn_run(&vm, "operation_delay_ms=600", &[]);
         let suspending = std::thread::spawn(move || client(&["suspend", &path]));
         wait_for_status(&vm, "pausing");
         signal(&run, libc::SIGINT);

@@ -2,7 +2,6 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use crate::common::{PATIENCE, TestDir};
 use crate::support::{client, finish, init_vm, signal, spawn_run, spawn_run_until, wait_for_log};
@@ -126,27 +125,17 @@ fn a_full_control_socket_is_reported_by_every_command() {
     let (_dir, vm) = init_vm("socket-full");
     let path = vm.to_str().unwrap();
     let run = spawn_run(&vm, "", &["--console", "file"]);
-    // Fill every slot with an idle connection (each waits up to 5 s for its request);
-    // the first one refused shows that they are all taken.
-    let mut idle = Vec::new();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let mut connection = UnixStream::connect(vm.join("control.sock")).unwrap();
-        connection
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut first = [0u8; 1];
-        if matches!(connection.read(&mut first), Ok(1)) {
-            // Refused at once: the rest of the answer follows.
-            connection.set_read_timeout(Some(PATIENCE)).unwrap();
-            let mut reply = String::new();
-            let _ = connection.read_to_string(&mut reply);
-            assert!(reply.contains("too many connections"), "{reply:?}");
-            break;
-        }
-        idle.push(connection);
-        assert!(std::time::Instant::now() < deadline, "never full");
-    }
+    // More connections than `run` serves at once, each idle (it would wait 5 s for
+    // a request): `run` accepts them in order, so once the last is refused, every
+    // slot is taken.
+    let mut idle: Vec<UnixStream> = (0..40)
+        .map(|_| UnixStream::connect(vm.join("control.sock")).unwrap())
+        .collect();
+    let mut last = idle.pop().unwrap();
+    last.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reply = String::new();
+    let _ = last.read_to_string(&mut reply);
+    assert!(reply.contains("too many connections"), "{reply:?}");
     for command in ["pause", "resume", "suspend", "status", "stop"] {
         let (code, _, stderr) = client(&[command, path]);
         assert_eq!(code, 1, "{command}: {stderr}");
@@ -189,7 +178,8 @@ fn signals_during_a_suspend_say_what_they_do() {
     // claim to force the VM off, nor suggest a poweroff that would discard the state.
     let (_dir, vm) = init_vm("signal-suspend");
     let path = vm.to_str().unwrap().to_owned();
-    let run = spawn_run(&vm, "operation_delay_ms=500", &["--console", "file"]);
+    // Slow enough that both signals arrive while the suspend is under way.
+    let run = spawn_run(&vm, "operation_delay_ms=1500", &["--console", "file"]);
     let suspending = std::thread::spawn(move || client(&["suspend", &path]));
     crate::support::wait_for_status(&vm, "pausing");
     signal(&run, libc::SIGTERM);

@@ -33,6 +33,20 @@ pub fn client(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs a client command once `run` has finished its boot: `status` says running a
+/// moment before, and until then `run` refuses other requests as "under way". For a
+/// `run` whose stderr a test cannot read (where `spawn_run` waits for its line).
+pub fn client_after_boot(args: &[&str]) -> (i32, String, String) {
+    let mut result = None;
+    wait_until(&format!("{args:?} past the boot"), || {
+        let (code, stdout, stderr) = client(args);
+        let booting = code == 4 && stderr.contains("the boot is under way");
+        result = Some((code, stdout, stderr));
+        !booting
+    });
+    result.unwrap()
+}
+
 /// A child process that is killed and reaped when dropped, unless it has ended: a
 /// test that panics (a failed assertion) unwinds through it, so no `applevz run` it
 /// started outlives it.
