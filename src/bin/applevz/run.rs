@@ -233,11 +233,7 @@ fn main_loop(
                             finish_boot(&mut boot, vm);
                         }
                     }
-                    None => errln!(
-                        "applevz: [{:>8.2} s] {}",
-                        began.elapsed().as_secs_f64(),
-                        describe(&event)
-                    ),
+                    None => print_event(&event, began),
                 }
                 match &event.kind {
                     EventKind::StoppedWithError(error) => crash = Some(error.to_string()),
@@ -340,7 +336,14 @@ fn main_loop(
             VmState::Stopped | VmState::Suspended | VmState::Error
         );
         if started && ended && signal_shutdowns == 0 && busy.load(Ordering::SeqCst) == 0 {
-            return Ok(ending(state, *lock(asked), crash, guest_stopped, inbox));
+            return Ok(ending(
+                state,
+                *lock(asked),
+                crash,
+                guest_stopped,
+                inbox,
+                began,
+            ));
         }
     }
 }
@@ -360,6 +363,7 @@ fn ending(
     crash: Option<String>,
     guest_stopped: bool,
     inbox: &Receiver<Message>,
+    began: Instant,
 ) -> (u8, String) {
     match (state, asked) {
         (VmState::Suspended, _) => (
@@ -370,7 +374,7 @@ fn ending(
             // The delegate's error follows the state change: give it a moment to
             // arrive (the state is read ahead of the events).
             let reason = crash.or_else(|| {
-                next_event(inbox, |event| match &event.kind {
+                next_event(inbox, began, |event| match &event.kind {
                     EventKind::StoppedWithError(error) => Some(error.to_string()),
                     _ => None,
                 })
@@ -392,7 +396,7 @@ fn ending(
         (_, Asked::Powerdown) => {
             // The delegate's "guest stopped" follows the state change: give it a moment
             // to arrive; without it the shutdown was escalated to a forced stop.
-            match next_event(inbox, |event| {
+            match next_event(inbox, began, |event| {
                 (event.kind == EventKind::GuestStopped).then_some(())
             }) {
                 Some(()) => (exit::OK, "the guest shut down".into()),
@@ -406,15 +410,19 @@ fn ending(
 }
 
 /// Waits up to a second for a state event that `wanted` picks out (the delegate's
-/// events follow the state change that `run` may already have acted on).
+/// events follow the state change that `run` may already have acted on). Each event
+/// received is printed, as the main loop prints it, so the lines do not depend on
+/// which came first.
 fn next_event<T>(
     inbox: &Receiver<Message>,
+    began: Instant,
     wanted: impl Fn(&StateEvent) -> Option<T>,
 ) -> Option<T> {
     let deadline = Instant::now() + Duration::from_secs(1);
     while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
         match inbox.recv_timeout(remaining) {
             Ok(Message::Event(event)) => {
+                print_event(&event, began);
                 if let Some(found) = wanted(&event) {
                     return Some(found);
                 }
@@ -424,6 +432,15 @@ fn next_event<T>(
         }
     }
     None
+}
+
+/// A state change after the boot: one line with the time since `run` began.
+fn print_event(event: &StateEvent, began: Instant) {
+    errln!(
+        "applevz: [{:>8.2} s] {}",
+        began.elapsed().as_secs_f64(),
+        describe(event)
+    );
 }
 
 fn describe(event: &StateEvent) -> String {
