@@ -70,6 +70,13 @@ pub use vm::VirtualMachine;
 pub use vm::saved_state::interrupted_suspends;
 pub use vm::vsock::{VsockListener, VsockStream};
 
+/// The lifecycle contract (`docs/lifecycle.md` in the repository): states, what each
+/// operation does from each of them, the shutdown table, the order of concurrent
+/// calls, and what is kept on every failure. This module has no items; it is the
+/// document, shown in the API documentation.
+#[doc = include_str!("../docs/lifecycle.md")]
+pub mod lifecycle {}
+
 /// True when this build runs against the simulator rather than Virtualization.framework.
 #[must_use]
 pub const fn is_simulator() -> bool {

@@ -166,7 +166,7 @@ fn check(result: applevz::Result<()>, vm: &VirtualMachine, expect: Expect, what:
     }
 }
 
-/// The shutdown table of docs/lifecycle.md, one state (row) at a time.
+/// The shutdown table of docs/lifecycle.md ("Shutdown"), one state (row) at a time.
 fn shutdown_row(state: VmState, powerdown: Expect, halt: Expect, poweroff: Expect) {
     let leaks = LeakCheck::start();
     for (policy, expect) in [

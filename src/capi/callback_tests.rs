@@ -165,7 +165,13 @@ fn freed_subscriptions_leave_no_thread_on_an_idle_vm() {
             applevz_subscription_free(subscription);
         }
         // Only this test makes subscription threads in this binary, and each is joined
-        // by its free: none may be left, at any round.
+        // by its free: none may be left, at any round. A joined thread's /proc entry
+        // can outlive the join for a moment (the kernel wakes the joiner before it
+        // releases the task), hence the short poll.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while subscription_threads() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(subscription_threads(), 0, "round {round}");
     }
     // SAFETY: live, freed once.

@@ -31,8 +31,9 @@ unsafe impl Sync for NativeVm {}
 
 /// The native VM a [`crate::VirtualMachine`] drives now. The VM restores a saved state
 /// into a fresh native VM object (Apple does not document restoring into one that has
-/// already run), so holders that outlive a restore (vsock listeners, simulator
-/// controls) reach the VM through this slot rather than a fixed object.
+/// already run), so holders that outlive a restore (vsock listeners) reach the VM
+/// through this slot rather than a fixed object. A simulator control does not: it
+/// takes the object current when it is made (`applevz::sim::SimulatorControl`).
 #[derive(Clone)]
 pub(crate) struct NativeSlot(Arc<RwLock<NativeVm>>);
 

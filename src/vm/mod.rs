@@ -1,5 +1,5 @@
-//! `VirtualMachine`: the lifecycle logic (the contract in `docs/lifecycle.md`), on top
-//! of the safe native wrappers in `crate::ffi`.
+//! `VirtualMachine`: the lifecycle logic (the contract: [`crate::lifecycle`],
+//! `docs/lifecycle.md`), on top of the safe native wrappers in `crate::ffi`.
 //!
 //! The framework's contract, which everything here builds on: start from stopped or
 //! error; pause from running; resume from paused; forced stop from running or paused
@@ -39,6 +39,8 @@ use tracker::{Busy, Tracked, Tracker};
 /// shutdowns follow the table at [`VirtualMachine::shutdown`]). Every operation
 /// has a timeout (see [`Timeouts`]); a completion that arrives after its wait timed
 /// out is harmless.
+///
+/// The whole contract: [`crate::lifecycle`].
 ///
 /// Dropping a running or paused VM forces it off, like pulling the plug, without
 /// waiting for the guest: call [`VirtualMachine::shutdown`] first for a graceful stop
@@ -242,8 +244,8 @@ impl VirtualMachine {
         }
     }
 
-    /// Stops the VM under `policy`, as this table says (the lifecycle contract,
-    /// `docs/lifecycle.md` in the repository, gives the reasons):
+    /// Stops the VM under `policy`, as the [shutdown table of the lifecycle
+    /// contract](crate::lifecycle#shutdown) says:
     ///
     /// | state | Powerdown | Halt | Poweroff |
     /// |---|---|---|---|

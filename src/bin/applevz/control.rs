@@ -27,7 +27,9 @@ use applevz::{ShutdownPolicy, VirtualMachine, VmDefinition, VmState};
 
 use crate::failure::{self, Failure, exit};
 use crate::out::{errln, outln};
-use crate::request::{MAX_REQUEST_BYTES, Policy, Request, parse_request, timeout_from_seconds};
+use crate::request::{
+    MAX_REQUEST_BYTES, Policy, Request, parse_request, timeout_from_seconds, timeout_refusal,
+};
 use crate::socket_path::with_short_path;
 use crate::terminal::Progress;
 use crate::vmdir::{VmDir, describe_file};
@@ -61,11 +63,21 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
         }
     })?;
     log::debug!("request: {}", request.to_line());
-    writeln!(&stream, "{}", request.to_line())
-        .map_err(|error| Failure::error(format!("control channel: {error}")))?;
+    // `run` may have answered and closed before reading the request (too many
+    // connections at once): the write then fails, but its answer is there to read.
+    let unsent = writeln!(&stream, "{}", request.to_line()).err();
+    if let Some(error) = &unsent {
+        log::debug!("request not sent ({error}); reading what run answered");
+    }
+    let channel_failure = |error: std::io::Error| {
+        Failure::error(format!(
+            "control channel: {}",
+            unsent.as_ref().unwrap_or(&error)
+        ))
+    };
     let progress = (request != Request::Status).then(|| Progress::new(request.label()));
     for line in BufReader::new(&stream).lines() {
-        let line = line.map_err(|error| Failure::error(format!("control channel: {error}")))?;
+        let line = line.map_err(channel_failure)?;
         log::debug!("reply: {line}");
         let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         match kind {
@@ -94,20 +106,17 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
             }
         }
     }
-    Err(Failure::error(
-        "the VM process closed the control channel without an answer",
-    ))
+    Err(match unsent {
+        Some(error) => Failure::error(format!("control channel: {error}")),
+        None => Failure::error("the VM process closed the control channel without an answer"),
+    })
 }
 
 pub(crate) fn stop(dir: &Path, policy: Policy, timeout: Option<f64>) -> Result<u8, Failure> {
     let timeout = timeout
         .map(|seconds| {
-            timeout_from_seconds(seconds).ok_or_else(|| {
-                Failure::new(
-                    exit::USAGE,
-                    format!("--timeout needs a positive number of seconds, not {seconds}"),
-                )
-            })
+            timeout_from_seconds(seconds)
+                .ok_or_else(|| Failure::new(exit::USAGE, timeout_refusal("--timeout", seconds)))
         })
         .transpose()?;
     let dir = VmDir::open(dir)?;

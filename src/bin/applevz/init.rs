@@ -1,6 +1,6 @@
 //! `applevz init DIR`: a new VM directory.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use applevz::definition::{DiskDefinition, NetworkDefinition, format_memory, parse_memory};
@@ -19,10 +19,10 @@ pub(crate) struct InitArgs {
     #[arg(long, conflicts_with = "efi")]
     kernel: Option<PathBuf>,
     /// The initial RAM disk.
-    #[arg(long, requires = "kernel")]
+    #[arg(long, conflicts_with = "efi")]
     initrd: Option<PathBuf>,
-    /// The kernel command line.
-    #[arg(long, default_value = "console=hvc0", requires = "kernel")]
+    /// The kernel command line (also for the simulator's placeholder kernel).
+    #[arg(long, default_value = "console=hvc0", conflicts_with = "efi")]
     cmdline: String,
     /// Boot through EFI (the variable store is created in DIR) instead of a kernel.
     #[arg(long)]
@@ -46,6 +46,16 @@ const PLACEHOLDER_KERNEL: &str = "vmlinuz";
 pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
     let dir = &args.dir;
     let writes_placeholder = args.kernel.is_none() && !args.efi;
+    if dir.symlink_metadata().is_ok_and(|found| !found.is_dir()) && !dir.is_dir() {
+        return Err(Failure::new(
+            exit::EXISTS,
+            format!(
+                "{} exists and is not a directory: init needs a new or empty directory; \
+                 nothing was changed",
+                dir.display()
+            ),
+        ));
+    }
     if dir.join(vmdir::DEFINITION).symlink_metadata().is_ok() {
         return Err(Failure::new(
             exit::EXISTS,
@@ -134,8 +144,21 @@ pub(crate) fn init(args: &InitArgs) -> Result<u8, Failure> {
 
     log::debug!("creating a VM in {}", dir.display());
     let created_dir = !dir.exists();
-    std::fs::create_dir_all(dir)
-        .map_err(|error| Failure::error(format!("cannot create {}: {error}", dir.display())))?;
+    let cannot_create =
+        |error: std::io::Error| Failure::error(format!("cannot create {}: {error}", dir.display()));
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(cannot_create)?;
+    }
+    // The directory will hold the guest's disk and saved memory: the owner's only,
+    // whatever the umask (and an empty one given to fill is made so too).
+    if created_dir {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(cannot_create)?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|error| Failure::error(format!("cannot restrict {}: {error}", dir.display())))?;
     let mut created = Created {
         files: Vec::new(),
         dir: created_dir.then(|| dir.clone()),
@@ -216,6 +239,7 @@ fn fill(
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&placeholder)
                 .map_err(|e| io("write the placeholder kernel", e))?;
             created.files.push(placeholder);
@@ -268,6 +292,7 @@ fn fill(
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&definition_path)
         .map_err(|e| io("write vm.toml", e))?;
     created.files.push(definition_path.clone());

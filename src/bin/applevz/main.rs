@@ -34,7 +34,7 @@ use request::{Policy, Request};
 #[command(
     after_help = "Exit statuses: 0 ok (run: the guest shut down when asked), 1 error, 2 usage, \
 3 no VM running, 4 wrong state, 5 not a VM directory or bad vm.toml, 6 already running, \
-7 VM exists or directory not empty; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
+7 VM exists, directory not empty or not a directory; run only: 10 guest powered off, 11 crashed, 12 forced off, 13 suspended."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,7 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check => Ok(check::check()),
@@ -106,4 +106,32 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Log records (warnings by default, more with `RUST_LOG`) go to stderr in the tool's
+/// own form, `applevz: warning: …`, among its other lines; debug and trace records
+/// also name the module they come from.
+fn init_logging() {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format(|out, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            if record.level() <= log::Level::Info {
+                writeln!(out, "applevz: {level}: {}", record.args())
+            } else {
+                writeln!(
+                    out,
+                    "applevz: {level} ({}): {}",
+                    record.target(),
+                    record.args()
+                )
+            }
+        })
+        .init();
 }

@@ -1,6 +1,6 @@
 //! A pseudo-terminal pair for tests, whose slave side stands in for the user's
 //! terminal. Test-only: used by `terminal.rs`'s unit tests and, through `#[path]`, by
-//! `tests/cli.rs`.
+//! `tests/cli/`.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 

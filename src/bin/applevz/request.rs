@@ -101,6 +101,18 @@ pub(crate) fn timeout_from_seconds(seconds: f64) -> Option<Duration> {
     }
 }
 
+/// Why `seconds` is not a timeout, for the message naming `option`: not positive,
+/// below the one-nanosecond resolution, or too large.
+pub(crate) fn timeout_refusal(option: &str, seconds: f64) -> String {
+    if seconds > 0.0 && seconds < 1.0 {
+        format!("{option}: {seconds} s is below the resolution of timeouts (one nanosecond)")
+    } else if seconds > 0.0 {
+        format!("{option}: {seconds} s is too large for a timeout")
+    } else {
+        format!("{option} needs a positive number of seconds, not {seconds}")
+    }
+}
+
 impl Request {
     /// The request as the line a client sends (without the newline).
     pub(crate) fn to_line(self) -> String {

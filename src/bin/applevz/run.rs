@@ -9,7 +9,7 @@
 //! polls: every thread blocks until its next message or event.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use applevz::{
 use crate::control::ControlServer;
 use crate::failure::{self, Failure, exit};
 use crate::out::errln;
-use crate::request::{Policy, Request, timeout_from_seconds};
+use crate::request::{Policy, Request, timeout_from_seconds, timeout_refusal};
 use crate::terminal::{Progress, RawMode, is_terminal};
 use crate::vmdir::{self, VmDir};
 
@@ -65,6 +65,18 @@ enum Message {
     Request,
 }
 
+/// What the main loop and the control requests' threads share.
+struct Shared {
+    /// Operations in flight: the start, shutdowns asked by signals, control requests
+    /// until their reply is written.
+    busy: AtomicUsize,
+    asked: Mutex<Asked>,
+    /// What the start is ("the boot", …) until it has finished.
+    starting: Mutex<Option<&'static str>>,
+    /// A suspend request is under way.
+    suspending: AtomicBool,
+}
+
 /// What was asked of the VM, to tell how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
@@ -78,13 +90,18 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
         .graceful_timeout
         .map(|seconds| {
             timeout_from_seconds(seconds).ok_or_else(|| {
-                Failure::new(
-                    exit::USAGE,
-                    format!("--graceful-timeout needs a positive number of seconds, not {seconds}"),
-                )
+                Failure::new(exit::USAGE, timeout_refusal("--graceful-timeout", seconds))
             })
         })
         .transpose()?;
+    // Raw mode needs a terminal on stdin: say so before touching the directory.
+    if args.console == Some(ConsoleTarget::Terminal) && !is_terminal(0) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--console terminal: standard input is not a terminal; --console file writes \
+             the guest's console to DIR/console.log instead",
+        ));
+    }
     let dir = VmDir::open(&args.dir)?;
     let _lock = dir.lock()?;
     if let Some(message) = dir.interrupted_suspends(true) {
@@ -135,29 +152,34 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, Failure> {
     let (messages, inbox) = mpsc::channel();
     vm.subscribe_with(messages.clone());
     forward_signals(signals, messages.clone());
-    let busy = Arc::new(AtomicUsize::new(0));
-    let asked = Arc::new(Mutex::new(Asked::Nothing));
+    let shared = Arc::new(Shared {
+        busy: AtomicUsize::new(0),
+        asked: Mutex::new(Asked::Nothing),
+        starting: Mutex::new(Some(if vm.state() == VmState::Suspended {
+            "the restore of the suspended VM"
+        } else {
+            "the boot"
+        })),
+        suspending: AtomicBool::new(false),
+    });
     let replied = {
-        let busy = Arc::clone(&busy);
+        let shared = Arc::clone(&shared);
         let messages = Mutex::new(messages.clone());
         move |request: Request| {
             if request != Request::Status {
-                busy.fetch_sub(1, Ordering::SeqCst);
+                shared.busy.fetch_sub(1, Ordering::SeqCst);
                 let _ = lock(&messages).send(Message::Request);
             }
         }
     };
-    server.serve(
-        control_handler(&vm, &dir.path, &busy, &asked),
-        Arc::new(replied),
-    );
+    server.serve(control_handler(&vm, &dir.path, &shared), Arc::new(replied));
 
     let raw = if on_terminal {
         Some(RawMode::enter(0).map_err(|error| Failure::error(format!("raw mode: {error}")))?)
     } else {
         None
     };
-    let outcome = main_loop(&vm, &dir.path, &inbox, &messages, &busy, &asked);
+    let outcome = main_loop(&vm, &dir.path, &inbox, &messages, &shared);
     drop(raw); // the terminal is back before anything else is printed
     let (code, message) = outcome?;
     errln!("applevz: {message}");
@@ -169,9 +191,14 @@ fn main_loop(
     dir: &Path,
     inbox: &Receiver<Message>,
     messages: &Sender<Message>,
-    busy: &AtomicUsize,
-    asked: &Mutex<Asked>,
+    shared: &Shared,
 ) -> Result<(u8, String), Failure> {
+    let Shared {
+        busy,
+        asked,
+        starting,
+        suspending,
+    } = shared;
     let began = Instant::now();
     let resuming = vm.state() == VmState::Suspended;
     let mut boot = Some(Progress::new(if resuming { "resuming" } else { "booting" }));
@@ -206,11 +233,7 @@ fn main_loop(
                             finish_boot(&mut boot, vm);
                         }
                     }
-                    None => errln!(
-                        "applevz: [{:>8.2} s] {}",
-                        began.elapsed().as_secs_f64(),
-                        describe(&event)
-                    ),
+                    None => print_event(&event, began),
                 }
                 match &event.kind {
                     EventKind::StoppedWithError(error) => crash = Some(error.to_string()),
@@ -219,6 +242,7 @@ fn main_loop(
                 }
             }
             Message::Started(Ok(())) => {
+                *lock(starting) = None;
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
                 if boot_saw_running {
@@ -238,19 +262,35 @@ fn main_loop(
                 }
                 // The boot failed after a forced shutdown was asked: the VM ends as
                 // forced off.
+                *lock(starting) = None;
                 busy.fetch_sub(1, Ordering::SeqCst);
                 started = true;
             }
             Message::Signal(number) => {
                 log::debug!("signal {number} received");
                 signals += 1;
-                let (policy, what) = if signals == 1 {
-                    (
-                        ShutdownPolicy::Powerdown,
-                        "asking the guest to power off (Ctrl-C again forces it off)",
-                    )
+                let policy = if signals == 1 {
+                    ShutdownPolicy::Powerdown
                 } else {
-                    (ShutdownPolicy::Poweroff, "forcing the VM off")
+                    ShutdownPolicy::Poweroff
+                };
+                // Nothing cancels an operation under way: say what the signal does
+                // then, not what it would do to a VM at rest.
+                let what = match (policy, suspending.load(Ordering::SeqCst), *lock(starting)) {
+                    (ShutdownPolicy::Powerdown, true, _) => "a suspend is under way and is not \
+                        cancelled: the VM stays suspended (should the suspend fail, the guest is \
+                        asked to power off)"
+                        .to_owned(),
+                    (_, true, _) => "a suspend is under way and is not cancelled: the VM stays \
+                        suspended (should the suspend fail, the VM is forced off)"
+                        .to_owned(),
+                    (ShutdownPolicy::Powerdown, false, _) => {
+                        "asking the guest to power off (Ctrl-C again forces it off)".to_owned()
+                    }
+                    (_, false, Some(start)) => {
+                        format!("forcing the VM off once {start} under way has finished")
+                    }
+                    (_, false, None) => "forcing the VM off".to_owned(),
                 };
                 errln!("applevz: {what}");
                 let mut current = lock(asked);
@@ -273,8 +313,19 @@ fn main_loop(
             }
             Message::SignalShutdown(result) => {
                 signal_shutdowns -= 1;
-                if let Err(error) = result {
-                    errln!("applevz: shutdown: {}", failure::in_dir(error, dir).message);
+                match result {
+                    // The suspend it met went through: nothing to shut down, and the
+                    // saved state stays (the ending line says so).
+                    Err(applevz::Error::InvalidState { .. })
+                        if suspending.load(Ordering::SeqCst)
+                            || vm.state() == VmState::Suspended =>
+                    {
+                        log::debug!("a shutdown asked by a signal met a suspend: {result:?}");
+                    }
+                    Err(error) => {
+                        errln!("applevz: shutdown: {}", failure::in_dir(error, dir).message);
+                    }
+                    Ok(()) => {}
                 }
             }
             Message::Request => {}
@@ -285,7 +336,14 @@ fn main_loop(
             VmState::Stopped | VmState::Suspended | VmState::Error
         );
         if started && ended && signal_shutdowns == 0 && busy.load(Ordering::SeqCst) == 0 {
-            return Ok(ending(state, *lock(asked), crash, guest_stopped, inbox));
+            return Ok(ending(
+                state,
+                *lock(asked),
+                crash,
+                guest_stopped,
+                inbox,
+                began,
+            ));
         }
     }
 }
@@ -305,6 +363,7 @@ fn ending(
     crash: Option<String>,
     guest_stopped: bool,
     inbox: &Receiver<Message>,
+    began: Instant,
 ) -> (u8, String) {
     match (state, asked) {
         (VmState::Suspended, _) => (
@@ -315,7 +374,7 @@ fn ending(
             // The delegate's error follows the state change: give it a moment to
             // arrive (the state is read ahead of the events).
             let reason = crash.or_else(|| {
-                next_event(inbox, |event| match &event.kind {
+                next_event(inbox, began, |event| match &event.kind {
                     EventKind::StoppedWithError(error) => Some(error.to_string()),
                     _ => None,
                 })
@@ -337,7 +396,7 @@ fn ending(
         (_, Asked::Powerdown) => {
             // The delegate's "guest stopped" follows the state change: give it a moment
             // to arrive; without it the shutdown was escalated to a forced stop.
-            match next_event(inbox, |event| {
+            match next_event(inbox, began, |event| {
                 (event.kind == EventKind::GuestStopped).then_some(())
             }) {
                 Some(()) => (exit::OK, "the guest shut down".into()),
@@ -351,15 +410,19 @@ fn ending(
 }
 
 /// Waits up to a second for a state event that `wanted` picks out (the delegate's
-/// events follow the state change that `run` may already have acted on).
+/// events follow the state change that `run` may already have acted on). Each event
+/// received is printed, as the main loop prints it, so the lines do not depend on
+/// which came first.
 fn next_event<T>(
     inbox: &Receiver<Message>,
+    began: Instant,
     wanted: impl Fn(&StateEvent) -> Option<T>,
 ) -> Option<T> {
     let deadline = Instant::now() + Duration::from_secs(1);
     while let Some(remaining) = deadline.checked_duration_since(Instant::now()) {
         match inbox.recv_timeout(remaining) {
             Ok(Message::Event(event)) => {
+                print_event(&event, began);
                 if let Some(found) = wanted(&event) {
                     return Some(found);
                 }
@@ -369,6 +432,15 @@ fn next_event<T>(
         }
     }
     None
+}
+
+/// A state change after the boot: one line with the time since `run` began.
+fn print_event(event: &StateEvent, began: Instant) {
+    errln!(
+        "applevz: [{:>8.2} s] {}",
+        began.elapsed().as_secs_f64(),
+        describe(event)
+    );
 }
 
 fn describe(event: &StateEvent) -> String {
@@ -456,13 +528,11 @@ fn forward_signals(set: libc::sigset_t, messages: Sender<Message>) {
 fn control_handler(
     vm: &Arc<VirtualMachine>,
     dir: &Path,
-    busy: &Arc<AtomicUsize>,
-    asked: &Arc<Mutex<Asked>>,
+    shared: &Arc<Shared>,
 ) -> Arc<crate::control::Handler> {
     let vm = Arc::clone(vm);
     let dir = dir.to_owned();
-    let busy = Arc::clone(busy);
-    let asked = Arc::clone(asked);
+    let shared = Arc::clone(shared);
     Arc::new(move |request: Request, progress: &mut dyn FnMut(&str)| {
         if request == Request::Status {
             return Ok(vm.state().to_string());
@@ -478,19 +548,27 @@ fn control_handler(
                 ..
             }
         );
-        if busy.fetch_add(1, Ordering::SeqCst) != 0 && !forced {
+        if shared.busy.fetch_add(1, Ordering::SeqCst) != 0 && !forced {
+            // Named by what is under way, not by the state: a VM still "stopped" while
+            // its boot begins is not what the request is waiting for.
+            let state = vm.state();
+            let under_way = match *lock(&shared.starting) {
+                Some(start) => start.to_owned(),
+                None if state.is_transitional() => format!("another operation ({state})"),
+                None => "another operation".to_owned(),
+            };
             return Err(Failure::new(
                 exit::WRONG_STATE,
                 format!(
-                    "cannot {} while the VM is {}: another operation is under way; try again \
-                     when it has finished, or `applevz stop {} --policy poweroff` waits for it \
-                     and then forces the VM off",
+                    "cannot {} yet: {under_way} is under way; try again when it has finished, \
+                     or `applevz stop {} --policy poweroff` waits for it to finish and then \
+                     forces the VM off if it still runs",
                     request.verb(),
-                    vm.state(),
                     dir.display()
                 ),
             ));
         }
+        log::debug!("control socket: carrying out {request:?}");
         // A stop records what it asks; if it fails, that record is taken back, unless
         // something else (a Ctrl-C) has asked since. Other requests ask nothing.
         let recorded = match request {
@@ -500,16 +578,23 @@ fn control_handler(
                 } else {
                     Asked::Forced
                 };
-                let mut current = lock(&asked);
+                let mut current = lock(&shared.asked);
                 let previous = *current;
                 *current = ours;
                 Some((previous, ours))
             }
             _ => None,
         };
+        let suspend = request == Request::Suspend;
+        if suspend {
+            shared.suspending.store(true, Ordering::SeqCst);
+        }
         let result = perform(&vm, request, progress);
+        if suspend {
+            shared.suspending.store(false, Ordering::SeqCst);
+        }
         if let (Err(_), Some((previous, ours))) = (&result, recorded) {
-            let mut current = lock(&asked);
+            let mut current = lock(&shared.asked);
             if *current == ours {
                 *current = previous;
             }

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::failure::Failure;
@@ -78,6 +79,8 @@ impl VmDir {
             .write(true)
             .create(true)
             .truncate(false)
+            // Holds only a pid, but lives in the owner's private VM directory.
+            .mode(0o600)
             .open(&path)
             .map_err(|error| Failure::error(format!("cannot open {}: {error}", path.display())))?;
         // SAFETY: a valid descriptor owned by `file`; flock has no memory effects.
