@@ -158,7 +158,7 @@ impl VirtualMachine {
             return Err(Error::SavedStateChanged {
                 path,
                 what: "the saved state this VM tracks vanished from",
-                hint: "nothing was restored; shutdown(Poweroff) forgets it, then start() boots afresh",
+                hint: hint::SAVED_STATE_VANISHED,
             });
         }
         let saved = CPath::new("saved-state path", &path)?;
@@ -255,7 +255,7 @@ impl VirtualMachine {
             return Err(Error::SavedStateChanged {
                 path: target.path.clone(),
                 what: "a saved state this VM did not write appeared at",
-                hint: "it is left alone: move it away, or create a new VirtualMachine to restore it",
+                hint: hint::FOREIGN_SAVED_STATE,
             });
         }
         Ok(())
@@ -392,7 +392,7 @@ fn delete_saved_state(path: &Path) -> std::io::Result<bool> {
 /// it is the only copy of the guest, and the error says where.
 fn move_into_place(temporary: &CPath, target: &CPath) -> Result<()> {
     std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
-        action: "could not move the saved state into place; it is kept, and start() restores from",
+        action: "could not move the saved state into place; it is kept, and starting the VM restores from",
         path: temporary.path.clone(),
         source,
     })
