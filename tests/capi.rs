@@ -41,7 +41,7 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 #[path = "support/cargo_build.rs"]
 mod cargo_build;
 
-use cargo_build::{lib_build_args, profile_dir};
+use cargo_build::lib_build_args;
 
 /// The static library of this build (see the module's documentation).
 fn staticlib() -> PathBuf {
@@ -793,7 +793,7 @@ fn build_program(source: &str) -> PathBuf {
 #[cfg(applevz_simulator)]
 fn compile_and_link(source: &str) -> PathBuf {
     let is_cpp = Path::new(source).extension() == Some(std::ffi::OsStr::new("cpp"));
-    let out_dir = profile_dir().join("capi-tests");
+    let out_dir = cargo_build::profile_dir().join("capi-tests");
     std::fs::create_dir_all(&out_dir).unwrap();
     let stem = Path::new(source)
         .file_stem()
