@@ -133,24 +133,29 @@ pub(super) fn subscribe(
     user_data: *mut c_void,
 ) -> Result<*mut applevz_subscription, applevz_error> {
     let user_data = UserData(user_data);
-    let shared = Arc::new(Shared {
-        stopped: AtomicBool::new(false),
-        gate: Mutex::new(()),
-        thread: OnceLock::new(),
-    });
-    let for_thread = Arc::clone(&shared);
-    match thread::Builder::new()
-        .name("applevz-subscription".into())
-        .spawn(move || deliver(events, callback, &user_data, &for_thread))
-    {
-        Ok(_) => {
-            subscribers.add(&shared);
-            Ok(Box::into_raw(Box::new(applevz_subscription { shared })))
-        }
-        Err(error) => Err(applevz_error::io(format!(
-            "applevz_vm_subscribe: cannot start the subscription's thread: {error}"
-        ))),
-    }
+    guard(
+        move || {
+            let shared = Arc::new(Shared {
+                stopped: AtomicBool::new(false),
+                gate: Mutex::new(()),
+                thread: OnceLock::new(),
+            });
+            let for_thread = Arc::clone(&shared);
+            match thread::Builder::new()
+                .name("applevz-subscription".into())
+                .spawn(move || deliver(events, callback, &user_data, &for_thread))
+            {
+                Ok(_) => {
+                    subscribers.add(&shared);
+                    Ok(Box::into_raw(Box::new(applevz_subscription { shared })))
+                }
+                Err(error) => Err(applevz_error::io(format!(
+                    "applevz_vm_subscribe: cannot start the subscription's thread: {error}"
+                ))),
+            }
+        },
+        |panic| Err(applevz_error::internal("applevz_vm_subscribe", &panic)),
+    )
 }
 
 /// `applevz_subscription_free(subscription)`: ends the subscription; NULL is ignored.
