@@ -14,10 +14,14 @@
 # DESTDIR, when set, is put in front of every installed path (for packaging); the .pc
 # file still says PREFIX.
 #
-# Why not `cargo cinstall` (cargo-c): installing cargo-c builds cargo itself from source
-# (minutes of CPU on every fresh CI machine) and each cargo-c release needs a recent
-# rustc (0.10.26 refuses rustc 1.95); the library is static only and has a hand-written,
-# drift-checked header, so what cargo-c adds (a cdylib, cbindgen) is not used.
+# Why not `cargo cinstall` (cargo-c), measured on this project's 2-core Debian machine:
+# `cargo install cargo-c` picks 0.10.26, which refuses rustc 1.95 (this toolchain), so a
+# version must be pinned and moved with the toolchain; 0.10.24 installs, but builds cargo
+# itself from source: 40 min wall on this shared machine (load average about 8), 14.6
+# min of CPU, on every fresh CI machine, within CI's 90 minutes. It does work for this crate (with a `capi` feature and a few lines of
+# [package.metadata.capi]), so it stays an option; this script gives the same result
+# with nothing to install.
+#
 # Libs.private is what the library needs on each OS: the system libraries rustc names
 # for a Rust static library (`--print native-static-libs`: Rust's std), and on macOS
 # build.rs's frameworks and libobjc in front of them.
