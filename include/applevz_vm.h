@@ -7,8 +7,8 @@
  * and a program never includes or calls it. Everything declared here is implemented in
  * Rust (src/capi/) on top of the crate's VirtualMachine, with exactly its lifecycle
  * (README, "Lifecycle"). Hand-written; tests/capi.rs fails when it and the library's
- * exports disagree (names, prototypes, constants, types) or when its version macros
- * are not Cargo.toml's version.
+ * exports disagree (names, prototypes, constants, types), tests/capi_install.rs when
+ * its version macros are not Cargo.toml's version.
  *
  * Installing, building and linking (README, "From C and C++"):
  *   scripts/install-c.sh PREFIX    -> PREFIX/include/applevz_vm.h,
@@ -16,7 +16,9 @@
  *   cc prog.c $(pkg-config --cflags --libs --static applevz)
  *   CMake: find_package(PkgConfig REQUIRED)
  *          pkg_check_modules(applevz REQUIRED IMPORTED_TARGET applevz)
- *          target_link_libraries(prog PRIVATE PkgConfig::applevz)
+ *          target_link_libraries(prog PRIVATE PkgConfig::applevz ${applevz_STATIC_LDFLAGS})
+ *   (the library is static: --static and _STATIC_LDFLAGS add what it needs, its
+ *   Libs.private).
  *   On macOS the program is then signed with the com.apple.security.virtualization
  *   entitlement (codesign --force --sign - --entitlements applevz.entitlements prog);
  *   without it every start fails.
