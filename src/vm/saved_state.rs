@@ -138,7 +138,10 @@ impl VirtualMachine {
             .wait_until(self.timeouts().resume, |t| !t.vm_state().is_transitional());
         if state == VmState::Paused {
             if let Err(error) = self.run(operation, AsyncOp::Resume, self.timeouts().resume) {
-                log::error!("suspend failed and the VM could not be resumed: {error}");
+                log::error!(
+                    "suspend failed and the VM could not be resumed: {}",
+                    error.full_message()
+                );
             }
         }
     }
@@ -188,7 +191,10 @@ impl VirtualMachine {
         if let Err(error) = self.run(Operation::Start, AsyncOp::Resume, self.timeouts().resume) {
             // Back to stopped, so the VM is suspended again with its file untouched.
             if let Err(stop_error) = self.force_stop(Operation::Start) {
-                log::error!("could not stop the VM after a failed resume: {stop_error}");
+                log::error!(
+                    "could not stop the VM after a failed resume: {}",
+                    stop_error.full_message()
+                );
             }
             self.prepare_for_restore();
             return Err(error);
@@ -271,7 +277,10 @@ impl VirtualMachine {
         };
         if due {
             if let Err(error) = self.fresh_native() {
-                log::warn!("no fresh native VM for the next restore yet: {error}");
+                log::warn!(
+                    "no fresh native VM for the next restore yet: {}",
+                    error.full_message()
+                );
             }
         }
     }
