@@ -16,7 +16,14 @@ use applevz::{LinuxBootLoader, ShutdownPolicy, VirtualMachine, VmConfig};
 fn main() {
     env_logger::init();
     if let Err(error) = run() {
-        eprintln!("error: {error}");
+        // The message, then each cause (the framework's or the system's reason).
+        let mut message = error.to_string();
+        let mut cause = error.source();
+        while let Some(source) = cause {
+            message = format!("{message}: {source}");
+            cause = source.source();
+        }
+        eprintln!("error: {message}");
         std::process::exit(1);
     }
 }

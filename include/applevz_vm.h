@@ -7,17 +7,40 @@
  * and a program never includes or calls it. Everything declared here is implemented in
  * Rust (src/capi/) on top of the crate's VirtualMachine, with exactly its lifecycle
  * (README, "Lifecycle"). Hand-written; tests/capi.rs fails when it and the library's
- * exports disagree (names, prototypes, constants, the event struct).
+ * exports disagree (names, prototypes, constants, types), tests/capi_install.rs when
+ * its version macros are not Cargo.toml's version.
  *
- * Building and linking (README, "From C and C++"):
- *   cargo build --release                      -> target/release/libapplevz.a
- *   Linux (the simulator is inside the library):
- *     cc -Iinclude prog.c target/release/libapplevz.a -lpthread -ldl -lm
- *   macOS (the Objective-C shim is inside the library):
- *     cc -Iinclude prog.c target/release/libapplevz.a \
- *        -framework Virtualization -framework Foundation -framework CoreFoundation -lobjc
- *     codesign --force --sign - --entitlements applevz.entitlements prog
- *   (the com.apple.security.virtualization entitlement; without it every start fails).
+ * Installing, building and linking (README, "From C and C++"):
+ *   scripts/install-c.sh PREFIX    -> PREFIX/include/applevz_vm.h,
+ *                                     PREFIX/lib/libapplevz.a, PREFIX/lib/pkgconfig/applevz.pc
+ *   cc prog.c $(pkg-config --cflags --libs --static applevz)
+ *   CMake: find_package(PkgConfig REQUIRED)
+ *          pkg_check_modules(applevz REQUIRED IMPORTED_TARGET applevz)
+ *          target_link_libraries(prog PRIVATE PkgConfig::applevz ${applevz_STATIC_LDFLAGS})
+ *   (the library is static: --static and _STATIC_LDFLAGS add what it needs, its
+ *   Libs.private).
+ *   On macOS the program is then signed with the com.apple.security.virtualization
+ *   entitlement (codesign --force --sign - --entitlements applevz.entitlements prog);
+ *   without it every start fails.
+ *
+ * Versions and compatibility (the ABI policy):
+ *   APPLEVZ_VERSION_MAJOR/MINOR/PATCH below are the version of this header;
+ *   applevz_version_number() is the library's. They follow semantic versioning, and
+ *   from 1.0.0 on a release keeps this promise (before 1.0.0, a MINOR release counts as
+ *   a MAJOR one and a PATCH release as a MINOR one):
+ *   - a PATCH release changes no declaration in this header;
+ *   - a MINOR release may add functions, opaque types, and values to the enumerations
+ *     (states, event kinds, error kinds, shutdown policies): a caller treats a value it
+ *     does not know as "something else" (a default: branch), never as a crash. It never
+ *     removes or renames a function, changes a prototype, renumbers a constant or
+ *     changes what an existing one means;
+ *   - only a MAJOR release breaks any of that.
+ *   Every object is opaque (read through functions, allocated by the library), so no
+ *   struct layout is part of the ABI: an event gains a field as a new
+ *   applevz_event_get_* function. A program built against this header links a library
+ *   of the same MAJOR and at least its MINOR; it can check at run time:
+ *     applevz_version_number() / 1000000 == APPLEVZ_VERSION_MAJOR &&
+ *     applevz_version_number() >= APPLEVZ_VERSION_NUMBER
  *
  * Ownership, CoreFoundation style, written on every declaration:
  *   "+1"        the caller owns the returned object and frees it with the *_free
@@ -56,6 +79,17 @@
 extern "C" {
 #endif
 
+/* The version of this header: Cargo.toml's version (tests/capi.rs checks them; after
+ * a version bump `APPLEVZ_UPDATE_HEADER_VERSION=1 cargo test --test capi` rewrites these
+ * lines), and MAJOR * 1000000 + MINOR * 1000 + PATCH, which applevz_version_number()
+ * returns for the library. */
+#define APPLEVZ_VERSION_MAJOR 0
+#define APPLEVZ_VERSION_MINOR 1
+#define APPLEVZ_VERSION_PATCH 0
+#define APPLEVZ_VERSION_STRING "0.1.0"
+#define APPLEVZ_VERSION_NUMBER \
+    (APPLEVZ_VERSION_MAJOR * 1000000 + APPLEVZ_VERSION_MINOR * 1000 + APPLEVZ_VERSION_PATCH)
+
 /* -------------------------------------------------------------------------------- */
 /* Types and constants                                                              */
 /* -------------------------------------------------------------------------------- */
@@ -64,7 +98,8 @@ extern "C" {
 typedef struct applevz_vm applevz_vm;
 
 /* An error (opaque). +1 through an `applevz_error **error` argument; free with
- * applevz_error_free. The error of an event is borrowed instead (see applevz_event). */
+ * applevz_error_free. The error of an event is borrowed instead (see
+ * applevz_event_get_error). */
 typedef struct applevz_error applevz_error;
 
 /* A state-event subscription (opaque). +1 from applevz_vm_subscribe; free with
@@ -96,8 +131,8 @@ enum {
      * timeout; then fail with APPLEVZ_ERROR_TIMEOUT, or force the VM off when the
      * definition says on_graceful_timeout = "force-stop". A paused VM is resumed first. */
     APPLEVZ_SHUTDOWN_POWERDOWN = 0,
-    /* Force the VM off (refused while another operation is under way); a suspended
-     * VM keeps its saved state. */
+    /* Force the VM off, after an operation under way has settled; a suspended VM
+     * keeps its saved state. */
     APPLEVZ_SHUTDOWN_HALT = 1,
     /* Force the VM off, after an operation under way has settled; a VM that was
      * already suspended has its saved state discarded. */
@@ -137,26 +172,24 @@ enum {
 /* What caused an event. */
 typedef int32_t applevz_event_kind;
 enum {
+    APPLEVZ_EVENT_INVALID = -1,             /* not a kind: applevz_event_get_kind(NULL) */
     APPLEVZ_EVENT_STATE_CHANGED = 0,        /* the framework's state changed */
     APPLEVZ_EVENT_GUEST_STOPPED = 1,        /* the guest powered itself off */
-    APPLEVZ_EVENT_STOPPED_WITH_ERROR = 2,   /* the VM failed; `error` says why */
-    APPLEVZ_EVENT_NETWORK_DISCONNECTED = 3, /* a network attachment was disconnected;
-                                               `error` names the device and why; the state
-                                               does not change */
+    APPLEVZ_EVENT_STOPPED_WITH_ERROR = 2,   /* the VM failed; the event's error says why */
+    APPLEVZ_EVENT_NETWORK_DISCONNECTED = 3, /* a network attachment was disconnected; the
+                                               event's error names the device and why; the
+                                               state does not change */
     APPLEVZ_EVENT_SUSPENDED = 4,            /* suspend stored the VM: it is suspended (a
                                                suspending VM is never reported stopped) */
     APPLEVZ_EVENT_SAVED_STATE_REMOVED = 5   /* a saved state was restored and deleted, or
                                                discarded by a Poweroff */
 };
 
-/* One state change. The event and its error are borrowed by the callback: valid only
- * until it returns (copy what you need; never free them). */
-typedef struct applevz_event {
-    applevz_vm_state state;     /* the VM's state after the event */
-    applevz_event_kind kind;    /* what happened */
-    const applevz_error *error; /* STOPPED_WITH_ERROR, NETWORK_DISCONNECTED: the
-                                   framework's error (borrowed); NULL otherwise */
-} applevz_event;
+/* One state change (opaque: read it with applevz_event_get_state, _get_kind and
+ * _get_error, so that a later release can add to it). The event and its error are
+ * borrowed by the callback: valid only until it returns (copy what you need; never
+ * free them). */
+typedef struct applevz_event applevz_event;
 
 /* A subscriber's callback. See applevz_vm_subscribe for the thread it runs on and what
  * it may do. It must return normally: a C++ exception must not escape it. */
@@ -166,8 +199,13 @@ typedef void (*applevz_event_callback)(void *user_data, const applevz_event *eve
 /* The library                                                                       */
 /* -------------------------------------------------------------------------------- */
 
-/* The library's version, e.g. "0.1.0". Static. */
+/* The library's version, e.g. "0.1.0" (APPLEVZ_VERSION_STRING of its header). Static. */
 const char *applevz_version(void);
+
+/* The library's version as MAJOR * 1000000 + MINOR * 1000 + PATCH, e.g. 1000 for 0.1.0:
+ * APPLEVZ_VERSION_NUMBER of the header it was built with. Compare the two to detect a
+ * program built against another header than the library it runs with. */
+int applevz_version_number(void);
 
 /* True when the library drives the simulator (every non-Apple build) instead of
  * Virtualization.framework. */
@@ -224,12 +262,16 @@ bool applevz_vm_start(applevz_vm *vm, applevz_error **error);
  *   running             ask the guest, wait (above)  forced stop     forced stop
  *   paused              resume, then as running      forced stop     forced stop
  *   suspended           INVALID_STATE                nothing         discard the saved state
- *   in flight (*)       INVALID_STATE at once        INVALID_STATE   wait for it to settle, then
- *                                                    at once         act on where it ended (never
- *                                                                    discards a saved state)
- * (*) starting, pausing, resuming, stopping, saving, restoring. A HALT or POWEROFF asked
- * while a POWERDOWN waits for the guest cuts that wait short. A policy value not listed
- * above: INVALID_ARGUMENT. */
+ *   in flight (*)       wait for it to settle, then act on where it ended (the rows
+ *                       above), each policy alike; POWEROFF then never discards a
+ *                       saved state
+ * (*) starting, pausing, resuming, stopping, saving, restoring, or another lifecycle call
+ * under way (a callback reacting to an event may call this while the call that caused
+ * the event has not returned yet). The wait is bounded by the timeouts of each operation
+ * ahead; past that: APPLEVZ_ERROR_TIMEOUT, nothing changed. Calls on one VM are served
+ * in the order they came, so a HALT or POWEROFF goes before every call made after it,
+ * and one asked while a POWERDOWN waits for the guest cuts that wait short. A policy
+ * value not listed above: INVALID_ARGUMENT. */
 bool applevz_vm_shutdown(applevz_vm *vm, applevz_shutdown_policy policy,
                          applevz_error **error);
 
@@ -274,19 +316,31 @@ applevz_vm_state applevz_vm_get_state(const applevz_vm *vm);
  * applevz_vm_shutdown on the same VM; while it blocks, later events wait in an
  * unbounded queue (other subscriptions are not held up). It must not throw.
  *
- * Returns +1 (free with applevz_subscription_free), or NULL when `vm` or `callback` is
- * NULL or no thread could be started. A subscription may outlive its VM: applevz_vm_free
- * ends its deliveries, and it must still be freed. */
+ * Returns +1 (free with applevz_subscription_free), or NULL and an error:
+ * INVALID_ARGUMENT when `vm` or `callback` is NULL, IO when no thread could be started.
+ * A subscription may outlive its VM: applevz_vm_free ends its deliveries, and it must
+ * still be freed. */
 applevz_subscription *applevz_vm_subscribe(applevz_vm *vm, applevz_event_callback callback,
-                                           void *user_data);
+                                           void *user_data, applevz_error **error);
 
 /* Ends a subscription; NULL is ignored. When it returns, no callback of this
  * subscription runs any more: called from another thread it waits for a callback under
  * way to return (so do not call it while holding a lock that callback needs); called
  * from inside the callback it returns at once and that callback is the last.
- * (Internally the subscription's thread, now idle, ends at the VM's next event or when
- * the VM is freed.) */
+ * The subscription's own thread ends with it (from inside the callback: as soon as
+ * that callback returns). */
 void applevz_subscription_free(applevz_subscription *subscription);
+
+/* The VM's state after the event; APPLEVZ_STATE_INVALID for NULL. */
+applevz_vm_state applevz_event_get_state(const applevz_event *event);
+
+/* What happened; APPLEVZ_EVENT_INVALID for NULL. */
+applevz_event_kind applevz_event_get_kind(const applevz_event *event);
+
+/* STOPPED_WITH_ERROR, NETWORK_DISCONNECTED: the framework's error, owned by the event
+ * (borrowed like it: valid until the callback returns; never freed). NULL for any
+ * other kind, or for NULL. */
+const applevz_error *applevz_event_get_error(const applevz_event *event);
 
 /* -------------------------------------------------------------------------------- */
 /* Errors                                                                            */
@@ -296,7 +350,9 @@ void applevz_subscription_free(applevz_subscription *subscription);
 applevz_error_kind applevz_error_code(const applevz_error *error);
 
 /* The full message, UTF-8: what was asked, in which state, why, and what to do, e.g.
- * "cannot pause while the VM is stopped: the VM is not running: start() it first".
+ * "cannot pause while the VM is stopped: the VM is not running: applevz_vm_start boots
+ * it". The way out names this API's functions and constants, and the definition
+ * file's keys; the framework's or the system's reason follows the message.
  * Owned by the error (valid until applevz_error_free). "no error" (static) for NULL. */
 const char *applevz_error_message(const applevz_error *error);
 

@@ -5,7 +5,8 @@
 # 2. the whole test suite (simulator lifecycle tests through the FFI path, config
 #    validation, the Objective-C shim compile checks when clang-19 is installed, the
 #    C API: header against exports, C and C++ programs linked against libapplevz.a,
-#    again under valgrind when it is installed),
+#    again under valgrind when it is installed, and installed into a temporary prefix
+#    by scripts/install-c.sh, built through pkg-config and a CMake project),
 #    then the crate type-checked without the simulator (as a Mac builds it), and
 #    the shim compile checks once more as a script (required in CI);
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);

@@ -63,7 +63,7 @@ pub use config::{
     RosettaAvailability, Timeouts, VmConfig, VmConfigBuilder, is_supported, rosetta_availability,
     save_restore_supported,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Remedy, Result};
 pub use framework_error::{FrameworkError, VZ_ERROR_DOMAIN, VzErrorCode};
 pub use state::{EventKind, Operation, ShutdownPolicy, StateEvent, VmState};
 pub use vm::VirtualMachine;

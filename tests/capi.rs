@@ -4,7 +4,8 @@
 //!   is in the static library (`nm`) and declared in the header, and nothing else is;
 //!   a C file generated from the Rust signatures takes the address of every function
 //!   with the prototype Rust gives it, and checks every constant, type alias and the
-//!   event struct's layout against the header (the compiler rejects any mismatch). So
+//!   opaque types (and the layout of a `repr(C)` struct, of which the ABI policy allows
+//!   none) against the header (the compiler rejects any mismatch). So
 //!   an export changed without the header fails here; a test below proves the check
 //!   catches such a change.
 //! - Programs: `tests/c/lifecycle.c` (C11), `tests/c/multipass_vm.cpp` (C++17) and
@@ -37,15 +38,10 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 // Locations and tools
 // ---------------------------------------------------------------------------------
 
-/// `target/<profile>/`: where cargo put this test's executable (in `deps/`) and the
-/// library.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_owned()
-}
+#[path = "support/cargo_build.rs"]
+mod cargo_build;
+
+use cargo_build::lib_build_args;
 
 /// The static library of this build (see the module's documentation).
 fn staticlib() -> PathBuf {
@@ -54,55 +50,12 @@ fn staticlib() -> PathBuf {
 }
 
 fn build_staticlib() -> PathBuf {
-    let profile_dir = profile_dir();
-    let parent = profile_dir.parent().expect("target/[<triple>/]<profile>");
-    // Cargo marks the root of a target directory with CACHEDIR.TAG, but only once it
-    // has built there (another tool may have made `target/` first); a target triple
-    // always has a '-', the default `target` none.
-    let is_root = parent.join("CACHEDIR.TAG").is_file()
-        || !parent
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().contains('-'));
-    let (target_dir, triple) = if is_root {
-        (parent.to_owned(), None)
-    } else {
-        let triple = parent.file_name().expect("a target triple");
-        (
-            parent.parent().expect("the target directory").to_owned(),
-            Some(triple),
-        )
-    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut command = Command::new(cargo);
     command
         .current_dir(MANIFEST_DIR)
         .args(["build", "--lib", "--message-format=json-render-diagnostics"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    if let Some(triple) = triple {
-        command.arg("--target").arg(triple);
-    }
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-        None => panic!("no profile in {}", profile_dir.display()),
-    }
-    let features: Vec<&str> = [
-        ("cli", cfg!(feature = "cli")),
-        ("bindgen", cfg!(feature = "bindgen")),
-    ]
-    .into_iter()
-    .filter_map(|(name, on)| on.then_some(name))
-    .collect();
-    command.arg("--no-default-features");
-    if !features.is_empty() {
-        command.arg("--features").arg(features.join(","));
-    }
+        .args(lib_build_args());
     let output = run(&mut command);
     assert!(
         output.status.success(),
@@ -287,6 +240,7 @@ fn c_type(rust: &str) -> String {
     }
     match rust {
         "c_char" => "char".into(),
+        "c_int" => "int".into(),
         "c_void" => "void".into(),
         "bool" => "bool".into(),
         "i32" => "int32_t".into(),
@@ -660,7 +614,15 @@ fn every_export_is_in_the_library_and_the_header_and_nothing_else() {
 fn header_prototypes_constants_and_types_match_the_rust_exports() {
     let scratch = Scratch::new("prototypes");
     let api = rust_api();
-    assert!(!api.constants.is_empty() && !api.aliases.is_empty() && !api.structs.is_empty());
+    assert!(!api.constants.is_empty() && !api.aliases.is_empty() && !api.opaque.is_empty());
+    // The ABI policy (the header's opening comment): every object is opaque, so no
+    // struct layout is part of the ABI. A repr(C) struct would be checked below, but
+    // needs the policy changed first.
+    assert!(
+        api.structs.is_empty(),
+        "a repr(C) struct in src/capi/ breaks the header's ABI policy: {:?}",
+        api.structs
+    );
     if let Err(errors) =
         compile_prototype_check(&api, &Path::new(MANIFEST_DIR).join("include"), &scratch.0)
     {
@@ -672,7 +634,7 @@ fn header_prototypes_constants_and_types_match_the_rust_exports() {
 }
 
 /// The drift check fails when an export changes without the header: a changed
-/// parameter type, a changed return type, a changed constant, a changed event field, a
+/// parameter type, a changed return type, a changed constant, an opaque type, a
 /// new export, an export removed from the header.
 #[test]
 fn the_drift_check_catches_a_changed_export() {
@@ -730,11 +692,20 @@ fn the_drift_check_catches_a_changed_export() {
     );
 
     let mut changed = api.clone();
-    changed.structs[0].1.swap(0, 1);
-    changed.structs[0].1[0].1 = "int64_t".into();
+    changed.opaque.push("applevz_event_v2".into());
     assert!(
         compile_prototype_check(&changed, &include, &scratch.0).is_err(),
-        "a struct field"
+        "an opaque type"
+    );
+
+    let mut changed = api.clone();
+    changed.structs.push((
+        "applevz_event".into(),
+        vec![("state".into(), "applevz_vm_state".into())],
+    ));
+    assert!(
+        compile_prototype_check(&changed, &include, &scratch.0).is_err(),
+        "a struct where the header has an opaque type"
     );
 
     let mut library = library_exports();
@@ -822,7 +793,7 @@ fn build_program(source: &str) -> PathBuf {
 #[cfg(applevz_simulator)]
 fn compile_and_link(source: &str) -> PathBuf {
     let is_cpp = Path::new(source).extension() == Some(std::ffi::OsStr::new("cpp"));
-    let out_dir = profile_dir().join("capi-tests");
+    let out_dir = cargo_build::profile_dir().join("capi-tests");
     std::fs::create_dir_all(&out_dir).unwrap();
     let stem = Path::new(source)
         .file_stem()

@@ -192,7 +192,11 @@ fn a_dropped_completion_reports_the_shims_error_and_the_vm_stays_usable() {
     vm.simulator().drop_next_completion(SimOperation::Start);
     let error = vm.start().expect_err("dropped");
     assert_eq!(error.vz_code(), Some(VzErrorCode::Internal), "{error:?}");
-    assert!(error.to_string().contains(DROPPED), "{error}");
+    assert!(
+        error.full_message().contains(DROPPED),
+        "{}",
+        error.full_message()
+    );
     assert_eq!(vm.state(), VmState::Running, "the start itself happened");
     vm.simulator().drop_next_completion(SimOperation::Pause);
     let error = vm.pause().expect_err("dropped");

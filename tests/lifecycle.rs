@@ -362,7 +362,12 @@ fn pause_and_resume_refuse_with_a_way_out() {
     drop(vm);
     let (_dir, vm) = enter(VmState::Suspended);
     let error = vm.resume().unwrap_err();
-    assert!(error.to_string().contains("start() resumes it"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("while the VM is suspended: start() restores it"),
+        "{error}"
+    );
     check(
         vm.pause(),
         &vm,
@@ -940,7 +945,10 @@ fn a_failing_start_reports_the_framework_error_and_stays_stopped() {
         error.vz_code(),
         Some(VzErrorCode::InvalidVirtualMachineConfiguration)
     );
-    assert!(error.to_string().starts_with("start failed: "), "{error}");
+    // The framework's reason is the cause, printed once along the chain.
+    assert_eq!(error.to_string(), "start failed");
+    let cause = std::error::Error::source(&error).expect("the framework's error");
+    assert_eq!(error.full_message(), format!("start failed: {cause}"));
     assert_eq!(vm.state(), VmState::Stopped);
     vm.start().expect("the next start works");
     drop(vm);

@@ -1,12 +1,12 @@
 /*
  * A VM's lifecycle from C through libapplevz.a (README, "From C and C++").
  *
- *   cargo build --release
- *   cc -Iinclude examples/c/vm_lifecycle.c target/release/libapplevz.a -lpthread -ldl -lm
+ *   scripts/install-c.sh ~/.local      # header, libapplevz.a and applevz.pc
+ *   export PKG_CONFIG_PATH=~/.local/lib/pkgconfig
+ *   cc examples/c/vm_lifecycle.c $(pkg-config --cflags --libs --static applevz)
  *   ./a.out DIR/vm.toml          # a definition, e.g. made by `applevz init DIR`
  *
- * (macOS: link with -framework Virtualization -framework Foundation
- * -framework CoreFoundation -lobjc and sign with applevz.entitlements.)
+ * (macOS: sign a.out with applevz.entitlements before running it.)
  */
 #include <stdio.h>
 
@@ -16,10 +16,12 @@ static void on_event(void *user_data, const applevz_event *event) {
     static const char *const kinds[] = {"", " (guest stopped)", " (stopped with error)",
                                         " (network disconnected)", " (suspended)",
                                         " (saved state removed)"};
+    applevz_event_kind kind = applevz_event_get_kind(event);
+    const applevz_error *error = applevz_event_get_error(event);
     (void)user_data; /* runs on the subscription's own thread */
-    printf("  event: %s%s%s%s\n", applevz_state_name(event->state),
-           event->kind >= 0 && event->kind <= 5 ? kinds[event->kind] : "",
-           event->error ? ": " : "", event->error ? applevz_error_message(event->error) : "");
+    printf("  event: %s%s%s%s\n", applevz_state_name(applevz_event_get_state(event)),
+           kind >= 0 && kind <= 5 ? kinds[kind] : "", /* a later kind: printed plain */
+           error ? ": " : "", error ? applevz_error_message(error) : "");
 }
 
 /* Reports a failed step; the error is ours to free. */
@@ -40,7 +42,11 @@ int main(int argc, char **argv) {
     applevz_error *error = NULL;
     applevz_vm *vm = applevz_vm_open(argv[1], &error);
     if (!vm) return failed("open", error);
-    applevz_subscription *events = applevz_vm_subscribe(vm, on_event, NULL);
+    applevz_subscription *events = applevz_vm_subscribe(vm, on_event, NULL, &error);
+    if (!events) {
+        applevz_vm_free(vm);
+        return failed("subscribe", error);
+    }
     printf("opened: %s\n", applevz_state_name(applevz_vm_get_state(vm)));
 
     int status = 0;

@@ -9,8 +9,9 @@ use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
 use super::error::{applevz_error, applevz_error_free, applevz_error_message};
+use super::event::{applevz_event, applevz_event_get_state};
 use super::states::{APPLEVZ_STATE_RUNNING, APPLEVZ_STATE_STOPPED};
-use super::subscription::{applevz_event, applevz_subscription_free};
+use super::subscription::applevz_subscription_free;
 use super::vm::{
     APPLEVZ_SHUTDOWN_HALT, applevz_vm, applevz_vm_get_state, applevz_vm_shutdown, applevz_vm_start,
     applevz_vm_subscribe, applevz_vm_wait_for_state,
@@ -63,8 +64,13 @@ struct HaltOnRunning {
 unsafe extern "C" fn halt_on_running(user_data: *mut c_void, event: *const applevz_event) {
     // SAFETY: `user_data` is the `HaltOnRunning` the test keeps alive until the
     // subscription is freed; `event` is valid during the call.
-    let (context, event) = unsafe { (&*user_data.cast::<HaltOnRunning>(), &*event) };
-    if event.state != APPLEVZ_STATE_RUNNING {
+    let (context, state) = unsafe {
+        (
+            &*user_data.cast::<HaltOnRunning>(),
+            applevz_event_get_state(event),
+        )
+    };
+    if state != APPLEVZ_STATE_RUNNING {
         return;
     }
     let Some(report) = context.outcome.lock().unwrap().take() else {
@@ -113,7 +119,8 @@ fn a_callback_can_halt_the_vm_on_the_running_event() {
             .cast();
         // SAFETY: `vm` is live; the callback and `context` outlive the subscription.
         unsafe {
-            let subscription = applevz_vm_subscribe(vm, Some(halt_on_running), user_data);
+            let subscription =
+                applevz_vm_subscribe(vm, Some(halt_on_running), user_data, std::ptr::null_mut());
             assert!(!subscription.is_null());
             assert!(
                 applevz_vm_start(vm, std::ptr::null_mut()),
@@ -160,7 +167,8 @@ fn freed_subscriptions_leave_no_thread_on_an_idle_vm() {
     for round in 0..200 {
         // SAFETY: `vm` is live; `ignore` touches nothing.
         unsafe {
-            let subscription = applevz_vm_subscribe(vm, Some(ignore), std::ptr::null_mut());
+            let subscription =
+                applevz_vm_subscribe(vm, Some(ignore), std::ptr::null_mut(), std::ptr::null_mut());
             assert!(!subscription.is_null());
             applevz_subscription_free(subscription);
         }

@@ -3,8 +3,9 @@
 
 use std::ffi::{CString, c_char};
 
-use crate::error::Error;
+use crate::error::{Error, Vocabulary, chain_message};
 use crate::framework_error::{FrameworkError, VzErrorCode};
+use crate::state::{Operation, ShutdownPolicy};
 
 use super::guard;
 
@@ -36,6 +37,42 @@ pub const APPLEVZ_ERROR_NO_SAVED_STATE_PATH: applevz_error_kind = 10;
 /// A bug in applevz (a caught panic).
 pub const APPLEVZ_ERROR_INTERNAL: applevz_error_kind = 11;
 
+/// The C API's names for the calls and settings an error message points to: its
+/// functions and constants, and the definition file's keys (the only way a C caller
+/// configures a VM).
+const C_WORDS: Vocabulary = Vocabulary {
+    start: "applevz_vm_start",
+    pause: "applevz_vm_pause",
+    wait_for_state: "applevz_vm_wait_for_state",
+    shutdown: c_shutdown,
+    operation: c_operation,
+    reopen: "open the definition again with applevz_vm_open",
+    ..Vocabulary::DEFINITION_FILE
+};
+
+fn c_shutdown(policy: ShutdownPolicy) -> &'static str {
+    match policy {
+        ShutdownPolicy::Powerdown => "applevz_vm_shutdown with APPLEVZ_SHUTDOWN_POWERDOWN",
+        ShutdownPolicy::Halt => "applevz_vm_shutdown with APPLEVZ_SHUTDOWN_HALT",
+        ShutdownPolicy::Poweroff => "applevz_vm_shutdown with APPLEVZ_SHUTDOWN_POWEROFF",
+    }
+}
+
+/// An operation as "cannot {operation} while …" names it: the Rust API's verbs except
+/// for a shutdown, which names its policy constant.
+fn c_operation(operation: Operation) -> String {
+    match operation {
+        Operation::Shutdown(ShutdownPolicy::Powerdown) => {
+            "shut down with APPLEVZ_SHUTDOWN_POWERDOWN".into()
+        }
+        Operation::Shutdown(ShutdownPolicy::Halt) => "shut down with APPLEVZ_SHUTDOWN_HALT".into(),
+        Operation::Shutdown(ShutdownPolicy::Poweroff) => {
+            "shut down with APPLEVZ_SHUTDOWN_POWEROFF".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// `applevz_error`: an error handed to C (+1: the caller frees it with
 /// `applevz_error_free`). Its strings live as long as it does.
 #[derive(Debug)]
@@ -58,6 +95,11 @@ impl applevz_error {
     /// A NULL or out-of-range argument.
     pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
         Self::new(APPLEVZ_ERROR_INVALID_ARGUMENT, message.into(), None)
+    }
+
+    /// A system call of the C API itself failed (no thread for a subscription).
+    pub(crate) fn io(message: impl Into<String>) -> Self {
+        Self::new(APPLEVZ_ERROR_IO, message.into(), None)
     }
 
     /// An invalid configuration that the crate's types do not describe.
@@ -85,11 +127,12 @@ impl applevz_error {
         Self::new(kind, source.to_string(), Some(source))
     }
 
-    /// The C view of a crate error: its kind, its full message (with every source),
-    /// and the framework's domain and code when it has them.
+    /// The C view of a crate error: its kind, its full message worded in the C API's
+    /// names and followed by each of its causes, and the framework's domain and code
+    /// when it has them.
     pub(crate) fn from_error(error: &Error) -> Self {
-        // Every variant's message already includes its source's.
-        Self::new(kind_of(error), error.to_string(), framework_source(error))
+        let message = chain_message(error.worded(&C_WORDS), error);
+        Self::new(kind_of(error), message, framework_source(error))
     }
 
     /// Boxes the error for C (+1).

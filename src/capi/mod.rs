@@ -25,6 +25,7 @@
 #[cfg(all(test, applevz_simulator))]
 mod callback_tests;
 mod error;
+mod event;
 #[cfg(applevz_simulator)]
 mod sim_guest;
 mod states;
@@ -32,7 +33,7 @@ mod subscription;
 mod vm;
 
 use std::any::Any;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// `applevz_version()`: the library's version (`"0.1.0"`), a static NUL-terminated
@@ -41,6 +42,39 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub extern "C" fn applevz_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     VERSION.as_ptr().cast()
+}
+
+/// `applevz_version_number()`: the library's version as one number,
+/// `MAJOR * 1000000 + MINOR * 1000 + PATCH` (`0.1.0` is 1000), the value of the
+/// header's `APPLEVZ_VERSION_NUMBER` for the same release. Taken from Cargo.toml's
+/// version, which tests/capi.rs checks against the header's macros.
+#[unsafe(no_mangle)]
+pub extern "C" fn applevz_version_number() -> c_int {
+    VERSION_NUMBER
+}
+
+/// Cargo.toml's version as `applevz_version_number()` gives it; a part of 1000 or more
+/// does not build (it would overflow into the next part).
+const VERSION_NUMBER: c_int = {
+    let major = decimal(env!("CARGO_PKG_VERSION_MAJOR"));
+    let minor = decimal(env!("CARGO_PKG_VERSION_MINOR"));
+    let patch = decimal(env!("CARGO_PKG_VERSION_PATCH"));
+    assert!(major < 2000 && minor < 1000 && patch < 1000);
+    major * 1_000_000 + minor * 1000 + patch
+};
+
+/// A decimal number of a version part, at compile time.
+const fn decimal(text: &str) -> c_int {
+    let bytes = text.as_bytes();
+    assert!(!bytes.is_empty());
+    let mut value: c_int = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        assert!(bytes[at].is_ascii_digit());
+        value = value * 10 + (bytes[at] - b'0') as c_int;
+        at += 1;
+    }
+    value
 }
 
 /// `applevz_is_simulator()`: true when this library drives the simulator instead of
@@ -76,4 +110,25 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         std::mem::forget(second);
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_number_is_cargo_tomls_version() {
+        let parts: Vec<c_int> = env!("CARGO_PKG_VERSION")
+            .split(['.', '-', '+'])
+            .take(3)
+            .map(|part| part.parse().unwrap())
+            .collect();
+        assert_eq!(
+            applevz_version_number(),
+            parts[0] * 1_000_000 + parts[1] * 1000 + parts[2]
+        );
+        // SAFETY: applevz_version returns a static NUL-terminated string.
+        let text = unsafe { std::ffi::CStr::from_ptr(applevz_version()) };
+        assert_eq!(text.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
 }

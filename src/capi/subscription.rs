@@ -25,40 +25,12 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
 
-use crate::state::{EventKind, StateEvent};
+use crate::state::StateEvent;
 use crate::vm::SubscriptionKey;
 
 use super::error::applevz_error;
+use super::event::applevz_event;
 use super::guard;
-use super::states::{applevz_vm_state, state_to_c};
-
-/// `applevz_event_kind`: what caused an event (`APPLEVZ_EVENT_*`).
-pub type applevz_event_kind = i32;
-
-/// The framework's state changed.
-pub const APPLEVZ_EVENT_STATE_CHANGED: applevz_event_kind = 0;
-/// The guest powered itself off.
-pub const APPLEVZ_EVENT_GUEST_STOPPED: applevz_event_kind = 1;
-/// The VM stopped because of an error (`error` says which).
-pub const APPLEVZ_EVENT_STOPPED_WITH_ERROR: applevz_event_kind = 2;
-/// A network device's attachment was disconnected (`error` says which and why).
-pub const APPLEVZ_EVENT_NETWORK_DISCONNECTED: applevz_event_kind = 3;
-/// `applevz_vm_suspend` stored the VM's state: the VM is suspended.
-pub const APPLEVZ_EVENT_SUSPENDED: applevz_event_kind = 4;
-/// A saved state was restored and deleted, or discarded by a Poweroff.
-pub const APPLEVZ_EVENT_SAVED_STATE_REMOVED: applevz_event_kind = 5;
-
-/// `applevz_event`: one state change, borrowed by the callback for its duration.
-#[repr(C)]
-pub struct applevz_event {
-    /// The VM's state after the event.
-    pub state: applevz_vm_state,
-    /// What happened.
-    pub kind: applevz_event_kind,
-    /// The framework's error for `STOPPED_WITH_ERROR` and `NETWORK_DISCONNECTED`
-    /// (borrowed: valid during the callback only), NULL otherwise.
-    pub error: *const applevz_error,
-}
 
 /// `applevz_event_callback`: called with the subscriber's `user_data` and an event.
 pub type applevz_event_callback =
@@ -146,24 +118,6 @@ struct UserData(*mut c_void);
 // subscription's thread; this crate never dereferences it, it only passes it back.
 unsafe impl Send for UserData {}
 
-/// The C kind and the borrowed error of an event.
-fn kind_to_c(kind: &EventKind) -> (applevz_event_kind, Option<applevz_error>) {
-    match kind {
-        EventKind::StateChanged => (APPLEVZ_EVENT_STATE_CHANGED, None),
-        EventKind::GuestStopped => (APPLEVZ_EVENT_GUEST_STOPPED, None),
-        EventKind::StoppedWithError(source) => (
-            APPLEVZ_EVENT_STOPPED_WITH_ERROR,
-            Some(applevz_error::from_framework(source)),
-        ),
-        EventKind::NetworkDisconnected(source) => (
-            APPLEVZ_EVENT_NETWORK_DISCONNECTED,
-            Some(applevz_error::from_framework(source)),
-        ),
-        EventKind::Suspended => (APPLEVZ_EVENT_SUSPENDED, None),
-        EventKind::SavedStateRemoved => (APPLEVZ_EVENT_SAVED_STATE_REMOVED, None),
-    }
-}
-
 /// The subscription's thread: every event, in order, until the subscription is freed
 /// or the VM is gone (the channel then disconnects).
 fn deliver(
@@ -179,29 +133,24 @@ fn deliver(
         if shared.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let (kind, error) = kind_to_c(&event.kind);
-        let c_event = applevz_event {
-            state: state_to_c(event.state),
-            kind,
-            error: error.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
-        };
+        let c_event = applevz_event::new(&event);
         // SAFETY: the caller gave a function with this signature and promised it may
-        // run on this thread with `user_data`; `c_event` and its error outlive the
-        // call. A C callback cannot unwind into Rust (the header forbids C++
-        // exceptions escaping it).
+        // run on this thread with `user_data`; `c_event` outlives the call. A C
+        // callback cannot unwind into Rust (the header forbids C++ exceptions escaping
+        // it).
         unsafe { callback(user_data.0, &raw const c_event) };
     }
 }
 
 /// A new subscription delivering `events` (ended through `key`) to `callback` on its
-/// own thread, registered with `subscribers` so that freeing the VM ends it; NULL when
-/// no thread could be started.
+/// own thread, registered with `subscribers` so that freeing the VM ends it; an error
+/// when no thread could be started.
 pub(super) fn subscribe(
     (events, key): (Receiver<StateEvent>, SubscriptionKey),
     subscribers: &Subscribers,
     callback: unsafe extern "C" fn(*mut c_void, *const applevz_event),
     user_data: *mut c_void,
-) -> *mut applevz_subscription {
+) -> Result<*mut applevz_subscription, applevz_error> {
     let user_data = UserData(user_data);
     guard(
         move || {
@@ -220,16 +169,17 @@ pub(super) fn subscribe(
                 Ok(handle) => {
                     *shared.handle.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
                     subscribers.add(&shared);
-                    Box::into_raw(Box::new(applevz_subscription { shared }))
+                    Ok(Box::into_raw(Box::new(applevz_subscription { shared })))
                 }
                 Err(error) => {
-                    log::error!("applevz_vm_subscribe: cannot start its thread: {error}");
                     shared.key.cancel();
-                    std::ptr::null_mut()
+                    Err(applevz_error::io(format!(
+                        "applevz_vm_subscribe: cannot start the subscription's thread: {error}"
+                    )))
                 }
             }
         },
-        |_| std::ptr::null_mut(),
+        |panic| Err(applevz_error::internal("applevz_vm_subscribe", &panic)),
     )
 }
 

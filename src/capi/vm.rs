@@ -265,29 +265,43 @@ pub unsafe extern "C" fn applevz_vm_get_state(vm: *const applevz_vm) -> applevz_
     guard(|| state_to_c(vm.vm.state()), |_| APPLEVZ_STATE_INVALID)
 }
 
-/// `applevz_vm_subscribe(vm, callback, user_data)`: a new subscription (+1, freed with
-/// `applevz_subscription_free`), or NULL when `vm` or `callback` is NULL or no thread
-/// could be started.
+/// `applevz_vm_subscribe(vm, callback, user_data, error)`: a new subscription (+1,
+/// freed with `applevz_subscription_free`), or NULL and an error: `INVALID_ARGUMENT`
+/// when `vm` or `callback` is NULL, `IO` when no thread could be started.
 ///
 /// # Safety
 /// `vm` is NULL or a live VM; `callback` and `user_data` may be used from another
-/// thread until the subscription is freed.
+/// thread until the subscription is freed; `error` is NULL or valid for writing one
+/// pointer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn applevz_vm_subscribe(
     vm: *mut applevz_vm,
     callback: applevz_event_callback,
     user_data: *mut c_void,
+    error: *mut *mut applevz_error,
 ) -> *mut applevz_subscription {
-    // SAFETY: NULL or a live VM, by this function's contract.
-    let (Some(vm), Some(callback)) = (unsafe { vm.as_ref() }, callback) else {
-        return std::ptr::null_mut();
-    };
-    subscription::subscribe(
-        vm.vm.subscribe_keyed(),
-        &vm.subscriptions,
-        callback,
-        user_data,
-    )
+    let what = "applevz_vm_subscribe";
+    let result = run(what, || {
+        // SAFETY: NULL or a live VM, by this function's contract.
+        let Some(vm) = (unsafe { vm.as_ref() }) else {
+            return Err(applevz_error::invalid_argument(format!(
+                "{what}: vm is NULL"
+            )));
+        };
+        let Some(callback) = callback else {
+            return Err(applevz_error::invalid_argument(format!(
+                "{what}: callback is NULL"
+            )));
+        };
+        subscription::subscribe(
+            vm.vm.subscribe_keyed(),
+            &vm.subscriptions,
+            callback,
+            user_data,
+        )
+    });
+    // SAFETY: `error` is NULL or writable, by this function's contract.
+    unsafe { finish(result, error, std::ptr::null_mut()) }
 }
 
 #[cfg(test)]

@@ -496,7 +496,14 @@ impl VmDefinition {
     pub fn finish(&self, file: &Path, builder: VmConfigBuilder) -> Result<VmConfig> {
         builder.build().map_err(|error| {
             let key = self.key_of(&error);
-            definition_error(file, &key, &error.to_string())
+            definition_error(
+                file,
+                &key,
+                &crate::error::chain_message(
+                    error.worded(&crate::error::Vocabulary::DEFINITION_FILE),
+                    &error,
+                ),
+            )
         })
     }
 

@@ -4,7 +4,7 @@ use std::sync::{Arc, mpsc};
 
 use super::VirtualMachine;
 use crate::config::Limits;
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::state::Operation;
 use crate::vm::vsock::{SharedAccept, VsockListener, VsockStream};
 
@@ -67,11 +67,7 @@ impl VirtualMachine {
         match self.native.get().vsock_connect(port, timeout) {
             Some(Ok(fd)) => Ok(VsockStream::new(fd, port)),
             Some(Err(source)) => Err(Error::during(operation)(source)),
-            None => Err(self.timeout(
-                operation,
-                timeout,
-                "the guest did not answer; is it still booting?",
-            )),
+            None => Err(self.timeout(operation, timeout, Remedy::GuestDidNotAnswer)),
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{CPath, OnGracefulTimeout, Timeouts, VmConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::ffi::callback::{NativeEvent, SpareSlots};
 use crate::ffi::native_config::{BuiltConfig, NativeConfig};
 use crate::ffi::native_vm::{AsyncOp, NativeSlot, NativeVm};
@@ -204,7 +204,7 @@ impl VirtualMachine {
                 operation: Operation::WaitForState(target),
                 state,
                 timeout,
-                hint: "the VM did not get there in time",
+                hint: hint::WAIT_TIMEOUT,
             }),
         }
     }
@@ -519,7 +519,7 @@ impl VirtualMachine {
         }
     }
 
-    fn refuse(&self, operation: Operation, hint: &'static str) -> Result<()> {
+    fn refuse(&self, operation: Operation, hint: Remedy) -> Result<()> {
         Err(Error::InvalidState {
             operation,
             state: self.state(),
@@ -527,7 +527,7 @@ impl VirtualMachine {
         })
     }
 
-    fn timeout(&self, operation: Operation, timeout: Duration, hint: &'static str) -> Error {
+    fn timeout(&self, operation: Operation, timeout: Duration, hint: Remedy) -> Error {
         Error::Timeout {
             operation,
             state: self.state(),

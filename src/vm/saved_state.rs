@@ -139,7 +139,10 @@ impl VirtualMachine {
             .wait_until(self.timeouts().resume, |t| !t.vm_state().is_transitional());
         if state == VmState::Paused {
             if let Err(error) = self.run(operation, AsyncOp::Resume, self.timeouts().resume) {
-                log::error!("suspend failed and the VM could not be resumed: {error}");
+                log::error!(
+                    "suspend failed and the VM could not be resumed: {}",
+                    error.full_message()
+                );
             }
         }
     }
@@ -159,7 +162,7 @@ impl VirtualMachine {
             return Err(Error::SavedStateChanged {
                 path,
                 what: "the saved state this VM tracks vanished from",
-                hint: "nothing was restored; shutdown(Poweroff) forgets it, then start() boots afresh",
+                hint: hint::SAVED_STATE_VANISHED,
             });
         }
         let saved = CPath::new("saved-state path", &path)?;
@@ -189,7 +192,10 @@ impl VirtualMachine {
         if let Err(error) = self.run(Operation::Start, AsyncOp::Resume, self.timeouts().resume) {
             // Back to stopped, so the VM is suspended again with its file untouched.
             if let Err(stop_error) = self.force_stop(Operation::Start) {
-                log::error!("could not stop the VM after a failed resume: {stop_error}");
+                log::error!(
+                    "could not stop the VM after a failed resume: {}",
+                    stop_error.full_message()
+                );
             }
             self.prepare_for_restore();
             return Err(error);
@@ -261,7 +267,7 @@ impl VirtualMachine {
             return Err(Error::SavedStateChanged {
                 path: target.path.clone(),
                 what: "a saved state this VM did not write appeared at",
-                hint: "it is left alone: move it away, or create a new VirtualMachine to restore it",
+                hint: hint::FOREIGN_SAVED_STATE,
             });
         }
         Ok(())
@@ -277,7 +283,10 @@ impl VirtualMachine {
         };
         if due {
             if let Err(error) = self.fresh_native() {
-                log::warn!("no fresh native VM for the next restore yet: {error}");
+                log::warn!(
+                    "no fresh native VM for the next restore yet: {}",
+                    error.full_message()
+                );
             }
         }
     }
@@ -397,7 +406,7 @@ fn delete_saved_state(path: &Path) -> std::io::Result<bool> {
 /// it is the only copy of the guest, and the error says where.
 fn move_into_place(temporary: &CPath, target: &CPath) -> Result<()> {
     std::fs::rename(&temporary.path, &target.path).map_err(|source| Error::Io {
-        action: "could not move the saved state into place; it is kept, and start() restores from",
+        action: "could not move the saved state into place; it is kept, and starting the VM restores from",
         path: temporary.path.clone(),
         source,
     })

@@ -269,8 +269,9 @@ impl Drop for VsockListener {
         if !self.removed {
             if let Err(error) = self.listeners.remove(self.port) {
                 log::warn!(
-                    "could not stop listening on vsock port {}: {error}",
-                    self.port
+                    "could not stop listening on vsock port {}: {}",
+                    self.port,
+                    error.full_message()
                 );
             }
         }

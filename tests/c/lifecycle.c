@@ -160,15 +160,16 @@ static void record(void *user_data, const applevz_event *event) {
     applevz_vm_state now = applevz_vm_get_state(r->vm);
     pthread_mutex_lock(&r->mutex);
     if (r->count < MAX_EVENTS) {
-        r->states[r->count] = event->state;
-        r->kinds[r->count] = event->kind;
+        r->states[r->count] = applevz_event_get_state(event);
+        r->kinds[r->count] = applevz_event_get_kind(event);
         r->count++;
     }
     if (pthread_equal(pthread_self(), r->caller)) r->on_caller_thread++;
     if (now != APPLEVZ_STATE_INVALID) r->reentrant_ok++;
-    if (event->error) {
+    const applevz_error *error = applevz_event_get_error(event);
+    if (error) {
         r->error_events++;
-        r->last_framework_code = applevz_error_framework_code(event->error);
+        r->last_framework_code = applevz_error_framework_code(error);
     }
     pthread_cond_broadcast(&r->changed);
     pthread_mutex_unlock(&r->mutex);
@@ -234,7 +235,7 @@ typedef struct {
 
 static void *subscribe_on_thread(void *arg) {
     subscribe_job *job = arg;
-    job->subscription = applevz_vm_subscribe(job->vm, record, job->recorder);
+    job->subscription = applevz_vm_subscribe(job->vm, record, job->recorder, NULL);
     return NULL;
 }
 
@@ -267,6 +268,13 @@ static void free_self(void *user_data, const applevz_event *event) {
 
 static void test_library(void) {
     CHECK(strlen(applevz_version()) > 0);
+    /* The header this program was built with and the library agree. */
+    CHECK_MSG(applevz_version_number() == APPLEVZ_VERSION_NUMBER, "library %d, header %d",
+              applevz_version_number(), APPLEVZ_VERSION_NUMBER);
+    CHECK_MSG(strcmp(applevz_version(), APPLEVZ_VERSION_STRING) == 0, "library %s, header %s",
+              applevz_version(), APPLEVZ_VERSION_STRING);
+    CHECK(APPLEVZ_VERSION_NUMBER == APPLEVZ_VERSION_MAJOR * 1000000 +
+                                        APPLEVZ_VERSION_MINOR * 1000 + APPLEVZ_VERSION_PATCH);
     CHECK(applevz_is_simulator());
     CHECK(strcmp(applevz_state_name(APPLEVZ_STATE_SUSPENDED), "suspended") == 0);
     CHECK(strcmp(applevz_state_name(APPLEVZ_STATE_RUNNING), "running") == 0);
@@ -291,7 +299,13 @@ static void test_null_arguments(void) {
     CHECK(!applevz_vm_wait_for_state(NULL, APPLEVZ_STATE_RUNNING, 1, NULL));
     CHECK(applevz_vm_open(NULL, NULL) == NULL);
     CHECK(applevz_vm_get_state(NULL) == APPLEVZ_STATE_INVALID);
-    CHECK(applevz_vm_subscribe(NULL, record, NULL) == NULL);
+    CHECK(applevz_vm_subscribe(NULL, record, NULL, NULL) == NULL);
+    error = NULL;
+    CHECK(applevz_vm_subscribe(NULL, record, NULL, &error) == NULL);
+    EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_ARGUMENT, "applevz_vm_subscribe: vm is NULL");
+    CHECK(applevz_event_get_state(NULL) == APPLEVZ_STATE_INVALID);
+    CHECK(applevz_event_get_kind(NULL) == APPLEVZ_EVENT_INVALID);
+    CHECK(applevz_event_get_error(NULL) == NULL);
     CHECK(applevz_error_code(NULL) == APPLEVZ_ERROR_NONE);
     CHECK(strcmp(applevz_error_message(NULL), "no error") == 0);
     CHECK(applevz_error_framework_domain(NULL) == NULL);
@@ -455,10 +469,12 @@ static void test_lifecycle(void) {
     error = NULL;
     CHECK(!applevz_vm_shutdown(vm, APPLEVZ_SHUTDOWN_POWERDOWN, &error));
     EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_STATE,
-                 "cannot shutdown(Powerdown) while the VM is suspended");
+                 "cannot shut down with APPLEVZ_SHUTDOWN_POWERDOWN while the VM is suspended");
     error = NULL;
     CHECK(!applevz_vm_pause(vm, &error));
-    EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_STATE, "start() resumes it");
+    EXPECT_ERROR(error, APPLEVZ_ERROR_INVALID_STATE,
+                 "while the VM is suspended: applevz_vm_start restores it, "
+                 "applevz_vm_shutdown with APPLEVZ_SHUTDOWN_POWEROFF discards the saved state");
     EXPECT_OK(applevz_vm_shutdown(vm, APPLEVZ_SHUTDOWN_HALT, ERR)); /* keeps it */
     EXPECT_STATE(vm, APPLEVZ_STATE_SUSPENDED);
     CHECK(exists(saved));
@@ -484,10 +500,15 @@ static void test_lifecycle(void) {
     CHECK(events.reentrant_ok == events.count);
     pthread_mutex_unlock(&events.mutex);
 
+    /* A subscription without a callback fails like any call. */
+    applevz_error *no_callback = NULL;
+    CHECK(applevz_vm_subscribe(vm, NULL, NULL, &no_callback) == NULL);
+    EXPECT_ERROR(no_callback, APPLEVZ_ERROR_INVALID_ARGUMENT, "callback is NULL");
+
     /* A callback that frees its own subscription gets exactly one event. */
     one_shot shot = {NULL, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
     pthread_mutex_lock(&shot.mutex);
-    shot.self = applevz_vm_subscribe(vm, free_self, &shot);
+    shot.self = applevz_vm_subscribe(vm, free_self, &shot, NULL);
     CHECK(shot.self != NULL);
     pthread_mutex_unlock(&shot.mutex);
 
@@ -500,7 +521,7 @@ static void test_lifecycle(void) {
     /* A fresh subscription sees these events, so the freed one had its chance. */
     recorder later;
     recorder_init(&later, vm);
-    applevz_subscription *witness = applevz_vm_subscribe(vm, record, &later);
+    applevz_subscription *witness = applevz_vm_subscribe(vm, record, &later, NULL);
     EXPECT_OK(applevz_vm_start(vm, ERR));
     CHECK(wait_event(&later, 0, APPLEVZ_EVENT_STATE_CHANGED, APPLEVZ_STATE_RUNNING) >= 0);
     CHECK(event_count(&events) == after_free);
@@ -644,7 +665,7 @@ static void test_framework_errors(void) {
     if (vm) {
         recorder events;
         recorder_init(&events, vm);
-        applevz_subscription *subscription = applevz_vm_subscribe(vm, record, &events);
+        applevz_subscription *subscription = applevz_vm_subscribe(vm, record, &events, NULL);
         EXPECT_OK(applevz_vm_start(vm, ERR));
         CHECK(wait_event(&events, 0, APPLEVZ_EVENT_STOPPED_WITH_ERROR, APPLEVZ_STATE_ERROR) >= 0);
         EXPECT_STATE(vm, APPLEVZ_STATE_ERROR);

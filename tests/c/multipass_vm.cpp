@@ -102,8 +102,9 @@ public:
         applevz_error* error = nullptr;
         vm_.reset(applevz_vm_open(vm_toml.c_str(), &error));
         if (!vm_) raise("open", error);
-        subscription_.reset(applevz_vm_subscribe(vm_.get(), &AppleVirtualMachine::on_event, this));
-        if (!subscription_) throw std::runtime_error("cannot subscribe to state changes");
+        subscription_.reset(
+            applevz_vm_subscribe(vm_.get(), &AppleVirtualMachine::on_event, this, &error));
+        if (!subscription_) raise("subscribe", error);
     }
 
     // Ends the subscription before the VM: no callback runs once the destructor did.
@@ -152,7 +153,7 @@ private:
                 std::lock_guard<std::mutex> lock(self->mutex_);
                 observer = self->observer_;
             }
-            if (observer) observer(to_multipass(event->state));
+            if (observer) observer(to_multipass(applevz_event_get_state(event)));
         } catch (...) {
         }
     }
@@ -332,7 +333,7 @@ static void test_lifecycle() {
     CHECK(suspending > 0 && going_down > suspending && suspended > going_down);
     CHECK(!seen.any_between(mp::State::stopped, suspending, suspended));
     EXPECT_THROW(vm.shutdown(mp::ShutdownPolicy::Powerdown), APPLEVZ_ERROR_INVALID_STATE,
-                 "while the VM is suspended: suspended: start() resumes it");
+                 "while the VM is suspended: applevz_vm_start restores it");
     EXPECT_OK(vm.shutdown(mp::ShutdownPolicy::Halt));  // keeps the saved state
     EXPECT_STATE(vm, mp::State::suspended);
     EXPECT_OK(vm.start());
@@ -365,7 +366,7 @@ static void test_errors() {
     unsetenv("APPLEVZ_SIM_GUEST");
     EXPECT_OK(vm.start());
     EXPECT_THROW(vm.shutdown(mp::ShutdownPolicy::Powerdown), APPLEVZ_ERROR_TIMEOUT,
-                 "shutdown: shutdown(Powerdown) did not finish within");
+                 "shutdown: shut down with APPLEVZ_SHUTDOWN_POWERDOWN did not finish within");
     EXPECT_STATE(vm, mp::State::running);
     EXPECT_OK(vm.shutdown(mp::ShutdownPolicy::Poweroff));
     EXPECT_STATE(vm, mp::State::stopped);

@@ -70,7 +70,7 @@ impl From<applevz::Error> for Failure {
             applevz::Error::Definition { .. } => exit::BAD_DIRECTORY,
             _ => exit::ERROR,
         };
-        Self::new(code, error.to_string())
+        Self::new(code, error.full_message())
     }
 }
 
@@ -148,7 +148,7 @@ pub(crate) fn in_dir(error: applevz::Error, dir: &Path) -> Failure {
             action,
             path,
             source,
-        } if action.contains("start()") => Failure::error(format!(
+        } if action.contains("starting the VM restores") => Failure::error(format!(
             "could not move the saved state into place ({source}): it is kept at {}, and \
              {run} restores the VM from there",
             path.display()
@@ -197,13 +197,13 @@ mod tests {
                 errors.push(Error::InvalidState {
                     operation,
                     state,
-                    hint: "start() or shutdown(Poweroff)",
+                    hint: applevz::Remedy::RestoreOrDiscard,
                 });
                 errors.push(Error::Timeout {
                     operation,
                     state,
                     timeout: Duration::from_secs(1),
-                    hint: "shutdown(Poweroff) waits for it",
+                    hint: applevz::Remedy::MayStillFinish,
                 });
             }
         }
@@ -214,10 +214,10 @@ mod tests {
         errors.push(Error::SavedStateChanged {
             path: dir.join("vm.state"),
             what: "a saved state this VM did not write appeared at",
-            hint: "create a new VirtualMachine to restore it",
+            hint: applevz::Remedy::LeaveForeignSavedState,
         });
         errors.push(Error::Io {
-            action: "could not move the saved state into place; it is kept, and start() restores from",
+            action: "could not move the saved state into place; it is kept, and starting the VM restores from",
             path: dir.join(".vm.state.partial-1-0/vm.state"),
             source: std::io::Error::other("disk full"),
         });
