@@ -30,7 +30,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -40,8 +39,11 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 #[path = "support/cargo_build.rs"]
 mod cargo_build;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use cargo_build::lib_build_args;
+use scratch::Scratch;
 
 /// The static library of this build (see the module's documentation).
 fn staticlib() -> PathBuf {
@@ -91,28 +93,6 @@ fn run(command: &mut Command) -> Output {
     command
         .output()
         .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"))
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "applevz-capi-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create scratch dir");
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -612,7 +592,7 @@ fn every_export_is_in_the_library_and_the_header_and_nothing_else() {
 
 #[test]
 fn header_prototypes_constants_and_types_match_the_rust_exports() {
-    let scratch = Scratch::new("prototypes");
+    let scratch = Scratch::new("capi", "prototypes");
     let api = rust_api();
     assert!(!api.constants.is_empty() && !api.aliases.is_empty() && !api.opaque.is_empty());
     // The ABI policy (the header's opening comment): every object is opaque, so no
@@ -638,7 +618,7 @@ fn header_prototypes_constants_and_types_match_the_rust_exports() {
 /// new export, an export removed from the header.
 #[test]
 fn the_drift_check_catches_a_changed_export() {
-    let scratch = Scratch::new("drift");
+    let scratch = Scratch::new("capi", "drift");
     let api = rust_api();
     let include = Path::new(MANIFEST_DIR).join("include");
     let header = std::fs::read_to_string(header()).unwrap();
@@ -736,7 +716,7 @@ fn the_drift_check_catches_a_changed_export() {
 
 #[test]
 fn the_header_stands_alone_in_c99_and_cpp11() {
-    let scratch = Scratch::new("standalone");
+    let scratch = Scratch::new("capi", "standalone");
     let source = scratch.0.join("only_header.c");
     std::fs::write(
         &source,
@@ -828,7 +808,7 @@ fn compile_and_link(source: &str) -> PathBuf {
 /// it succeeded and its last line reports no failure. Returns its stderr.
 #[cfg(applevz_simulator)]
 fn run_program(exe: &Path, wrapper: &[&str], name: &str) -> String {
-    let scratch = Scratch::new(name);
+    let scratch = Scratch::new("capi", name);
     let mut command = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut command = Command::new(first);
@@ -870,7 +850,7 @@ fn cpp_multipass_like_class_drives_the_lifecycle() {
 #[test]
 fn the_c_example_builds_and_runs() {
     let exe = build_program("examples/c/vm_lifecycle.c");
-    let scratch = Scratch::new("example");
+    let scratch = Scratch::new("capi", "example");
     std::fs::write(scratch.0.join("vmlinuz"), b"not really a kernel").unwrap();
     let toml = scratch.0.join("vm.toml");
     std::fs::write(
@@ -906,7 +886,7 @@ fn the_readme_c_example_compiles_and_links() {
     let section = &readme[readme.find("## From C and C++").expect("the section")..];
     let start = section.find("```c\n").expect("a C example") + "```c\n".len();
     let example = &section[start..start + section[start..].find("```").unwrap()];
-    let scratch = Scratch::new("readme");
+    let scratch = Scratch::new("capi", "readme");
     let source = scratch.0.join("readme_example.c");
     std::fs::write(&source, example).unwrap();
     let exe = build_program(source.to_str().unwrap());

@@ -15,11 +15,14 @@
 
 #[path = "support/cargo_build.rs"]
 mod cargo_build;
+#[path = "support/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -48,28 +51,6 @@ fn run_ok(command: &mut Command) -> String {
 
 fn tool(variable: &str, default: &str) -> String {
     std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "applevz-install-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create scratch dir");
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -171,7 +152,7 @@ struct Installed {
 impl Installed {
     fn new(name: &str) -> Self {
         require("pkg-config");
-        let scratch = Scratch::new(name);
+        let scratch = Scratch::new("install", name);
         let installed = Self { scratch };
         run_ok(
             Command::new("bash")
@@ -232,7 +213,7 @@ impl Installed {
 /// no simulated-guest script; it must end with "N passed, 0 failed". Its stdout.
 #[cfg(applevz_simulator)]
 fn run_program(exe: &Path, wrapper: &[&str]) -> String {
-    let scratch = Scratch::new("program");
+    let scratch = Scratch::new("install", "program");
     let mut command = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut command = Command::new(first);
