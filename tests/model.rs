@@ -498,6 +498,11 @@ fn random_schedules_keep_the_model() {
     // A first schedule starts the process-wide threads (the simulator's pool, the
     // deadline keeper), which stay.
     run(1).unwrap_or_else(|violation| panic!("warm-up schedule: {violation}"));
+    // Its native objects go on the VM's queue once their last work is done.
+    assert!(
+        applevz::sim::wait_for_live_objects(0, PATIENCE),
+        "the warm-up schedule left native objects"
+    );
     let leaks = LeakCheck::start();
     let baseline = threads().len();
     let began = Instant::now();
