@@ -22,19 +22,22 @@
 #  8. the signed tool carries the com.apple.security.virtualization entitlement and the
 #     identifier applevz in each slice (rcodesign print-signature-info).
 # Then the mistakes each check must catch (each must FAIL its check):
-#  - a scratch copy of the shim with the Rosetta class named outside #if
-#    defined(__arm64__) does not link for x86_64 (the shim's objects linked alone, with
-#    the SDK's stubs, as the tool's link does), while the unchanged copy does; and
-#    check 5 run on the arm64 slice finds the Rosetta class there;
+#  - a scratch copy of the shim with the Rosetta share outside #if defined(__arm64__)
+#    does not build for x86_64 (the SDK's headers declare Rosetta for arm64 only), while
+#    the unchanged copy compiles and links (the shim's objects linked alone, with the
+#    SDK's stubs, as in the tool's link); a Rosetta class declared by hand compiles but
+#    does not link for x86_64 (the SDK's tbd exports it for arm64 only), and links for
+#    arm64; and check 5 run on the arm64 slice finds the Rosetta class there;
+#  - an unsigned tool (target/mac/unsigned/applevz) and one signed without the
+#    entitlements fail check 8;
 #  - a missing framework: vm_lifecycle.c linked without -framework Virtualization fails,
 #    and check 3 on a program linking only libSystem fails;
 #  - a wrong deployment target: vm_lifecycle.c linked for macOS 13.0 fails check 2, and
 #    a reference to a macOS 13 class built for 13.0 (a strong import) fails check 4,
 #    while the same built for 12.0 passes it;
-#  - an unsigned tool (target/mac/unsigned/applevz) fails check 8;
 #  - a header declaring one more function fails check 6;
-#  - a thin tool fails check 1, and scripts/macho-universal.py refuses two inputs of one
-#    CPU type.
+#  - a thin tool fails check 1; scripts/macho-universal.py refuses two inputs of one
+#    CPU type, and an archive holding objects of both.
 #
 # The SDK: $APPLEVZ_MACOS_SDK, else $SDKROOT. Tools: $LLVM_OBJDUMP (llvm-objdump-19),
 # $LLVM_NM (llvm-nm-19), $CLANG (clang-19, to preprocess the headers), rcodesign and
@@ -481,6 +484,17 @@ expect_failure "check 6 with a declaration the library lacks" \
 expect_failure "check 1 on the arm64 tool alone" check_universal target/aarch64-apple-darwin/release/applevz
 expect_failure "macho-universal.py with two arm64 inputs" python3 scripts/macho-universal.py \
     "$work/twice" target/aarch64-apple-darwin/release/applevz target/aarch64-apple-darwin/release/applevz
+
+# An archive holding objects of both CPU types (as a mixed-up build could leave).
+for arch in "${ARCHS[@]}"; do
+    zigcc "$arch" "$MACOS_MIN" -c "$work/plain.c" -o "$work/plain-$arch.o" >"$out" 2>&1 ||
+        fail "a plain C file does not compile for $arch"
+done
+cargo-zigbuild zig ar rcs "$work/mixed.a" "$work/plain-x86_64.o" "$work/plain-arm64.o" >"$out" 2>&1 ||
+    fail "zig ar cannot write an archive"
+expect_failure "macho-universal.py with an archive of x86_64 and arm64 objects" \
+    python3 scripts/macho-universal.py "$work/mixed-universal.a" "$work/mixed.a" \
+    target/aarch64-apple-darwin/release/libapplevz.a
 
 echo "check-mac: $checks checks, $((checks - failures)) as expected, $failures unexpected"
 [ "$failures" -eq 0 ]
