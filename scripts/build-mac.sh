@@ -74,11 +74,9 @@ if [ "$host_os" != Darwin ]; then
         cargo install --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
     fi
 fi
-if [ "$host_os" != Darwin ] || [ -n "${APPLEVZ_INSTALL_RCODESIGN:-}" ]; then
-    if ! command -v rcodesign >/dev/null; then
-        say "installing rcodesign (crate apple-codesign $CODESIGN_VERSION, cargo install)"
-        cargo install --locked apple-codesign --version "$CODESIGN_VERSION" --bin rcodesign
-    fi
+if [ "$host_os" != Darwin ] && ! command -v rcodesign >/dev/null; then
+    say "installing rcodesign (crate apple-codesign $CODESIGN_VERSION, cargo install)"
+    cargo install --locked apple-codesign --version "$CODESIGN_VERSION" --bin rcodesign
 fi
 
 # ---- build ---------------------------------------------------------------------------
@@ -94,7 +92,7 @@ export SDKROOT=$sdk
 if [ "$host_os" = Darwin ]; then
     cargo build --locked --release --all-targets "${target_args[@]}"
 else
-    say "$(python3 -m ziglang version 2>/dev/null || zig version): zig; $(cargo-zigbuild --version)"
+    say "zig $(python3 -m ziglang version 2>/dev/null || zig version), $(cargo-zigbuild --version)"
     cargo zigbuild --locked --release --all-targets "${target_args[@]}"
 fi
 
