@@ -76,7 +76,10 @@ if [ "$host_os" != Darwin ]; then
 fi
 if [ "$host_os" != Darwin ] && ! command -v rcodesign >/dev/null; then
     say "installing rcodesign (crate apple-codesign $CODESIGN_VERSION, cargo install)"
-    cargo install --locked apple-codesign --version "$CODESIGN_VERSION" --bin rcodesign
+    # Without the default feature `notarize` (Apple's notary service, the AWS SDK): it
+    # is not used here, and the install takes a third less CPU time without it.
+    cargo install --locked apple-codesign --version "$CODESIGN_VERSION" --bin rcodesign \
+        --no-default-features
 fi
 
 # ---- build ---------------------------------------------------------------------------
