@@ -6,7 +6,8 @@
 # requires:
 #  1. each is universal with exactly two slices, x86_64 and arm64, and each slice's own
 #     Mach-O header has the CPU type its fat header names;
-#  2. each slice of the tool is built for macOS (LC_BUILD_VERSION platform macos) 12.0;
+#  2. each slice of the tool is built for macOS (LC_BUILD_VERSION platform macos) 12.0,
+#     and no object in libapplevz.a for a newer macOS;
 #  3. each slice of the tool loads exactly Virtualization, Foundation, CoreFoundation,
 #     libobjc, libSystem, libiconv and libcharset (TOOL_DYLIBS below), none weakly;
 #  4. every Virtualization class a slice refers to is weakly imported when the SDK's
@@ -32,7 +33,8 @@
 #    entitlements fail check 8;
 #  - a missing framework: vm_lifecycle.c linked without -framework Virtualization fails,
 #    and check 3 on a program linking only libSystem fails;
-#  - a wrong deployment target: vm_lifecycle.c linked for macOS 13.0 fails check 2, and
+#  - a wrong deployment target: vm_lifecycle.c linked for macOS 13.0 fails check 2, as
+#    does an archive holding an object compiled for 13.0; and
 #    a reference to a macOS 13 class built for 13.0 (a strong import) fails check 4,
 #    while the same built for 12.0 passes it;
 #  - a header declaring one more function fails check 6;
@@ -183,6 +185,28 @@ check_minos() {
         return 1
     fi
     echo "$file ($arch): macOS, minos $MACOS_MIN"
+}
+
+# check_objects_minos ARCHIVE ARCH: no object in the archive's ARCH slice is for a macOS
+# newer than $MACOS_MIN (LC_BUILD_VERSION minos, or LC_VERSION_MIN_MACOSX version); Rust's
+# prebuilt standard library is for older ones (10.12 on x86_64, 11.0 on arm64).
+check_objects_minos() {
+    local archive=$1 arch=$2 versions newer
+    versions=$("$OBJDUMP" --macho --private-headers --arch="$arch" "$archive" 2>/dev/null |
+        awk '/cmd LC_BUILD_VERSION/ { b = 1 } /cmd LC_VERSION_MIN_MACOSX/ { v = 1 }
+             b && $1 == "minos" { print $2; b = 0 } v && $1 == "version" { print $2; v = 0 }')
+    if [ -z "$versions" ]; then
+        echo "$archive ($arch): no object with a macOS version found"
+        return 1
+    fi
+    newer=$(printf '%s\n' "$versions" | while read -r version; do
+        if newer_than_min "$version"; then echo "$version"; fi
+    done | sort | uniq -c | tr '\n' ' ')
+    if [ -n "$newer" ]; then
+        echo "$archive ($arch): objects for a macOS newer than $MACOS_MIN (count, version): $newer"
+        return 1
+    fi
+    echo "$archive ($arch): $(printf '%s\n' "$versions" | wc -l) objects, for macOS $(printf '%s\n' "$versions" | sort -uV | tr '\n' ' ')(none newer than $MACOS_MIN)"
 }
 
 # check_dylibs FILE ARCH EXPECTED: loads exactly the EXPECTED libraries (sorted, one a
@@ -355,6 +379,11 @@ for arch in "${ARCHS[@]}"; do
         check_defines "$LIB" "$arch" include/applevz.h avz_ include/applevz_vm.h applevz_
     echo "      $(tail -n 1 "$out")"
 done
+for arch in "${ARCHS[@]}"; do
+    expect_success "$LIB ($arch) holds no object for a macOS newer than $MACOS_MIN" \
+        check_objects_minos "$LIB" "$arch"
+    echo "      $(tail -n 1 "$out")"
+done
 expect_success "$TOOL (x86_64) refers to no arm64-only class" check_no_arm64_only_classes "$TOOL" x86_64
 echo "      $(tail -n 1 "$out")"
 
@@ -446,6 +475,14 @@ zigcc arm64 "$MACOS_MIN" "$work/plain.c" -o "$work/plain" >"$out" 2>&1 ||
 expect_failure "check 3 on a program linking only libSystem" check_dylibs "$work/plain" arm64 "$PROGRAM_DYLIBS"
 
 # A wrong deployment target.
+printf 'int planted(void) { return 13; }\n' >"$work/newer.c"
+if zigcc arm64 13.0 -c "$work/newer.c" -o "$work/newer.o" >"$out" 2>&1 &&
+    cargo-zigbuild zig ar rcs "$work/newer.a" "$work/newer.o" >"$out" 2>&1; then
+    expect_failure "check 2 on an archive holding an object built for macOS 13.0" \
+        check_objects_minos "$work/newer.a" arm64
+else
+    fail "cannot build an archive of an object for macOS 13.0"
+fi
 if LINK_MACOS=13.0 link_program arm64 "$work/macos13" examples/c/vm_lifecycle.c >"$out" 2>&1; then
     expect_failure "check 2 on vm_lifecycle.c linked for macOS 13.0" check_minos "$work/macos13" arm64
 else
