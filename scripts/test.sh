@@ -12,7 +12,10 @@
 # 3. the checked-in bindgen output against include/applevz.h (when libclang is there);
 # 4. the simulator's own C tests under ASan+UBSan and TSan;
 # 5. the FFI test binaries again under valgrind: zero errors, zero definite leaks;
-# 6. last, each fuzz target for 60 s (scripts/fuzz.sh; CI installs cargo-fuzz first).
+# 6. the Mac binaries, built on this host for both Mac architectures and checked
+#    (scripts/build-mac.sh, scripts/check-mac.sh) when a macOS SDK is given in
+#    APPLEVZ_MACOS_SDK (required in CI, where .ci/run gives it);
+# 7. last, each fuzz target for 60 s (scripts/fuzz.sh; CI installs cargo-fuzz first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +75,18 @@ if command -v valgrind >/dev/null; then
 else
     echo "skipped valgrind: not installed (apt-get install valgrind)" >&2
     [ "${CI:-}" = true ] && { echo "CI must run it" >&2; exit 1; }
+fi
+
+# The SDK is not in the repository (README "Building for a Mac from Linux"); .ci/run
+# gives it. The build installs its tools (Rust targets, zig, cargo-zigbuild, rcodesign).
+mac_sdk=${APPLEVZ_MACOS_SDK:-${SDKROOT:-}}
+if [ -n "$mac_sdk" ]; then
+    step "the Mac binaries: universal tool and libapplevz.a (scripts/build-mac.sh), then their checks (scripts/check-mac.sh)"
+    bash scripts/build-mac.sh
+    bash scripts/check-mac.sh
+else
+    echo "ignored the Mac build and its checks: no macOS SDK (set APPLEVZ_MACOS_SDK; README: Building for a Mac from Linux)" >&2
+    [ "${CI:-}" = true ] && { echo "CI must run them (.ci/run sets APPLEVZ_MACOS_SDK)" >&2; exit 1; }
 fi
 
 step "fuzz targets, 60 s each (scripts/fuzz.sh)"
