@@ -4,7 +4,9 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use crate::common::{PATIENCE, TestDir};
-use crate::support::{client, finish, init_vm, signal, spawn_run, spawn_run_until, wait_for_log};
+use crate::support::{
+    client, finish, init_vm, signal, spawn_run, spawn_run_until, spawn_run_with, wait_for_log,
+};
 
 #[test]
 fn init_takes_a_command_line_for_the_placeholder_kernel() {
@@ -124,10 +126,18 @@ fn a_request_during_the_boot_is_told_the_boot_is_under_way() {
 fn a_full_control_socket_is_reported_by_every_command() {
     let (_dir, vm) = init_vm("socket-full");
     let path = vm.to_str().unwrap();
-    let run = spawn_run(&vm, "", &["--console", "file"]);
-    // More connections than `run` serves at once, each idle (it would wait 5 s for
-    // a request): `run` accepts them in order, so once the last is refused, every
-    // slot is taken.
+    // Idle clients hold their slots for as long as `run` waits for a request: a
+    // minute here, so that none frees up before the commands below come, however
+    // loaded the machine (with the usual 5 s, one did in 1 of 20 loaded runs).
+    let run = spawn_run_with(
+        &vm,
+        "",
+        &["--console", "file"],
+        &[("APPLEVZ_CONTROL_REQUEST_TIMEOUT_MS", "60000")],
+        "running",
+    );
+    // More connections than `run` serves at once, each idle: `run` accepts them in
+    // order, so once the last is refused, every slot is taken.
     let mut idle: Vec<UnixStream> = (0..40)
         .map(|_| UnixStream::connect(vm.join("control.sock")).unwrap())
         .collect();

@@ -36,6 +36,19 @@ use crate::vmdir::{VmDir, describe_file};
 
 /// How long `run` waits for a connection's request line before refusing it.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`REQUEST_TIMEOUT`], or the milliseconds in `APPLEVZ_CONTROL_REQUEST_TIMEOUT_MS`: a
+/// test that fills every slot with idle clients sets it long, so that on a loaded
+/// machine no slot frees up by itself before the test's own client comes.
+fn request_timeout() -> Duration {
+    static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        std::env::var("APPLEVZ_CONTROL_REQUEST_TIMEOUT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(REQUEST_TIMEOUT, Duration::from_millis)
+    })
+}
 /// How many connections `run` serves at once (one thread each); more are refused.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// How long `run` waits to write a line to a client that does not read.
@@ -405,14 +418,15 @@ fn refuse(mut connection: &UnixStream, message: &str) {
 /// of connecting (however slowly it trickles in). Bytes after the newline are
 /// ignored; a line cut short by the client closing its end counts as sent.
 fn read_request(mut connection: &UnixStream) -> Result<Vec<u8>, String> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let timeout = request_timeout();
+    let deadline = Instant::now() + timeout;
     let mut line = Vec::new();
     let mut buffer = [0u8; MAX_REQUEST_BYTES + 1];
     loop {
         let remaining = deadline
             .checked_duration_since(Instant::now())
             .filter(|remaining| !remaining.is_zero())
-            .ok_or_else(|| format!("no request within {} s", REQUEST_TIMEOUT.as_secs()))?;
+            .ok_or_else(|| format!("no request within {} s", timeout.as_secs()))?;
         connection
             .set_read_timeout(Some(remaining))
             .map_err(|error| error.to_string())?;
@@ -439,7 +453,7 @@ fn read_request(mut connection: &UnixStream) -> Result<Vec<u8>, String> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs()));
+                return Err(format!("no request within {} s", timeout.as_secs()));
             }
             Err(error) => return Err(error.to_string()),
         }
