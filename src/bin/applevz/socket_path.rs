@@ -198,8 +198,11 @@ mod tests {
             &socket,
             |path| {
                 let (alias, short) = through_link(path)?;
-                if let Keep::Link { private: dir, .. } = &alias.keep {
-                    private.borrow_mut().push(dir.clone());
+                // A match, not `if let`: on macOS `Link` is the only variant.
+                match &alias.keep {
+                    Keep::Link { private: dir, .. } => private.borrow_mut().push(dir.clone()),
+                    #[cfg(target_os = "linux")]
+                    Keep::Descriptor { .. } => panic!("link_alias made a descriptor alias"),
                 }
                 UnixListener::bind(short)
             },
