@@ -89,6 +89,10 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
         ))
     };
     let progress = (request != Request::Status).then(|| Progress::new(request.label()));
+    // Returns once `run` has let go of the connection: it frees the connection's slot
+    // before it closes it, so a command that returned holds no slot any more (a
+    // script that fills the socket right after one gets exactly the slots it expects).
+    let _closed = ClosedOnReturn(&stream);
     for line in BufReader::new(&stream).lines() {
         let line = line.map_err(channel_failure)?;
         log::debug!("reply: {line}");
@@ -123,6 +127,20 @@ fn send(dir: &VmDir, request: Request) -> Result<String, Failure> {
         Some(error) => Failure::error(format!("control channel: {error}")),
         None => Failure::error("the VM process closed the control channel without an answer"),
     })
+}
+
+/// Waits, when dropped, until the other end closes the stream (at most
+/// [`WRITE_TIMEOUT`]); what is still to read is discarded.
+struct ClosedOnReturn<'a>(&'a UnixStream);
+
+impl Drop for ClosedOnReturn<'_> {
+    fn drop(&mut self) {
+        if self.0.set_read_timeout(Some(WRITE_TIMEOUT)).is_err() {
+            return;
+        }
+        let mut rest = [0u8; 256];
+        while matches!(self.0.read(&mut rest), Ok(n) if n > 0) {}
+    }
 }
 
 pub(crate) fn stop(dir: &Path, policy: Policy, timeout: Option<f64>) -> Result<u8, Failure> {
