@@ -96,7 +96,13 @@ if [ "$host_os" = Darwin ]; then
     cargo build --locked --release --all-targets "${target_args[@]}"
 else
     say "zig $(python3 -m ziglang version 2>/dev/null || zig version), $(cargo-zigbuild --version)"
+    # Something in the zig toolchain's compiler probes leaves an empty `a.o` in the
+    # crate's root (the working directory of build.rs); remove it if this build made it.
+    stray_before=$([ -e a.o ] && echo yes || echo no)
     cargo zigbuild --locked --release --all-targets "${target_args[@]}"
+    if [ "$stray_before" = no ] && [ -f a.o ] && [ ! -s a.o ]; then
+        rm -f a.o
+    fi
 fi
 
 # ---- universal files -----------------------------------------------------------------
