@@ -8,7 +8,6 @@
 //! delivering: the framework's queue for its own events, or an operation's thread once
 //! the operation has let go of the VM (never while it holds it, so a subscriber that
 //! calls a lifecycle method cannot wait for its own thread).
-
 //!
 //! This file holds the bookkeeping; `tracker.rs` runs it under the tracker's lock.
 
