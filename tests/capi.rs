@@ -893,15 +893,11 @@ fn the_readme_c_example_compiles_and_links() {
     assert!(exe.is_file());
 }
 
-/// valgrind's options: any memory error or definite leak fails the run.
 #[cfg(all(applevz_simulator, applevz_valgrind))]
-const VALGRIND: [&str; 5] = [
-    "valgrind",
-    "--error-exitcode=99",
-    "--leak-check=full",
-    "--errors-for-leak-kinds=definite",
-    "--show-leak-kinds=definite",
-];
+#[path = "support/valgrind.rs"]
+mod valgrind;
+#[cfg(all(applevz_simulator, applevz_valgrind))]
+use valgrind::VALGRIND;
 
 #[cfg(applevz_simulator)]
 #[cfg_attr(

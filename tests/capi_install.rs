@@ -379,15 +379,11 @@ fn the_installed_copy_builds_through_pkg_config_and_cmake_and_runs() {
     assert!(stdout.contains("finally: stopped\n"), "{stdout}");
 }
 
-/// valgrind's options: any memory error or definite leak fails the run.
 #[cfg(all(applevz_simulator, applevz_valgrind))]
-const VALGRIND: [&str; 5] = [
-    "valgrind",
-    "--error-exitcode=99",
-    "--leak-check=full",
-    "--errors-for-leak-kinds=definite",
-    "--show-leak-kinds=definite",
-];
+#[path = "support/valgrind.rs"]
+mod valgrind;
+#[cfg(all(applevz_simulator, applevz_valgrind))]
+use valgrind::VALGRIND;
 
 #[cfg(applevz_simulator)]
 #[cfg_attr(
